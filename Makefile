@@ -1,0 +1,38 @@
+# rproxyd: `make run` starts the proxy in front of a demo origin; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= etc/rproxy/rproxy.toml
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint check-docs docs venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: the proxy on 127.0.0.1:8080 in front of the demo origin on 127.0.0.1:8081 (Ctrl-C stops both)
+run: $(STAMP)
+	@$(BIN)/python -m appliance.demo_origin --port 8081 & origin=$$!; \
+	trap 'kill $$origin 2>/dev/null' EXIT INT TERM; \
+	echo "rproxyd on http://127.0.0.1:8080/ -> demo origin on 127.0.0.1:8081 (Ctrl-C stops both)"; \
+	$(BIN)/rproxyd -c $(CONFIG)
+
+## test: lint, then the whole suite against real processes on loopback
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check appliance tests perf
+	$(BIN)/python -m appliance.config.docs --check docs/configuration.md
+
+## docs: regenerate docs/configuration.md from the schema
+docs: $(STAMP)
+	$(BIN)/python -m appliance.config.docs > docs/configuration.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

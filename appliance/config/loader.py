@@ -1,0 +1,308 @@
+"""Read rproxy.toml plus conf.d/*.toml, validate, and build a Config.
+
+Merge rules (documented in docs/configuration.md):
+- files are read main file first, then conf.d/*.toml in name order;
+- tables merge key by key, and a later file's value replaces an earlier one's;
+- arrays of tables ([[listener]], [[vhost]]) are concatenated.
+
+Every error names the file that set the key, the dotted key path and what was
+expected. All errors are collected, not just the first, so `rproxyd -t` can
+report them all at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.config import schema
+from appliance.config.values import parse_address, parse_duration, parse_size
+
+DEFAULT_PATH = Path("/etc/rproxy/rproxy.toml")
+
+
+class ConfigError(Exception):
+    """One or more problems in the configuration files."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Origins:
+    """Remembers which file set each key path, for error messages."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[tuple[str | int, ...], Path] = {}
+
+    def record(self, path: tuple[str | int, ...], source: Path) -> None:
+        self._by_path[path] = source
+
+    def find(self, path: tuple[str | int, ...]) -> Path | None:
+        while True:
+            if path in self._by_path:
+                return self._by_path[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+def _merge(
+    into: dict[str, Any], new: dict[str, Any], source: Path,
+    origins: _Origins, path: tuple[str | int, ...],
+) -> None:
+    for name, value in new.items():
+        here = (*path, name)
+        old = into.get(name)
+        if isinstance(value, dict) and isinstance(old, dict):
+            _merge(old, value, source, origins, here)
+        elif isinstance(value, list) and isinstance(old, list) and _is_table_array(value):
+            start = len(old)
+            old.extend(value)
+            for offset, item in enumerate(value):
+                _record_all(item, source, origins, (*here, start + offset))
+        else:
+            into[name] = value
+            _record_all(value, source, origins, here)
+
+
+def _is_table_array(value: list[Any]) -> bool:
+    return bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def _record_all(value: Any, source: Path, origins: _Origins, path: tuple[str | int, ...]) -> None:
+    origins.record(path, source)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _record_all(item, source, origins, (*path, name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _record_all(item, source, origins, (*path, index))
+
+
+def config_files(main: Path) -> list[Path]:
+    """The main file, then conf.d/*.toml beside it in name order."""
+    conf_d = main.parent / "conf.d"
+    extra = sorted(conf_d.glob("*.toml")) if conf_d.is_dir() else []
+    return [main, *extra]
+
+
+class _Builder:
+    """Converts the merged raw tree into schema dataclasses, collecting problems."""
+
+    def __init__(self, origins: _Origins) -> None:
+        self.origins = origins
+        self.problems: list[str] = []
+
+    def problem(self, path: tuple[str | int, ...], message: str) -> None:
+        source = self.origins.find(path)
+        where = f"{source}: " if source else ""
+        self.problems.append(f"{where}{_dotted(path)}: {message}")
+
+    def table(self, cls: type, raw: Any, path: tuple[str | int, ...],
+              extra: dict[str, Any] | None = None) -> Any:
+        if not isinstance(raw, dict):
+            self.problem(path, f"expected a table, got {type(raw).__name__}")
+            return None
+        values: dict[str, Any] = dict(extra or {})
+        declared = {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata}
+        for name in raw:
+            if name not in declared:
+                hint = _suggest(name, declared)
+                self.problem((*path, name), f"unknown key{hint}")
+        failed = False
+        for name, spec in declared.items():
+            if name in values:
+                continue
+            meta = spec.metadata
+            if name not in raw:
+                if meta["required"]:
+                    self.problem((*path, name), f"required key is missing ({meta['kind']})")
+                    failed = True
+                    continue
+                if meta["kind"] == schema.TABLE:
+                    value = self.table(meta["item"], {}, (*path, name))
+                else:
+                    continue  # the dataclass default applies
+            else:
+                value = self.value(meta, raw[name], (*path, name))
+            if value is _INVALID:
+                failed = True
+            else:
+                values[name] = value
+        if failed:
+            return _INVALID
+        return cls(**values)
+
+    def value(self, meta: Any, raw: Any, path: tuple[str | int, ...]) -> Any:
+        kind = meta["kind"]
+        try:
+            if kind == schema.TABLE:
+                return _valid(self.table(meta["item"], raw, path))
+            if kind == schema.TABLE_ARRAY:
+                if not isinstance(raw, list) or not all(isinstance(i, dict) for i in raw):
+                    raise ValueError("expected an array of tables ([[name]] sections)")
+                items = [self.table(meta["item"], item, (*path, i)) for i, item in enumerate(raw)]
+                return _INVALID if _INVALID in items else items
+            if kind == schema.TABLE_MAP:
+                if not isinstance(raw, dict):
+                    raise ValueError("expected a table of named tables ([name.NAME] sections)")
+                items = {n: self.table(meta["item"], item, (*path, n)) for n, item in raw.items()}
+                return _INVALID if _INVALID in items.values() else items
+            value = _SCALARS[kind](raw)
+        except ValueError as exc:
+            self.problem(path, str(exc))
+            return _INVALID
+        return self.bounds(meta, value, path)
+
+    def bounds(self, meta: Any, value: Any, path: tuple[str | int, ...]) -> Any:
+        if meta["minimum"] is not None and value < meta["minimum"]:
+            self.problem(path, f"expected at least {meta['minimum']}, got {value}")
+            return _INVALID
+        if meta["maximum"] is not None and value > meta["maximum"]:
+            self.problem(path, f"expected at most {meta['maximum']}, got {value}")
+            return _INVALID
+        if meta["choices"] is not None and value not in meta["choices"]:
+            self.problem(path, f"expected one of {', '.join(meta['choices'])}, got {value!r}")
+            return _INVALID
+        return value
+
+
+_INVALID: Any = object()
+
+
+def _valid(value: Any) -> Any:
+    if value is None:
+        return _INVALID
+    return value
+
+
+def _suggest(name: str, declared: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(declared), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _integer(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ValueError(f"expected an integer, got {raw!r}")
+    return raw
+
+
+def _string(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {raw!r}")
+    return raw
+
+
+def _boolean(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise ValueError(f"expected true or false, got {raw!r}")
+    return raw
+
+
+def _string_list(raw: Any) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
+        raise ValueError(f"expected a list of strings, got {raw!r}")
+    return list(raw)
+
+
+def _address_list(raw: Any) -> list[Any]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"expected a non-empty list of \"host:port\" strings, got {raw!r}")
+    return [parse_address(item) for item in raw]
+
+
+_SCALARS: dict[str, Callable[[Any], Any]] = {
+    schema.INT: _integer,
+    schema.STR: _string,
+    schema.BOOL: _boolean,
+    schema.DURATION: parse_duration,
+    schema.SIZE: parse_size,
+    schema.ADDRESS: parse_address,
+    schema.STR_LIST: _string_list,
+    schema.ADDRESS_LIST: _address_list,
+}
+
+
+def _cross_check(config: schema.Config, builder: _Builder) -> None:
+    """Rules that span several keys."""
+    if not config.listener:
+        builder.problem(("listener",), "at least one [[listener]] is required")
+    seen_names: set[str] = set()
+    seen_binds: set[Any] = set()
+    for i, listener in enumerate(config.listener):
+        if listener.name in seen_names:
+            builder.problem(("listener", i, "name"), f"duplicate listener name {listener.name!r}")
+        if listener.bind in seen_binds and listener.bind.port != 0:
+            builder.problem(("listener", i, "bind"), f"{listener.bind} is bound twice")
+        seen_names.add(listener.name)
+        seen_binds.add(listener.bind)
+    vhost_names: set[str] = set()
+    for i, vhost in enumerate(config.vhost):
+        if vhost.name in vhost_names:
+            builder.problem(("vhost", i, "name"), f"duplicate vhost name {vhost.name!r}")
+        vhost_names.add(vhost.name)
+        if not vhost.route:
+            builder.problem(("vhost", i, "route"), "a vhost needs at least one [[vhost.route]]")
+        for j, route in enumerate(vhost.route):
+            if route.backend not in config.backend:
+                known = ", ".join(sorted(config.backend)) or "none defined"
+                builder.problem(
+                    ("vhost", i, "route", j, "backend"),
+                    f"no backend named {route.backend!r} (known: {known})",
+                )
+            if not route.path.startswith("/"):
+                builder.problem(("vhost", i, "route", j, "path"), "expected a path starting with /")
+    if not config.vhost:
+        builder.problem(("vhost",), "at least one [[vhost]] is required")
+    for name, backend in config.backend.items():
+        if backend.retry_delay_max < backend.retry_delay:
+            builder.problem(("backend", name, "retry_delay_max"),
+                            "must not be smaller than retry_delay")
+    limits = config.limits
+    if limits.write_low_watermark >= limits.write_high_watermark:
+        builder.problem(("limits", "write_low_watermark"),
+                        "must be smaller than write_high_watermark")
+
+
+def load(path: Path = DEFAULT_PATH) -> schema.Config:
+    """Load and validate a configuration; raise ConfigError listing every problem."""
+    origins = _Origins()
+    merged: dict[str, Any] = {}
+    problems: list[str] = []
+    files = config_files(path)
+    origins.record((), path)
+    for source in files:
+        try:
+            with source.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            problems.append(f"{source}: file not found")
+            continue
+        except OSError as exc:
+            problems.append(f"{source}: cannot read: {exc.strerror}")
+            continue
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"{source}: TOML syntax error: {exc}")
+            continue
+        _merge(merged, data, source, origins, ())
+    if problems:
+        raise ConfigError(problems)
+    builder = _Builder(origins)
+    config = builder.table(schema.Config, merged, (), extra={"sources": tuple(files)})
+    if config is not _INVALID:
+        _cross_check(config, builder)
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    return config

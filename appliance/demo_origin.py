@@ -1,0 +1,117 @@
+"""A small HTTP/1.1 origin for `make run` and the tests, built on the standard library.
+
+Endpoints:
+  /                 a greeting
+  /echo             the request body back (Content-Length or chunked request bodies)
+  /headers          the request line and headers as JSON
+  /bytes/N          N bytes with Content-Length, streamed in 64 KiB writes
+  /chunked/N        N bytes, chunked
+  /delay/SECONDS    a greeting after a pause
+  /status/CODE      an empty response with that status
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_BLOCK = b"x" * 65536
+
+
+class DemoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "rproxyd-demo-origin"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the proxy's log is the one to read
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length", 0) or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _dispatch(self) -> None:
+        path = self.path.split("?", 1)[0]
+        parts = path.strip("/").split("/")
+        body = self._read_body()
+        if path == "/":
+            self._send(200, b"Hello from the rproxyd demo origin\n")
+        elif path == "/echo":
+            self._send(200, body, self.headers.get("Content-Type", "application/octet-stream"))
+        elif path == "/headers":
+            info = {"method": self.command, "path": self.path, "version": self.request_version,
+                    "headers": [[k, v] for k, v in self.headers.items()], "body_bytes": len(body)}
+            self._send(200, json.dumps(info).encode(), "application/json")
+        elif parts[0] == "bytes" and len(parts) == 2 and parts[1].isdigit():
+            self._stream(int(parts[1]), chunked=False)
+        elif parts[0] == "chunked" and len(parts) == 2 and parts[1].isdigit():
+            self._stream(int(parts[1]), chunked=True)
+        elif parts[0] == "delay" and len(parts) == 2:
+            time.sleep(float(parts[1]))
+            self._send(200, b"slept\n")
+        elif parts[0] == "status" and len(parts) == 2 and parts[1].isdigit():
+            self.send_response(int(parts[1]))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self._send(404, b"not found\n")
+
+    def _stream(self, size: int, chunked: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        left = size
+        while left:
+            block = _BLOCK[: min(left, len(_BLOCK))]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            left -= len(block)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="rproxyd demo origin")
+    parser.add_argument("--bind", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    args = parser.parse_args(argv)
+    server = ThreadingHTTPServer((args.bind, args.port), DemoHandler)
+    server.daemon_threads = True
+    print(f"demo origin on http://{args.bind}:{server.server_address[1]}/", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

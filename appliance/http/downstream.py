@@ -1,0 +1,582 @@
+"""The client side: one ClientConnection protocol per accepted connection.
+
+httptools callbacks record facts into the Exchange being parsed; decisions are
+taken in `on_headers_complete` (validation, framing, keep-alive) and in the
+small set of methods the backend side calls back (`start_response`,
+`send_body`, `finish_response`, `fail`). Pipelined requests are answered in
+order: the exchange at the head of `self.exchanges` owns the response stream,
+later ones wait (their bodies buffered, bounded by pausing reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import httptools
+
+from appliance.deadline import Deadline
+from appliance.http import errors
+from appliance.http import headers as hdr
+from appliance.http.exchange import Exchange, ExchangeState
+
+if TYPE_CHECKING:
+    from appliance.worker import WorkerContext
+
+# Reasons reading from the client is paused; reading resumes when none is left.
+PAUSE_UPSTREAM_FULL = 1  # the backend is not keeping up with the request body
+PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
+PAUSE_BUFFER_FULL = 4  # body buffered while waiting for a backend connection
+
+_S = ExchangeState
+log = logging.getLogger("rproxyd.client")
+
+
+class ClientState(Enum):
+    IDLE = "idle"  # no request in progress; keep-alive timer armed
+    BUSY = "busy"  # at least one exchange in progress
+    CLOSING = "closing"  # no further requests; close once the current ones finish
+    CLOSED = "closed"
+
+
+_CLIENT_TRANSITIONS: frozenset[tuple[ClientState, ClientState]] = frozenset(
+    {
+        (ClientState.IDLE, ClientState.BUSY),
+        (ClientState.BUSY, ClientState.IDLE),
+        (ClientState.IDLE, ClientState.CLOSING),
+        (ClientState.BUSY, ClientState.CLOSING),
+        (ClientState.IDLE, ClientState.CLOSED),
+        (ClientState.BUSY, ClientState.CLOSED),
+        (ClientState.CLOSING, ClientState.CLOSED),
+    }
+)
+
+# Body framing of the response as sent to the client.
+FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304)
+FRAME_RAW = 1  # body bytes as they come (Content-Length, or close-delimited to HTTP/1.0)
+FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_read_pauses",
+        "bypass_remaining",
+        "ctx",
+        "deadline",
+        "exchanges",
+        "head_raw",
+        "parser",
+        "parsing",
+        "peer_ip",
+        "proto",
+        "response_framing",
+        "send_deadline",
+        "state",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: WorkerContext, proto: bytes = b"http") -> None:
+        self.ctx = ctx
+        self.proto = proto
+        self.state = ClientState.IDLE
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.exchanges: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.bypass_remaining = 0
+        # Raw bytes received since the current request head began (for max_header_bytes).
+        self.head_raw = 0
+        self.response_framing = FRAME_RAW
+        self.write_paused = False
+        self._read_pauses = 0
+        self.peer_ip = b""
+        self.deadline = Deadline(ctx.loop, self._on_read_timeout)
+        self.send_deadline = Deadline(ctx.loop, self._on_send_timeout)
+
+    # ----------------------------------------------------------------- state
+    def _transition(self, new: ClientState) -> None:
+        if (self.state, new) not in _CLIENT_TRANSITIONS:
+            raise RuntimeError(f"client cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    # --------------------------------------------------------- asyncio hooks
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        limits = self.ctx.limits
+        transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0].encode() if peer else b""
+        self.ctx.clients.add(self)
+        # A new connection gets the header timeout for its first request.
+        self.deadline.set(limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is not ClientState.CLOSED:
+            self._transition(ClientState.CLOSED)
+        self.deadline.cancel()
+        self.send_deadline.cancel()
+        self.ctx.clients.discard(self)
+        for exchange in self.exchanges:
+            self._abandon(exchange)
+        self.exchanges.clear()
+        self.parsing = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        if self.bypass_remaining:
+            data = self._forward_length_body(data)
+            if not data:
+                return
+        self.head_raw += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            failure = exc.__context__
+            if not isinstance(failure, errors.ProxyFailure):
+                raise
+            self._reject(failure)
+            return
+        except httptools.HttpParserUpgrade:
+            # Upgrade is hop-by-hop and not offered: the request was proxied as a
+            # plain one; bytes after it belong to a protocol we do not speak.
+            self._stop_reading_requests()
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(errors.ClientFault(str(exc)))
+            return
+        exchange = self.parsing
+        if exchange is None or self.state is ClientState.CLOSED:
+            return
+        if exchange.state is _S.HEAD:
+            # llhttp keeps an unfinished head in memory without bound: cap it here.
+            if self.head_raw > self.ctx.limits.max_header_bytes:
+                self._reject(errors.HeadTooLarge("request head too large"))
+            return
+        self.deadline.set(self.ctx.limits.body_timeout)
+        if exchange.content_length and not exchange.request_done:
+            # The rest of a Content-Length body skips the parser (see _forward_length_body).
+            self.bypass_remaining = exchange.content_length - exchange.body_received
+
+    def eof_received(self) -> bool | None:
+        exchange = self.parsing
+        if exchange is not None and not exchange.request_done and exchange.state is not _S.HEAD:
+            # The body was cut short: the backend must not take it as complete.
+            self._fail_current(exchange, errors.ClientFault("request body truncated"))
+        # Half-close: answer what was asked, then close (transport closes on return False
+        # only once our writes are done, because we call close() ourselves).
+        if not self.exchanges:
+            self.close()
+        else:
+            self._stop_reading_requests()
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.send_deadline.set(self.ctx.limits.send_timeout)
+        if self.exchanges:
+            upstream = self.exchanges[0].upstream
+            if upstream is not None:
+                upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.send_deadline.clear()
+        if self.exchanges:
+            upstream = self.exchanges[0].upstream
+            if upstream is not None:
+                upstream.resume_reading()
+
+    # ----------------------------------------------------- parser callbacks
+    def on_message_begin(self) -> None:
+        exchange = Exchange(self)
+        self.parsing = exchange
+        self.exchanges.append(exchange)
+        if self.state is ClientState.IDLE:
+            self._transition(ClientState.BUSY)
+            self.deadline.set(self.ctx.limits.header_timeout)
+        if len(self.exchanges) > self.ctx.limits.max_pipelined:
+            self.pause_reading(PAUSE_PIPELINE_FULL)
+
+    def on_url(self, url: bytes) -> None:
+        exchange = self.parsing
+        exchange.url += url
+        exchange.head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self.parsing
+        exchange.head_bytes += len(name) + len(value) + 4
+        if exchange.state is not _S.HEAD:
+            # After the head, fields are trailers of a chunked body.
+            if hdr.allowed_trailer(name):
+                if exchange.trailers is None:
+                    exchange.trailers = []
+                exchange.trailers.append((name, value))
+            return
+        action = hdr.REQUEST_ACTIONS.get(name.lower())
+        if action is None:
+            exchange.headers.append((name, value))
+        elif action == hdr.REQ_HOST:
+            if exchange.host is not None:
+                raise errors.ClientFault("more than one Host header")
+            exchange.host = value
+            exchange.headers.append((name, value))
+        elif action == hdr.REQ_CONTENT_LENGTH:
+            # llhttp has already refused malformed, duplicate or conflicting lengths.
+            exchange.content_length = int(value)
+            exchange.headers.append((name, value))
+        elif action == hdr.REQ_TRANSFER_ENCODING:
+            # llhttp refuses any final coding but chunked, and Content-Length with it.
+            exchange.chunked = True
+        elif action == hdr.REQ_CONNECTION:
+            self._note_connection_header(exchange, value)
+        elif action == hdr.REQ_EXPECT:
+            if value.lower() == b"100-continue":
+                exchange.expect_continue = True
+            else:
+                raise errors.ClientFault("unsupported Expect")
+        elif action == hdr.REQ_FORWARDED_FOR:
+            exchange.forwarded_for = (
+                value if exchange.forwarded_for is None else exchange.forwarded_for + b", " + value
+            )
+        elif action == hdr.REQ_VIA:
+            exchange.via = value if exchange.via is None else exchange.via + b", " + value
+
+    def on_headers_complete(self) -> None:
+        exchange = self.parsing
+        limits = self.ctx.limits
+        if exchange.head_bytes > limits.max_header_bytes:
+            raise errors.HeadTooLarge("request head too large")
+        self.head_raw = 0
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            if exchange.host is None:
+                raise errors.ClientFault("HTTP/1.1 request without Host")
+            exchange.keep_alive = not exchange.conn_close
+        elif version == "1.0":
+            exchange.version = "1.0"
+            exchange.keep_alive = exchange.conn_keep_alive and not exchange.conn_close
+        else:
+            raise errors.UnsupportedVersion(f"HTTP/{version}")
+        if exchange.hop_names is not None:
+            exchange.headers = hdr.remove_named(exchange.headers, exchange.hop_names)
+        exchange.method = self.parser.get_method()
+        exchange.is_head = exchange.method == b"HEAD"
+        if exchange.method == b"CONNECT":
+            raise errors.ClientFault("CONNECT is not supported")
+        if exchange.url[:1] != b"/":
+            self._absolute_form(exchange)
+        if limits.max_body_bytes and (exchange.content_length or 0) > limits.max_body_bytes:
+            raise errors.BodyTooLarge("declared body too large")
+        if not exchange.chunked and not exchange.content_length:
+            exchange.expect_continue = False
+            self.deadline.clear()
+        else:
+            self.deadline.set(limits.body_timeout)
+        if self.state is ClientState.CLOSING:
+            exchange.close_after = True
+        if exchange is self.exchanges[0]:
+            self._start(exchange)
+        else:
+            exchange.transition(_S.WAITING_TURN)
+
+    def on_body(self, body: bytes) -> None:
+        self._request_body(self.parsing, body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        exchange.request_done = True
+        if self.state is not ClientState.CLOSED:
+            self.deadline.clear()
+        if exchange.finished:
+            return
+        upstream = exchange.upstream
+        if upstream is not None and exchange.chunked:
+            upstream.send_request_bytes(hdr.last_chunk(exchange.trailers))
+
+    # ------------------------------------------------------- request side
+    @staticmethod
+    def _note_connection_header(exchange: Exchange, value: bytes) -> None:
+        tokens = hdr.connection_tokens(value)
+        exchange.conn_close = exchange.conn_close or b"close" in tokens
+        exchange.conn_keep_alive = exchange.conn_keep_alive or b"keep-alive" in tokens
+        named = {t for t in tokens if t not in (b"close", b"keep-alive")}
+        if named:
+            # Headers named by Connection are hop-by-hop too; removed once the head is complete.
+            exchange.hop_names = named if exchange.hop_names is None else exchange.hop_names | named
+
+    def _absolute_form(self, exchange: Exchange) -> None:
+        url = exchange.url
+        if url == b"*" and exchange.method == b"OPTIONS":
+            return
+        lowered = url[:8].lower()
+        if not (lowered.startswith(b"http://") or lowered.startswith(b"https://")):
+            raise errors.ClientFault("invalid request target")
+        rest = url.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        if not authority:
+            raise errors.ClientFault("absolute URI without host")
+        # RFC 9112 3.2.2: the target's authority replaces any Host header.
+        exchange.host = authority
+        exchange.headers = [(n, v) for n, v in exchange.headers if n.lower() != b"host"]
+        exchange.headers.append((b"Host", authority))
+        exchange.url = path
+
+    def _start(self, exchange: Exchange) -> None:
+        """Route the exchange at the head of the queue and ask its backend for a connection."""
+        if exchange.failure is not None:
+            self.fail(exchange, exchange.failure)
+            return
+        host = exchange.host or b""
+        url = exchange.url
+        query = url.find(b"?")
+        route = self.ctx.router.match(host, url if query < 0 else url[:query])
+        if route is None:
+            self.fail(exchange, errors.NoRoute("no route"))
+            return
+        exchange.route = route
+        exchange.backend = route.backend
+        route.backend.acquire(exchange)
+
+    def _request_body(self, exchange: Exchange, body: bytes) -> None:
+        size = len(body)
+        exchange.body_received += size
+        limit = self.ctx.limits.max_body_bytes
+        if limit and exchange.body_received > limit:
+            raise errors.BodyTooLarge("body too large")
+        if exchange.finished:
+            return  # already answered (e.g. failed); the rest of the body is discarded
+        upstream = exchange.upstream
+        if upstream is not None:
+            exchange.body_streamed = True
+            if exchange.chunked:
+                upstream.send_request_chunk(body)
+            else:
+                upstream.send_request_bytes(body)
+            return
+        exchange.body_buffer.append(body)
+        exchange.body_buffered += size
+        if exchange.body_buffered > self.ctx.limits.write_high_watermark:
+            self.pause_reading(PAUSE_BUFFER_FULL)
+
+    def _forward_length_body(self, data: bytes) -> bytes:
+        """Pass Content-Length body bytes straight through; return what follows them."""
+        remaining = self.bypass_remaining
+        exchange = self.parsing
+        if len(data) <= remaining:
+            body, rest = data, b""
+        else:
+            view = memoryview(data)
+            body, rest = bytes(view[:remaining]), bytes(view[remaining:])
+        self.bypass_remaining = remaining - len(body)
+        self.deadline.set(self.ctx.limits.body_timeout)
+        try:
+            self._request_body(exchange, body)
+        except errors.ProxyFailure as failure:
+            self.bypass_remaining = 0
+            self._reject(failure)
+            return b""
+        if not self.bypass_remaining:
+            # The parser was skipped for the body: start afresh for the next request.
+            self.parser = httptools.HttpRequestParser(self)
+            self.on_message_complete()
+            if exchange.state is not _S.HEAD and self.state is not ClientState.CLOSED:
+                self.deadline.clear()
+        return rest
+
+    def send_continue(self, exchange: Exchange) -> None:
+        """Tell a client waiting on Expect: 100-continue to send its body."""
+        if exchange.expect_continue and not exchange.request_done:
+            exchange.expect_continue = False
+            if self.transport is not None and exchange.version == "1.1":
+                self.transport.write(errors.CONTINUE_100)
+
+    # ------------------------------------------------------ response side
+    def start_response(self, exchange: Exchange, head: bytes) -> None:
+        exchange.response_started = True
+        self.transport.write(head)
+
+    def response_keep_alive(self, exchange: Exchange) -> bool:
+        """Decide, at response-head time, whether the connection survives this exchange."""
+        return (
+            exchange.keep_alive is not False
+            and not exchange.close_after
+            and exchange.request_done
+            and self.state is ClientState.BUSY
+        )
+
+    def send_body(self, data: bytes) -> None:
+        framing = self.response_framing
+        if framing == FRAME_RAW:
+            self.transport.write(data)
+        elif framing == FRAME_CHUNKED:
+            self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
+
+    def finish_response(self, exchange: Exchange, trailers: list[tuple[bytes, bytes]] | None,
+                        keep_alive: bool) -> None:
+        """The backend's response is complete: end the framing and move to the next request."""
+        if self.response_framing == FRAME_CHUNKED:
+            self.transport.write(hdr.last_chunk(trailers))
+        self._finish(exchange, keep_alive)
+
+    def abort_response(self, exchange: Exchange) -> None:
+        """The response broke after it started: the client can only see a cut connection."""
+        exchange.transition(_S.FINISHED)
+        exchange.upstream = None
+        log.warning("response to %s %s cut: the backend connection broke",
+                    exchange.method.decode(), exchange.url.decode(errors="replace"))
+        self.close(force=True)
+
+    def fail(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
+        """Answer an exchange with a proxy-generated error response."""
+        if exchange.finished or self.state is ClientState.CLOSED:
+            return
+        if exchange.response_started:
+            self.abort_response(exchange)
+            return
+        keep_alive = (
+            not isinstance(failure, errors.ClientFault)
+            and self.response_keep_alive(exchange)
+        )
+        exchange.response_started = True
+        self.transport.write(errors.error_response(failure.status, keep_alive, exchange.is_head))
+        exchange.upstream = None
+        self._finish(exchange, keep_alive)
+
+    def _finish(self, exchange: Exchange, keep_alive: bool) -> None:
+        if not exchange.finished:
+            exchange.transition(_S.FINISHED)
+        exchange.upstream = None
+        if self.state is ClientState.CLOSED:
+            return
+        if self.exchanges and self.exchanges[0] is exchange:
+            self.exchanges.popleft()
+        if not keep_alive or not exchange.request_done:
+            self.close()
+            return
+        if self._read_pauses & PAUSE_PIPELINE_FULL and (
+            len(self.exchanges) <= self.ctx.limits.max_pipelined // 2
+        ):
+            self.resume_reading(PAUSE_PIPELINE_FULL)
+        if self.exchanges:
+            following = self.exchanges[0]
+            if following.state is _S.WAITING_TURN:
+                self._start(following)
+        elif self.state is ClientState.CLOSING:
+            self.close()
+        else:
+            self._transition(ClientState.IDLE)
+            self.deadline.set(self.ctx.limits.keepalive_timeout)
+
+    def _fail_current(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
+        upstream = exchange.upstream
+        if upstream is not None:
+            upstream.abandon()
+        self.fail(exchange, failure)
+
+    # ----------------------------------------------------- errors & close
+    def _reject(self, failure: errors.ProxyFailure) -> None:
+        """A client-side protocol error: answer it (if we still can) and close."""
+        log.info("client %s: %d %s", self.peer_ip.decode(), failure.status, failure)
+        exchange = self.parsing
+        self.bypass_remaining = 0
+        self._stop_reading_requests()
+        if exchange is None:
+            if self.transport is not None and self.state is not ClientState.CLOSED:
+                self.transport.write(errors.error_response(failure.status, False))
+            self.close()
+            return
+        exchange.close_after = True
+        exchange.keep_alive = False
+        if exchange.upstream is not None:
+            exchange.upstream.abandon()
+            exchange.upstream = None
+        if exchange is self.exchanges[0]:
+            if exchange.response_started:
+                self.abort_response(exchange)
+            else:
+                self._detach_pending(exchange)
+                self.fail(exchange, failure)
+        else:
+            # Answer the earlier requests first; this one is answered in its turn.
+            exchange.failure = failure
+            if exchange.state is _S.HEAD:
+                exchange.transition(_S.WAITING_TURN)
+
+    def _detach_pending(self, exchange: Exchange) -> None:
+        if exchange.state is _S.PENDING and exchange.backend is not None:
+            exchange.backend.cancel_pending(exchange)
+
+    def _abandon(self, exchange: Exchange) -> None:
+        """The client went away: release whatever the exchange holds."""
+        if exchange.finished:
+            return
+        self._detach_pending(exchange)
+        upstream = exchange.upstream
+        exchange.transition(_S.FINISHED)
+        exchange.upstream = None
+        if upstream is not None:
+            upstream.abandon()
+
+    def _stop_reading_requests(self) -> None:
+        if self.state in (ClientState.IDLE, ClientState.BUSY):
+            self._transition(ClientState.CLOSING)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def _on_read_timeout(self) -> None:
+        exchange = self.parsing
+        if exchange is None:
+            self.close()  # idle keep-alive or silent new connection: close quietly, like nginx
+        elif exchange.state is _S.HEAD:
+            self._reject(errors.ClientTimeout("request head timed out"))
+        else:
+            log.info("client %s: request body timed out", self.peer_ip.decode())
+            self._fail_current(exchange, errors.ClientTimeout("request body timed out"))
+            self.close(force=True)
+
+    def _on_send_timeout(self) -> None:
+        log.info("client %s: send timeout", self.peer_ip.decode())
+        self.close(force=True)
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._read_pauses and self.transport is not None:
+            self.transport.pause_reading()
+        self._read_pauses |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self._read_pauses & reason:
+            return
+        self._read_pauses &= ~reason
+        if not self._read_pauses and self.state in (ClientState.IDLE, ClientState.BUSY):
+            self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """Graceful stop: finish what is in flight, close when idle."""
+        if self.state is ClientState.IDLE:
+            self.close()
+        elif self.state is ClientState.BUSY:
+            self._transition(ClientState.CLOSING)
+            for exchange in self.exchanges:
+                exchange.close_after = True
+
+    def close(self, force: bool = False) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        self._transition(ClientState.CLOSED)
+        self.deadline.cancel()
+        self.send_deadline.cancel()
+        for exchange in self.exchanges:
+            self._abandon(exchange)
+        self.exchanges.clear()
+        if self.transport is not None:
+            if force:
+                self.transport.abort()
+            else:
+                self.transport.close()

@@ -1,0 +1,99 @@
+"""Proxy-generated responses, prebuilt once at import.
+
+Each failure is classed by who is to blame, and that class alone decides the
+status (the Pingora fail_to_proxy habit): the data path raises or reports a
+ProxyFailure, and nothing else picks a status code.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+RETRY_AFTER_SECONDS = 1
+
+
+class ProxyFailure(Exception):
+    """A request that cannot be proxied; `status` is what the client is told."""
+
+    status = 502
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.__class__.__name__)
+        self.detail = detail
+
+
+class ClientFault(ProxyFailure):
+    """The client sent something we refuse; the connection closes afterwards."""
+
+    status = 400
+
+
+class HeadTooLarge(ClientFault):
+    status = 431
+
+
+class BodyTooLarge(ClientFault):
+    status = 413
+
+
+class ClientTimeout(ClientFault):
+    status = 408
+
+
+class UnsupportedVersion(ClientFault):
+    status = 505
+
+
+class NoRoute(ProxyFailure):
+    status = 404
+
+
+class BackendRefused(ProxyFailure):
+    """Connect refused, or the connection reset / closed before a response."""
+
+    status = 502
+
+
+class BackendTimeout(ProxyFailure):
+    status = 504
+
+
+class BackendUnavailable(ProxyFailure):
+    """No server can take the request now: pending queue full or timed out, all DOWN."""
+
+    status = 503
+
+
+class BadBackendResponse(ProxyFailure):
+    """The backend answered with something that is not valid HTTP/1.x."""
+
+    status = 502
+
+
+def _build(status: int, keep_alive: bool) -> bytes:
+    phrase = HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n".encode()
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Server: rproxyd",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+    ]
+    if status == 503:
+        lines.append(f"Retry-After: {RETRY_AFTER_SECONDS}")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+_STATUSES = (400, 404, 408, 413, 431, 502, 503, 504, 505)
+_RESPONSES = {(s, ka): _build(s, ka) for s in _STATUSES for ka in (True, False)}
+_HEAD_RESPONSES = {key: raw[: raw.index(b"\r\n\r\n") + 4] for key, raw in _RESPONSES.items()}
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def error_response(status: int, keep_alive: bool, head_only: bool = False) -> bytes:
+    """The full bytes of a proxy-generated error response."""
+    table = _HEAD_RESPONSES if head_only else _RESPONSES
+    return table[(status, keep_alive)]

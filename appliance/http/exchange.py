@@ -1,0 +1,136 @@
+"""One request/response pair crossing the proxy, and its state table."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.http.downstream import ClientConnection
+    from appliance.upstream.connection import BackendConnection
+
+
+class ExchangeState(Enum):
+    HEAD = "head"  # request head being parsed
+    WAITING_TURN = "waiting-turn"  # parsed, pipelined behind an earlier request
+    PENDING = "pending"  # in a backend's pending queue, waiting for a connection
+    PROXYING = "proxying"  # attached to a backend connection
+    FINISHED = "finished"  # response complete, failed, or abandoned
+
+
+_S = ExchangeState
+_ALLOWED: frozenset[tuple[ExchangeState, ExchangeState]] = frozenset(
+    {
+        (_S.HEAD, _S.WAITING_TURN),
+        (_S.HEAD, _S.PENDING),
+        (_S.HEAD, _S.PROXYING),
+        (_S.HEAD, _S.FINISHED),
+        (_S.WAITING_TURN, _S.PENDING),
+        (_S.WAITING_TURN, _S.PROXYING),
+        (_S.WAITING_TURN, _S.FINISHED),
+        (_S.PENDING, _S.PROXYING),
+        (_S.PENDING, _S.FINISHED),
+        (_S.PROXYING, _S.PENDING),  # retried after a reused connection died unanswered
+        (_S.PROXYING, _S.FINISHED),
+    }
+)
+
+IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+
+
+class Exchange:
+    """Per-request facts recorded by the parsers, and where the request is now.
+
+    Parser callbacks only fill these fields; the decisions that follow from them
+    (framing, keep-alive, reuse) are made in ClientConnection and
+    BackendConnection at a few named points.
+    """
+
+    __slots__ = (
+        "backend",
+        "body_buffer",
+        "body_buffered",
+        "body_received",
+        "body_streamed",
+        "chunked",
+        "client",
+        "close_after",
+        "conn_close",
+        "conn_keep_alive",
+        "content_length",
+        "expect_continue",
+        "failure",
+        "forwarded_for",
+        "head_bytes",
+        "headers",
+        "hop_names",
+        "host",
+        "is_head",
+        "keep_alive",
+        "method",
+        "pending_since",
+        "request_done",
+        "response_started",
+        "retries",
+        "route",
+        "state",
+        "trailers",
+        "upstream",
+        "url",
+        "version",
+        "via",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.state = _S.HEAD
+        self.method = b""
+        self.url = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.forwarded_for: bytes | None = None
+        self.via: bytes | None = None
+        # Facts from the Connection header; keep_alive is decided from them and the version.
+        self.conn_close = False
+        self.conn_keep_alive = False
+        self.keep_alive = True
+        self.hop_names: set[bytes] | None = None
+        # A client error found while this request waited its turn, answered in order.
+        self.failure: Exception | None = None
+        self.head_bytes = 0
+        self.is_head = False
+        self.route: Any = None
+        self.backend: Any = None
+        self.upstream: BackendConnection | None = None
+        # Body chunks that arrived before a backend connection was attached.
+        self.body_buffer: list[bytes] = []
+        self.body_buffered = 0
+        self.body_received = 0
+        # True once any body byte went to a backend: such a request can't be replayed.
+        self.body_streamed = False
+        self.request_done = False
+        self.response_started = False
+        self.close_after = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.retries = 0
+        self.pending_since = 0.0
+
+    def transition(self, new: ExchangeState) -> None:
+        """The only place that changes `state`; refuses moves the table does not allow."""
+        if (self.state, new) not in _ALLOWED:
+            raise RuntimeError(f"exchange cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    @property
+    def finished(self) -> bool:
+        return self.state is _S.FINISHED
+
+    def replayable(self) -> bool:
+        """Safe to send again: idempotent, and no body byte has left the proxy."""
+        return self.method in IDEMPOTENT_METHODS and not self.body_streamed and (
+            self.request_done or not (self.chunked or self.content_length)
+        )

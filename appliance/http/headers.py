@@ -1,0 +1,103 @@
+"""Header classification and head serialization for both directions.
+
+Header names are lowercased once as they are parsed and looked up in one dict
+that says what the proxy does with them; every name not in the dict is
+forwarded untouched (original case kept, as nginx does).
+"""
+
+from __future__ import annotations
+
+# What to do with a request header on its way to the backend.
+REQ_HOST = 1
+REQ_CONTENT_LENGTH = 2
+REQ_TRANSFER_ENCODING = 3
+REQ_CONNECTION = 4
+REQ_DROP = 5  # hop-by-hop, or a header the proxy sets itself
+REQ_EXPECT = 6
+REQ_FORWARDED_FOR = 7
+REQ_VIA = 8
+
+# Hop-by-hop headers (RFC 9110 7.6.1) plus the pre-standard Proxy-Connection.
+HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding",
+     b"upgrade", b"proxy-connection")
+)
+
+REQUEST_ACTIONS: dict[bytes, int] = {
+    b"host": REQ_HOST,
+    b"content-length": REQ_CONTENT_LENGTH,
+    b"transfer-encoding": REQ_TRANSFER_ENCODING,
+    b"connection": REQ_CONNECTION,
+    b"keep-alive": REQ_DROP,
+    b"te": REQ_DROP,
+    b"trailer": REQ_DROP,
+    b"upgrade": REQ_DROP,
+    b"proxy-connection": REQ_DROP,
+    b"expect": REQ_EXPECT,
+    b"x-forwarded-for": REQ_FORWARDED_FOR,
+    # The proxy sets these itself; client-sent copies could spoof them.
+    b"x-forwarded-proto": REQ_DROP,
+    b"x-forwarded-host": REQ_DROP,
+    b"via": REQ_VIA,
+}
+
+# What to do with a response header on its way to the client.
+RESP_CONTENT_LENGTH = 1
+RESP_TRANSFER_ENCODING = 2
+RESP_CONNECTION = 3
+RESP_DROP = 4
+RESP_VIA = 5
+
+RESPONSE_ACTIONS: dict[bytes, int] = {
+    b"content-length": RESP_CONTENT_LENGTH,
+    b"transfer-encoding": RESP_TRANSFER_ENCODING,
+    b"connection": RESP_CONNECTION,
+    b"keep-alive": RESP_DROP,
+    b"te": RESP_DROP,
+    b"trailer": RESP_DROP,
+    b"upgrade": RESP_DROP,
+    b"proxy-connection": RESP_DROP,
+    b"via": RESP_VIA,
+}
+
+# Trailer fields that must never be forwarded (RFC 9110 6.5.1): framing,
+# routing and hop-by-hop fields would change the meaning of the message.
+FORBIDDEN_TRAILERS = HOP_BY_HOP | frozenset(
+    (b"content-length", b"host", b"content-type", b"content-encoding", b"content-range",
+     b"authorization", b"set-cookie", b"cache-control", b"expect", b"max-forwards",
+     b"pragma", b"range")
+)
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    """The lowercased option names listed in a Connection header."""
+    return [token.strip().lower() for token in value.split(b",") if token.strip()]
+
+
+def remove_named(headers: list[tuple[bytes, bytes]], names: set[bytes]) -> list[tuple[bytes, bytes]]:
+    """Drop headers a Connection header named (they are hop-by-hop too)."""
+    return [(name, value) for name, value in headers if name.lower() not in names]
+
+
+def serialize_fields(lines: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    """Append "Name: value\\r\\n" lines for each header."""
+    for name, value in headers:
+        lines.append(name + b": " + value + b"\r\n")
+
+
+def chunk_header(size: int) -> bytes:
+    return b"%x\r\n" % size
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
+    """The zero-size chunk that ends a chunked body, with any trailer fields."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    lines = [b"0\r\n"]
+    serialize_fields(lines, trailers)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def allowed_trailer(name: bytes) -> bool:
+    return name.lower() not in FORBIDDEN_TRAILERS

@@ -1,0 +1,30 @@
+"""Listening sockets: one SO_REUSEPORT socket per listener per worker slot."""
+
+from __future__ import annotations
+
+import socket
+
+from appliance.config.schema import ListenerConfig
+
+
+def open_listener(listener: ListenerConfig) -> socket.socket:
+    """Bind and listen on a non-blocking SO_REUSEPORT socket for one worker slot.
+
+    Each worker slot gets its own socket so the kernel spreads connections across
+    per-worker accept queues instead of waking every worker for each one.
+    """
+    host = listener.bind.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, listener.bind.port))
+        sock.listen(listener.backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

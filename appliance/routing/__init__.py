@@ -1,0 +1,1 @@
+"""Request routing: virtual host by Host header, then route by path."""

@@ -1,0 +1,462 @@
+"""The backend side: one BackendConnection protocol per pooled TCP connection.
+
+States follow RProxy: CONNECTING, IDLE (ready, still reading so a close by the
+backend is seen at once), ACTIVE (serving one exchange) and DOWN (closed; the
+server decides when to reconnect). Parser callbacks record facts; what they
+imply (framing to the client, reuse) is decided in `_on_head` and
+`_after_feed`, outside the parser, so a released connection is never touched
+by a parser still running over the same read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import httptools
+
+from appliance.deadline import Deadline
+from appliance.http import errors
+from appliance.http import headers as hdr
+from appliance.http.downstream import (
+    FRAME_CHUNKED,
+    FRAME_NONE,
+    FRAME_RAW,
+    PAUSE_BUFFER_FULL,
+    PAUSE_UPSTREAM_FULL,
+)
+from appliance.http.exchange import ExchangeState
+
+if TYPE_CHECKING:
+    from appliance.http.exchange import Exchange
+    from appliance.upstream.pool import Server
+
+log = logging.getLogger("rproxyd.backend")
+
+
+class ConnState(Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    ACTIVE = "active"
+    DOWN = "down"
+
+
+_TRANSITIONS: frozenset[tuple[ConnState, ConnState]] = frozenset(
+    {
+        (ConnState.CONNECTING, ConnState.IDLE),
+        (ConnState.CONNECTING, ConnState.DOWN),
+        (ConnState.IDLE, ConnState.ACTIVE),
+        (ConnState.IDLE, ConnState.DOWN),
+        (ConnState.ACTIVE, ConnState.IDLE),
+        (ConnState.ACTIVE, ConnState.DOWN),
+    }
+)
+
+# Response body framing as received from the backend.
+BODY_NONE = 0
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+BODY_UNTIL_CLOSE = 3
+
+
+class BackendConnection(asyncio.Protocol):
+    __slots__ = (
+        "body_mode",
+        "body_seen",
+        "bypass_remaining",
+        "complete",
+        "exchange",
+        "extra_bytes",
+        "head_done",
+        "informational",
+        "keep_alive_client",
+        "parser",
+        "read_deadline",
+        "reading_paused",
+        "requests_served",
+        "resp_chunked",
+        "resp_close",
+        "resp_content_length",
+        "resp_headers",
+        "resp_keep_alive",
+        "resp_reason",
+        "resp_via",
+        "server",
+        "state",
+        "trailers",
+        "transport",
+        "write_deadline",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.state = ConnState.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.requests_served = 0
+        self.reading_paused = False
+        loop = server.pool.loop
+        self.read_deadline = Deadline(loop, self._on_read_timeout)
+        self.write_deadline = Deadline(loop, self._on_write_timeout)
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_reason = b""
+        self.resp_content_length: int | None = None
+        self.resp_chunked = False
+        self.resp_close = False
+        self.resp_keep_alive = False
+        self.resp_via: bytes | None = None
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.head_done = False
+        self.informational = False
+        self.complete = False
+        self.extra_bytes = False
+        self.body_mode = BODY_NONE
+        self.body_seen = 0
+        self.bypass_remaining = 0
+        self.keep_alive_client = False
+
+    def _transition(self, new: ConnState) -> None:
+        if (self.state, new) not in _TRANSITIONS:
+            raise RuntimeError(f"backend connection cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    # --------------------------------------------------------- asyncio hooks
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        limits = self.server.pool.limits
+        transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
+
+    def connected(self) -> None:
+        """The pool's connect attempt finished: this connection is ready for requests."""
+        if self.state is not ConnState.CONNECTING:
+            return  # closed again before the connect attempt returned
+        self._transition(ConnState.IDLE)
+        self.server.on_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is not ConnState.ACTIVE:
+            # Bytes nobody asked for: the connection's framing can't be trusted any more.
+            log.warning("backend %s sent %d unsolicited bytes", self.server.address, len(data))
+            self.close()
+            return
+        self.read_deadline.set(self.server.config.read_timeout)
+        if self.bypass_remaining:
+            self._forward_length_body(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            failure = exc.__context__
+            if not isinstance(failure, errors.ProxyFailure):
+                raise
+            self._fail(failure)
+            return
+        except httptools.HttpParserError as exc:
+            if self.complete:
+                self.extra_bytes = True  # garbage after a complete response
+            else:
+                self._fail(errors.BadBackendResponse(f"invalid response: {exc}"))
+                return
+        self._after_feed()
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close; connection_lost does the accounting
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.read_deadline.cancel()
+        self.write_deadline.cancel()
+        previous = self.state
+        if previous is ConnState.DOWN:
+            return
+        self._transition(ConnState.DOWN)
+        exchange = self.exchange
+        self.exchange = None
+        self.server.on_closed(self, previous)
+        if previous is ConnState.ACTIVE and exchange is not None and not exchange.finished:
+            self._lost_while_active(exchange, exc)
+
+    def pause_writing(self) -> None:
+        self.write_deadline.set(self.server.config.write_timeout)
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.pause_reading(PAUSE_UPSTREAM_FULL)
+
+    def resume_writing(self) -> None:
+        self.write_deadline.clear()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.resume_reading(PAUSE_UPSTREAM_FULL)
+
+    # ---------------------------------------------------------- flow control
+    def pause_reading(self) -> None:
+        """The client is not keeping up: stop reading the response (and its timeout)."""
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+            self.read_deadline.clear()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+            if self.state is ConnState.ACTIVE:
+                self.read_deadline.set(self.server.config.read_timeout)
+
+    # ---------------------------------------------------------- request side
+    def attach(self, exchange: Exchange) -> None:
+        """Start proxying `exchange` over this IDLE connection."""
+        self._transition(ConnState.ACTIVE)
+        exchange.transition(ExchangeState.PROXYING)
+        self.exchange = exchange
+        exchange.upstream = self
+        self._reset_response()
+        self.parser = httptools.HttpResponseParser(self)
+        transport = self.transport
+        transport.write(self.server.pool.request_head(exchange))
+        if exchange.body_buffer:
+            transport.writelines(self._framed_buffer(exchange))
+            if exchange.request_done:
+                # Kept until the response arrives, so the request can be replayed.
+                exchange.body_buffered = 0
+            else:
+                exchange.body_streamed = True
+                exchange.body_buffer = []
+                exchange.body_buffered = 0
+            exchange.client.resume_reading(PAUSE_BUFFER_FULL)
+        if exchange.request_done:
+            if exchange.chunked:
+                transport.write(hdr.last_chunk(exchange.trailers))
+        else:
+            exchange.client.send_continue(exchange)
+        if exchange.client.write_paused:
+            self.pause_reading()
+        else:
+            self.read_deadline.set(self.server.config.read_timeout)
+
+    @staticmethod
+    def _framed_buffer(exchange: Exchange) -> list[bytes]:
+        if not exchange.chunked:
+            return exchange.body_buffer
+        framed: list[bytes] = []
+        for chunk in exchange.body_buffer:
+            framed += (hdr.chunk_header(len(chunk)), chunk, b"\r\n")
+        return framed
+
+    def send_request_bytes(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def send_request_chunk(self, data: bytes) -> None:
+        self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
+
+    def abandon(self) -> None:
+        """The exchange ended on the client side mid-flight: this connection can't be reused."""
+        self.exchange = None
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    # -------------------------------------------------------- parser callbacks
+    def on_status(self, reason: bytes) -> None:
+        self.resp_reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            if hdr.allowed_trailer(name):
+                if self.trailers is None:
+                    self.trailers = []
+                self.trailers.append((name, value))
+            return
+        action = hdr.RESPONSE_ACTIONS.get(name.lower())
+        if action is None:
+            self.resp_headers.append((name, value))
+        elif action == hdr.RESP_CONTENT_LENGTH:
+            self.resp_content_length = int(value)
+            self.resp_headers.append((name, value))
+        elif action == hdr.RESP_CONNECTION:
+            tokens = hdr.connection_tokens(value)
+            self.resp_close = self.resp_close or b"close" in tokens
+            self.resp_keep_alive = self.resp_keep_alive or b"keep-alive" in tokens
+            named = {t for t in tokens if t not in (b"close", b"keep-alive")}
+            if named:
+                self.resp_headers = hdr.remove_named(self.resp_headers, named)
+        elif action == hdr.RESP_VIA:
+            self.resp_via = value if self.resp_via is None else self.resp_via + b", " + value
+        elif action == hdr.RESP_TRANSFER_ENCODING:
+            # Hop-by-hop: the body is re-framed for the client. Only a final "chunked"
+            # coding delimits the body; any other means it runs until close (RFC 9112 6.3).
+            self.resp_chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+        # RESP_DROP: other hop-by-hop headers.
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            self._on_informational(status)
+            return
+        self.head_done = True
+        self._on_head(status)
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self.extra_bytes = True
+            return
+        self.body_seen += len(body)
+        self.exchange.client.send_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        if self.complete:
+            return
+        self.complete = True
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra_bytes = True
+
+    # ------------------------------------------------------- response side
+    def _on_informational(self, status: int) -> None:
+        exchange = self.exchange
+        self.informational = True
+        if status == 101:
+            raise errors.BadBackendResponse("101 Switching Protocols without an Upgrade request")
+        if status == 100:
+            # The proxy answers Expect itself and does not forward it, so a 100 is ours to drop.
+            exchange.client.send_continue(exchange)
+        elif exchange.version == "1.1":
+            lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason)]
+            hdr.serialize_fields(lines, self.resp_headers)
+            lines.append(b"\r\n")
+            exchange.client.transport.write(b"".join(lines))
+        self.resp_headers = []
+        self.resp_reason = b""
+        self.resp_content_length = None
+
+    def _on_head(self, status: int) -> None:
+        """Decide the response framing for the client and send the re-serialized head."""
+        exchange = self.exchange
+        client = exchange.client
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            self.resp_keep_alive = not self.resp_close
+        else:
+            self.resp_keep_alive = self.resp_keep_alive and not self.resp_close
+        if exchange.is_head or status == 204 or status == 304:
+            self.body_mode = BODY_NONE
+            self.complete = True
+        elif self.resp_chunked:
+            self.body_mode = BODY_CHUNKED
+        elif self.resp_content_length is not None:
+            self.body_mode = BODY_LENGTH
+            if self.resp_content_length == 0:
+                self.complete = True
+        else:
+            self.body_mode = BODY_UNTIL_CLOSE
+            self.resp_keep_alive = False
+        keep_alive = client.response_keep_alive(exchange)
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason)]
+        hdr.serialize_fields(head, self.resp_headers)
+        via = self.server.pool.via
+        if via:
+            prior = self.resp_via + b", " if self.resp_via else b""
+            head.append(b"Via: %s%s %s\r\n" % (prior, version.encode(), via))
+        elif self.resp_via:
+            head.append(b"Via: " + self.resp_via + b"\r\n")
+        if self.body_mode == BODY_NONE or self.body_mode == BODY_LENGTH:
+            client.response_framing = FRAME_NONE if self.body_mode == BODY_NONE else FRAME_RAW
+        elif exchange.version == "1.1":
+            client.response_framing = FRAME_CHUNKED
+            head.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            client.response_framing = FRAME_RAW
+            keep_alive = False  # HTTP/1.0 has no chunked: the close ends the body
+        if exchange.version == "1.0":
+            head.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        else:
+            head.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        self.keep_alive_client = keep_alive
+        client.start_response(exchange, b"".join(head))
+
+    def _after_feed(self) -> None:
+        """Act on what the parser recorded during one read."""
+        if self.state is not ConnState.ACTIVE:
+            return
+        if self.complete:
+            self._complete_response()
+        elif self.head_done and self.body_mode == BODY_LENGTH:
+            self.bypass_remaining = self.resp_content_length - self.body_seen
+
+    def _forward_length_body(self, data: bytes) -> None:
+        remaining = self.bypass_remaining
+        if len(data) > remaining:
+            self.extra_bytes = True
+            data = data[:remaining]
+        self.bypass_remaining = remaining - len(data)
+        self.exchange.client.send_body(data)
+        if not self.bypass_remaining:
+            self.complete = True
+            self._complete_response()
+
+    def _complete_response(self) -> None:
+        exchange = self.exchange
+        reusable = self.resp_keep_alive and not self.extra_bytes and exchange.request_done
+        self.exchange = None
+        self.read_deadline.clear()
+        self.requests_served += 1
+        if exchange.body_buffer:
+            exchange.body_buffer = []
+        if self.reading_paused:
+            self.resume_reading()
+        # Release first, so a pipelined follow-up request can reuse this warm connection.
+        if reusable:
+            self._transition(ConnState.IDLE)
+            self.server.release(self)
+        else:
+            self.close()
+        exchange.client.finish_response(exchange, self.trailers, self.keep_alive_client)
+
+    # ---------------------------------------------------------------- failures
+    def _lost_while_active(self, exchange: Exchange, exc: Exception | None) -> None:
+        if self.head_done and self.body_mode == BODY_UNTIL_CLOSE and exc is None:
+            self.complete = True
+            exchange.client.finish_response(exchange, None, self.keep_alive_client)
+            return
+        unanswered = not self.head_done and not self.informational and self.body_seen == 0
+        if unanswered and self.requests_served and exchange.replayable() and exchange.retries < 2:
+            # A reused connection the backend closed as we sent: not the client's problem.
+            log.info("backend %s closed a reused connection; retrying %s %s",
+                     self.server.address, exchange.method.decode(), exchange.url.decode("latin-1"))
+            exchange.upstream = None
+            self.server.pool.retry(exchange)
+            return
+        reason = f"backend {self.server.address} closed the connection"
+        exchange.upstream = None
+        exchange.client.fail(exchange, errors.BackendRefused(reason))
+
+    def _fail(self, failure: errors.ProxyFailure) -> None:
+        log.warning("backend %s: %s", self.server.address, failure)
+        exchange = self.exchange
+        self.exchange = None
+        self.close()
+        if exchange is not None:
+            exchange.upstream = None
+            exchange.client.fail(exchange, failure)
+
+    def _on_read_timeout(self) -> None:
+        if self.state is ConnState.ACTIVE:
+            self._fail(errors.BackendTimeout(f"no response data for {self.server.config.read_timeout}s"))
+
+    def _on_write_timeout(self) -> None:
+        if self.state is ConnState.ACTIVE:
+            self._fail(errors.BackendTimeout("backend did not read the request"))
+
+
