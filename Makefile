@@ -36,3 +36,7 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+# Feature areas keep their targets beside their code.
+-include perf/perf.mk
+-include packaging/deb.mk
