@@ -3,6 +3,8 @@
 Endpoints:
   /                 a greeting
   /echo             the request body back (Content-Length or chunked request bodies)
+  /sink             reads the request body in 64 KiB pieces and answers its length
+  /trailers         a chunked body followed by an X-Checksum trailer field
   /headers          the request line and headers as JSON
   /bytes/N          N bytes with Content-Length, streamed in 64 KiB writes
   /chunked/N        N bytes, chunked
@@ -16,6 +18,7 @@ import argparse
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _BLOCK = b"x" * 65536
@@ -33,19 +36,31 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 
-    def _read_body(self) -> bytes:
+    def _body_pieces(self) -> Iterator[bytes]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
+                    return
+                while size:
+                    piece = self.rfile.read(min(size, 65536))
+                    if not piece:
+                        return
+                    size -= len(piece)
+                    yield piece
                 self.rfile.readline()
-        length = int(self.headers.get("Content-Length", 0) or 0)
-        return self.rfile.read(length) if length else b""
+        left = int(self.headers.get("Content-Length", 0) or 0)
+        while left:
+            piece = self.rfile.read(min(left, 65536))
+            if not piece:
+                return
+            left -= len(piece)
+            yield piece
+
+    def _read_body(self) -> bytes:
+        return b"".join(self._body_pieces())
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
@@ -58,6 +73,9 @@ class DemoHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         path = self.path.split("?", 1)[0]
         parts = path.strip("/").split("/")
+        if path == "/sink":
+            self._send(200, b"%d\n" % sum(len(piece) for piece in self._body_pieces()))
+            return
         body = self._read_body()
         if path == "/":
             self._send(200, b"Hello from the rproxyd demo origin\n")
@@ -71,6 +89,12 @@ class DemoHandler(BaseHTTPRequestHandler):
             self._stream(int(parts[1]), chunked=False)
         elif parts[0] == "chunked" and len(parts) == 2 and parts[1].isdigit():
             self._stream(int(parts[1]), chunked=True)
+        elif path == "/trailers":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Checksum")
+            self.end_headers()
+            self.wfile.write(b"5\r\nhello\r\n0\r\nX-Checksum: 5d41402a\r\n\r\n")
         elif parts[0] == "delay" and len(parts) == 2:
             time.sleep(float(parts[1]))
             self._send(200, b"slept\n")

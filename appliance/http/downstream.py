@@ -238,7 +238,7 @@ class ClientConnection(asyncio.Protocol):
             if value.lower() == b"100-continue":
                 exchange.expect_continue = True
             else:
-                raise errors.ClientFault("unsupported Expect")
+                raise errors.ExpectationFailed("unsupported Expect")
         elif action == hdr.REQ_FORWARDED_FOR:
             exchange.forwarded_for = (
                 value if exchange.forwarded_for is None else exchange.forwarded_for + b", " + value
@@ -260,6 +260,8 @@ class ClientConnection(asyncio.Protocol):
         elif version == "1.0":
             exchange.version = "1.0"
             exchange.keep_alive = exchange.conn_keep_alive and not exchange.conn_close
+        elif version.startswith("0."):
+            raise errors.ClientFault("HTTP/0.9 request")
         else:
             raise errors.UnsupportedVersion(f"HTTP/{version}")
         if exchange.hop_names is not None:

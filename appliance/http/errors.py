@@ -36,6 +36,10 @@ class BodyTooLarge(ClientFault):
     status = 413
 
 
+class ExpectationFailed(ClientFault):
+    status = 417
+
+
 class ClientTimeout(ClientFault):
     status = 408
 
@@ -86,7 +90,7 @@ def _build(status: int, keep_alive: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-_STATUSES = (400, 404, 408, 413, 431, 502, 503, 504, 505)
+_STATUSES = (400, 404, 408, 413, 417, 431, 502, 503, 504, 505)
 _RESPONSES = {(s, ka): _build(s, ka) for s in _STATUSES for ka in (True, False)}
 _HEAD_RESPONSES = {key: raw[: raw.index(b"\r\n\r\n") + 4] for key, raw in _RESPONSES.items()}
 

@@ -1,0 +1,37 @@
+"""Shared fixtures: a demo origin per test session and a factory for rproxyd instances."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Origin, Proxy, free_port, proxy_config
+
+
+@pytest.fixture(scope="session")
+def origin() -> Iterator[Origin]:
+    server = Origin()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    """Start rproxyd with proxy_config(**options); every proxy is stopped after the test."""
+    started: list[Proxy] = []
+
+    def start(**options: object) -> Proxy:
+        port = free_port()
+        directory = tmp_path / f"proxy{len(started)}"
+        directory.mkdir()
+        proxy = Proxy(directory, proxy_config(port, **options), port)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+        # No input may crash a worker: a traceback in the log is a failure of any test.
+        assert "Traceback" not in proxy.log(), proxy.log()

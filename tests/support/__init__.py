@@ -1,0 +1,228 @@
+"""Real processes and sockets for the tests: rproxyd, origins, scripted backends, raw clients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+RPROXYD = str(BIN / "rproxyd") if (BIN / "rproxyd").exists() else shutil.which("rproxyd")
+
+
+def free_port() -> int:
+    """A port the kernel just handed out, so parallel test runs do not collide."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+class Origin:
+    """The bundled demo origin (stdlib http.server), as its own process."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.demo_origin", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_port(self.port, proc=self.proc)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+def proxy_config(
+    port: int,
+    backends: dict[str, list[str]],
+    routes: list[tuple[str, str]] | None = None,
+    backend_options: str = "",
+    limits: str = "",
+    extra: str = "",
+) -> str:
+    """A TOML config: one listener, the given backends, one catch-all vhost."""
+    parts = [f'[[listener]]\nname = "http"\nbind = "127.0.0.1:{port}"\n']
+    for name, servers in backends.items():
+        listed = ", ".join(f'"{s}"' for s in servers)
+        parts.append(f"[backend.{name}]\nservers = [{listed}]\n{textwrap.dedent(backend_options)}\n")
+    parts.append('[[vhost]]\nname = "default"\nhosts = ["*"]\n')
+    for prefix, backend in routes or [("/", next(iter(backends)))]:
+        parts.append(f'[[vhost.route]]\npath = "{prefix}"\nbackend = "{backend}"\n')
+    if limits:
+        parts.append("[limits]\n" + textwrap.dedent(limits))
+    parts.append(textwrap.dedent(extra))
+    return "\n".join(parts)
+
+
+class Proxy:
+    """rproxyd started from a config file, waited for until it accepts."""
+
+    def __init__(self, config_dir: Path, config_text: str, port: int) -> None:
+        self.port = port
+        self.config_path = config_dir / "rproxy.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = config_dir / "rproxyd.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [RPROXYD, "-c", str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT
+        )
+        wait_port(port, proc=self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_kib(self) -> int:
+        """Resident memory of the proxy and its children, in KiB."""
+        total = 0
+        for pid in [self.proc.pid, *_children(self.proc.pid)]:
+            with contextlib.suppress(FileNotFoundError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            found += [int(child) for child in text.split()]
+    return found
+
+
+class ScriptedBackend:
+    """A raw TCP backend whose behaviour per connection is a Python function.
+
+    For faults a well-behaved origin never shows: closing idle connections,
+    resets, silence, malformed responses. It records every request head it reads.
+    """
+
+    def __init__(self, handler: Callable[[socket.socket, ScriptedBackend], None]) -> None:
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.handler(conn, self)
+
+    def read_head(self, conn: socket.socket, timeout: float = 10.0) -> bytes | None:
+        """Read one request head (up to the blank line); None when the peer closed."""
+        conn.settimeout(timeout)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = conn.recv(65536)
+            if not piece:
+                return None
+            data += piece
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.requests.append(head + b"\r\n\r\n" + rest)
+        return head + b"\r\n\r\n" + rest
+
+    def stop(self) -> None:
+        self._closing = True
+        self.sock.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0, shut_write: bool = False) -> bytes:
+    """Send raw bytes to the proxy and read until it closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        return read_all(sock, timeout)
+
+
+def read_all(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            chunks.append(piece)
+    return b"".join(chunks)
+
+
+def status_codes(raw: bytes) -> list[int]:
+    """Status codes of every response head in a raw byte stream, in order."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw)]
+
+
+@contextlib.contextmanager
+def running(*things: Origin | Proxy | ScriptedBackend) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for thing in things:
+            thing.stop()
+
+
+def curl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)

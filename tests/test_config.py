@@ -1,0 +1,145 @@
+"""Configuration: the shipped file, merging conf.d, and errors that name file, key and problem."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance import __version__
+from appliance.config import ConfigError, load
+from appliance.config.values import parse_duration, parse_size
+from appliance.routing.router import Router
+from tests.support import RPROXYD
+
+REPO = Path(__file__).resolve().parent.parent
+MINIMAL = """
+[[listener]]
+name = "http"
+bind = "127.0.0.1:8080"
+
+[backend.app]
+servers = ["127.0.0.1:9000"]
+
+[[vhost]]
+name = "default"
+
+[[vhost.route]]
+backend = "app"
+"""
+
+
+def rproxyd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RPROXYD, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_shipped_config_is_valid():
+    result = rproxyd("-t", "-c", str(REPO / "etc/rproxy/rproxy.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "is OK" in result.stdout
+
+
+def test_version():
+    result = rproxyd("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"rproxyd {__version__}"
+
+
+def test_every_error_names_file_key_and_expectation(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    main.write_text(MINIMAL + '\n[limits]\nheader_timeout = "ten seconds"\n')
+    (tmp_path / "conf.d").mkdir()
+    extra = tmp_path / "conf.d" / "20-backend.toml"
+    extra.write_text('[backend.app]\nconections = 5\nservers = ["no-port"]\n')
+    result = rproxyd("-t", "-c", str(main))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert f"rproxyd: {main}: limits.header_timeout: expected a duration" in lines[2] or any(
+        line.startswith(f"rproxyd: {main}: limits.header_timeout: expected a duration") for line in lines
+    )
+    assert any(line.startswith(f"rproxyd: {extra}: backend.app.conections: unknown key (did you mean "
+                               "'connections'?)") for line in lines)
+    assert any(line.startswith(f"rproxyd: {extra}: backend.app.servers: expected \"host:port\"")
+               for line in lines)
+    assert lines[-1] == f"rproxyd: configuration {main} test failed"
+
+
+def test_cross_reference_errors(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    main.write_text(MINIMAL.replace('backend = "app"', 'backend = "missing"')
+                    + '\n[limits]\nwrite_low_watermark = "1m"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(main)
+    problems = caught.value.problems
+    assert f"{main}: vhost[0].route[0].backend: no backend named 'missing' (known: app)" in problems
+    assert f"{main}: limits.write_low_watermark: must be smaller than write_high_watermark" in problems
+
+
+def test_missing_file_and_syntax_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "absent.toml")
+    broken = tmp_path / "rproxy.toml"
+    broken.write_text("[[listener]\n")
+    with pytest.raises(ConfigError, match="TOML syntax error"):
+        load(broken)
+
+
+def test_conf_d_merges_in_name_order(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    main.write_text(MINIMAL + "\n[limits]\nmax_pending = 10\n")
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "20-b.toml").write_text("[limits]\nmax_pending = 30\n")
+    (conf_d / "10-a.toml").write_text(
+        '[limits]\nmax_pending = 20\nmax_body_bytes = "2m"\n'
+        '[[listener]]\nname = "alt"\nbind = "127.0.0.1:8081"\n'
+    )
+    (conf_d / "ignored.conf").write_text("not toml at all [")
+    config = load(main)
+    assert config.limits.max_pending == 30
+    assert config.limits.max_body_bytes == 2 * 1024 * 1024
+    assert [listener.name for listener in config.listener] == ["http", "alt"]
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [(10, 10.0), ("500ms", 0.5), ("2m", 120.0), ("1.5s", 1.5)])
+def test_durations(raw, seconds):
+    assert parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize(("raw", "size"), [(8192, 8192), ("16k", 16384), ("1m", 1048576), ("1g", 1024**3)])
+def test_sizes(raw, size):
+    assert parse_size(raw) == size
+
+
+def test_router_exact_glob_default_and_longest_prefix(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    main.write_text("""
+[[listener]]
+name = "http"
+bind = "127.0.0.1:8080"
+[backend.a]
+servers = ["127.0.0.1:1"]
+[backend.b]
+servers = ["127.0.0.1:2"]
+[[vhost]]
+name = "api"
+hosts = ["api.example.com", "*.api.example.com"]
+[[vhost.route]]
+path = "/"
+backend = "a"
+[[vhost.route]]
+path = "/v2/"
+backend = "b"
+[[vhost]]
+name = "fallback"
+hosts = ["*"]
+[[vhost.route]]
+path = "/static/"
+backend = "b"
+""")
+    router = Router(load(main), lambda name: name)
+    assert router.match(b"api.example.com", b"/v1/x").backend == "a"
+    assert router.match(b"API.example.com:8080", b"/v2/x").backend == "b"
+    assert router.match(b"eu.api.example.com", b"/").vhost == "api"
+    assert router.match(b"other.test", b"/static/app.js").vhost == "fallback"
+    assert router.match(b"other.test", b"/dynamic") is None

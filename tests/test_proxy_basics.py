@@ -1,0 +1,160 @@
+"""The everyday path: methods, bodies both ways, framing, keep-alive, forwarded headers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+
+import httpx
+import pytest
+
+from tests.support import curl, read_all, status_codes
+
+
+@pytest.fixture
+def proxy(make_proxy, origin):
+    return make_proxy(backends={"demo": [origin.address]})
+
+
+def test_get_through_proxy_with_curl(proxy):
+    result = curl("-i", proxy.url + "/")
+    assert result.returncode == 0
+    assert result.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Hello from the rproxyd demo origin" in result.stdout
+    assert b"\r\nVia: 1.1 rproxyd\r\n" in result.stdout
+
+
+def test_forwarded_headers_appended_and_hop_by_hop_removed(proxy):
+    headers = {
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "spoofed",
+        "X-Forwarded-Host": "spoofed.example",
+        "Connection": "keep-alive, X-Secret",
+        "X-Secret": "hop",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Proxy-Connection": "keep-alive",
+        "Upgrade": "h2c",
+        "Via": "1.0 edge",
+    }
+    response = httpx.get(proxy.url + "/headers", headers=headers)
+    seen = {name.lower(): value for name, value in response.json()["headers"]}
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == f"127.0.0.1:{proxy.port}"
+    assert seen["via"] == "1.0 edge, 1.1 rproxyd"
+    for hop in ("connection", "x-secret", "keep-alive", "te", "proxy-connection", "upgrade"):
+        assert hop not in seen, hop
+
+
+def test_content_length_and_chunked_uploads_round_trip(proxy):
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    with httpx.Client() as client:
+        fixed = client.post(proxy.url + "/echo", content=payload)
+        chunked = client.post(proxy.url + "/echo", content=iter([payload[:1000], payload[1000:]]))
+    assert fixed.status_code == 200 and fixed.content == payload
+    assert chunked.status_code == 200 and chunked.content == payload
+
+
+def test_chunked_and_length_downloads(proxy):
+    with httpx.Client() as client:
+        fixed = client.get(proxy.url + "/bytes/5000000")
+        chunked = client.get(proxy.url + "/chunked/3000000")
+    assert len(fixed.content) == 5000000 and fixed.headers["content-length"] == "5000000"
+    assert len(chunked.content) == 3000000
+    assert chunked.headers["transfer-encoding"] == "chunked"
+
+
+def test_response_trailers_forwarded(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /trailers HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        raw = read_all(sock, 5)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"5\r\nhello\r\n0\r\nX-Checksum: 5d41402a\r\n\r\n"
+
+
+def test_head_204_304_have_no_body_and_keep_alive(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(
+            b"HEAD /bytes/1000 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /status/204 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /status/304 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        raw = read_all(sock, 5)
+    assert status_codes(raw) == [200, 204, 304, 200]
+    assert b"Content-Length: 1000\r\n" in raw  # HEAD keeps the length, sends no body
+    assert raw.endswith(b"Hello from the rproxyd demo origin\n")
+    assert raw.count(b"xxxx") == 0
+
+
+def test_pipelined_requests_answered_in_order(proxy):
+    paths = ["/bytes/10", "/delay/0.2", "/bytes/3", "/chunked/5", "/headers"]
+    request = b"".join(b"GET %s HTTP/1.1\r\nHost: p\r\n\r\n" % p.encode() for p in paths)
+    request += b"GET /bytes/1 HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(request)
+        raw = read_all(sock, 5)
+    assert status_codes(raw) == [200] * 6
+    markers = (b"\r\n\r\nxxxxxxxxxxHTTP", b"slept\n", b'"path": "/headers"')
+    order = [raw.find(marker) for marker in markers]
+    assert order == sorted(order) and -1 not in order
+    assert raw.endswith(b"\r\n\r\nx")
+
+
+def test_http10_client_gets_pooled_backend_and_closed_response(proxy, origin):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /chunked/4 HTTP/1.0\r\n\r\n")
+        raw = read_all(sock, 5)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    assert body == b"xxxx"  # de-chunked for HTTP/1.0, delimited by the close
+
+
+def test_http10_keep_alive_when_asked(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /bytes/2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        first = sock.recv(4096)
+        sock.sendall(b"GET /bytes/3 HTTP/1.0\r\n\r\n")
+        second = read_all(sock, 5)
+    assert b"Connection: keep-alive" in first and first.endswith(b"\r\n\r\nxx")
+    assert second.endswith(b"\r\n\r\nxxx") and b"Connection: close" in second
+
+
+def test_expect_100_continue(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: e\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        interim = sock.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_all(sock, 5)
+    assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"\r\n\r\nhello")
+
+
+def test_curl_large_upload_uses_expect(proxy, tmp_path):
+    payload = os.urandom(2 * 1024 * 1024)
+    source = tmp_path / "upload.bin"
+    source.write_bytes(payload)
+    result = curl("-H", "Expect: 100-continue", "--data-binary", f"@{source}", proxy.url + "/echo")
+    assert result.returncode == 0
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
+
+
+def test_absolute_form_target_uses_its_authority(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET http://example.test/headers HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
+        raw = read_all(sock, 5)
+    info = json.loads(raw.partition(b"\r\n\r\n")[2])
+    assert info["path"] == "/headers"
+    assert ["Host", "example.test"] in info["headers"]
+
+
+def test_keep_alive_reuses_one_client_connection(proxy):
+    with httpx.Client() as client:
+        for _ in range(50):
+            assert client.get(proxy.url + "/").status_code == 200

@@ -1,0 +1,273 @@
+"""Bad input gets a clear answer; backend faults get 502/503/504; nothing crashes a worker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import random
+import socket
+import struct
+import time
+
+import httpx
+import pytest
+
+from tests.support import ScriptedBackend, free_port, raw_exchange, read_all, status_codes
+
+SMALL_LIMITS = """
+max_header_bytes = "1k"
+max_body_bytes = 1000
+header_timeout = "1s"
+keepalive_timeout = "1s"
+body_timeout = "1s"
+"""
+
+
+@pytest.fixture
+def proxy(make_proxy, origin):
+    return make_proxy(backends={"demo": [origin.address]}, limits=SMALL_LIMITS)
+
+
+def _answer(raw: bytes) -> tuple[int, bool]:
+    """The one status code in a raw reply, and whether it announced a close."""
+    codes = status_codes(raw)
+    assert len(codes) == 1, raw
+    return codes[0], b"Connection: close" in raw
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", id="not-http"),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="http11-without-host"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", id="two-hosts"),
+        pytest.param(b"GET /\r\n\r\n", id="http09"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", id="obs-fold"),
+        pytest.param(b"GET / HTTP/1.1\nHost: a\n\n", id="bare-lf"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", id="bare-cr"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", id="space-before-colon"),
+        pytest.param(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\n", id="cl-and-te"),
+        pytest.param(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            id="two-content-lengths"),
+        pytest.param(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc", id="te-not-chunked"),
+        pytest.param(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc",
+            id="te-chunked-not-final"),
+        pytest.param(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            id="bad-chunk-size"),
+        pytest.param(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", id="connect"),
+    ],
+)
+def test_malformed_request_gets_400_and_close(proxy, request_bytes):
+    status, closed = _answer(raw_exchange(proxy.port, request_bytes))
+    assert status == 400 and closed
+
+
+def test_unknown_expectation_gets_417(proxy):
+    status, closed = _answer(raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nExpect: tea\r\n\r\n"))
+    assert status == 417 and closed
+
+
+def test_smuggled_request_never_reaches_backend(make_proxy):
+    backend = ScriptedBackend(_ok_forever)
+    proxy = make_proxy(backends={"b": [backend.address]})
+    attack = (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert _answer(raw_exchange(proxy.port, attack))[0] == 400
+    assert not any(b"/admin" in request for request in backend.requests)
+    backend.stop()
+
+
+def test_header_block_over_limit_gets_431(proxy):
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    status, closed = _answer(raw_exchange(proxy.port, big))
+    assert status == 431 and closed
+
+
+def test_unfinished_huge_header_is_cut_at_limit(proxy):
+    # No end of head ever comes: the proxy must not buffer without bound.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
+        with pytest.raises(OSError):
+            for _ in range(200):
+                sock.sendall(b"a" * 4096)
+                time.sleep(0.001)
+        # Either the send failed above (connection closed) or the 431 is readable.
+    assert proxy.alive()
+
+
+def test_declared_body_over_limit_gets_413_before_upload(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        status, closed = _answer(read_all(sock, 5))
+    assert status == 413 and closed
+
+
+def test_chunked_body_over_limit_gets_413(proxy):
+    chunk = b"%x\r\n%s\r\n" % (600, b"b" * 600)
+    raw = raw_exchange(proxy.port, b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       + chunk + chunk + b"0\r\n\r\n")
+    assert status_codes(raw) in ([413], [])  # 413, or a cut connection if the response had begun
+    assert status_codes(raw) == [413]
+
+
+def test_no_route_gets_404(make_proxy, origin):
+    proxy = make_proxy(backends={"demo": [origin.address]}, routes=[("/api/", "demo")])
+    assert httpx.get(proxy.url + "/elsewhere").status_code == 404
+    assert httpx.get(proxy.url + "/api/x").status_code == 404  # the origin's own 404
+    assert "rproxyd" in httpx.get(proxy.url + "/elsewhere").headers["server"]
+
+
+def test_refused_backend_gets_502_then_503_while_down(make_proxy):
+    proxy = make_proxy(backends={"gone": [f"127.0.0.1:{free_port()}"]},
+                       backend_options='retry_delay = "200ms"')
+    time.sleep(0.5)  # the warm-up connect failed; its back-off has passed
+    assert httpx.get(proxy.url + "/").status_code == 502  # this request's own connect was refused
+    # Now in back-off (400 ms): with every server DOWN the answer is 503 at once.
+    down = httpx.get(proxy.url + "/")
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
+
+
+def _reset(conn: socket.socket, backend: ScriptedBackend) -> None:
+    backend.read_head(conn)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_backend_reset_gets_502(make_proxy):
+    backend = ScriptedBackend(_reset)
+    proxy = make_proxy(backends={"b": [backend.address]})
+    # A POST is never replayed, so the reset reaches the client as 502.
+    assert httpx.post(proxy.url + "/", content=b"x").status_code == 502
+    backend.stop()
+
+
+def _garbage(conn: socket.socket, backend: ScriptedBackend) -> None:
+    backend.read_head(conn)
+    conn.sendall(b"HTTP/1.1 2OO NOT OK\r\n\r\n")
+
+
+def test_invalid_backend_response_gets_502(make_proxy):
+    backend = ScriptedBackend(_garbage)
+    proxy = make_proxy(backends={"b": [backend.address]})
+    assert httpx.get(proxy.url + "/").status_code == 502
+    backend.stop()
+
+
+def test_slow_backend_gets_504(make_proxy, origin):
+    proxy = make_proxy(backends={"demo": [origin.address]}, backend_options='read_timeout = "300ms"')
+    started = time.monotonic()
+    assert httpx.get(proxy.url + "/delay/3", timeout=10).status_code == 504
+    assert time.monotonic() - started < 2.5
+    # The pool recovers: the next request is served.
+    assert httpx.get(proxy.url + "/").status_code == 200
+
+
+def _silent(conn: socket.socket, backend: ScriptedBackend) -> None:
+    backend.read_head(conn)
+    time.sleep(3)
+
+
+def test_pending_queue_overflow_and_timeout_get_503(make_proxy):
+    backend = ScriptedBackend(_silent)
+    proxy = make_proxy(
+        backends={"b": [backend.address]},
+        backend_options='connections = 1\nread_timeout = "5s"',
+        limits='max_pending = 1\npending_timeout = "500ms"',
+    )
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        busy = pool.submit(httpx.get, proxy.url + "/busy", timeout=10)
+        time.sleep(0.3)  # the one connection is now ACTIVE
+        queued = pool.submit(httpx.get, proxy.url + "/queued", timeout=10)
+        time.sleep(0.1)
+        overflow = httpx.get(proxy.url + "/overflow", timeout=10)
+        assert overflow.status_code == 503 and overflow.headers["retry-after"] == "1"
+        started = time.monotonic()
+        timed_out = queued.result()
+        assert timed_out.status_code == 503 and "retry-after" in timed_out.headers
+        assert time.monotonic() - started < 1.5
+        busy.cancel()
+    backend.stop()
+
+
+def _keepalive_then_close(conn: socket.socket, backend: ScriptedBackend) -> None:
+    # Answers one request per connection, then closes it after a short idle time,
+    # as servers with a short keep-alive timeout do.
+    if backend.read_head(conn) is None:
+        return
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    time.sleep(0.2)
+
+
+def test_backend_closing_idle_connections_never_becomes_502(make_proxy):
+    backend = ScriptedBackend(_keepalive_then_close)
+    proxy = make_proxy(backends={"b": [backend.address]})
+    with httpx.Client() as client:
+        for _ in range(5):
+            assert client.get(proxy.url + "/").status_code == 200
+            time.sleep(0.4)
+    backend.stop()
+
+
+def _close_second_request(conn: socket.socket, backend: ScriptedBackend) -> None:
+    # Serves the first request, then takes the next one and closes without an answer:
+    # the race where a backend closes an idle connection just as the proxy reuses it.
+    if backend.read_head(conn) is None:
+        return
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    backend.read_head(conn)
+
+
+def test_reused_connection_closed_unanswered_retries_idempotent_only(make_proxy):
+    backend = ScriptedBackend(_close_second_request)
+    proxy = make_proxy(backends={"b": [backend.address]}, backend_options="connections = 1")
+    with httpx.Client() as client:
+        for _ in range(4):
+            assert client.get(proxy.url + "/get").status_code == 200
+        posts = [client.post(proxy.url + "/post", content=b"once").status_code for _ in range(2)]
+    assert 502 in posts  # a POST whose connection died is answered 502...
+    sent = [r for r in backend.requests if r.startswith(b"POST")]
+    assert len(sent) == 2  # ...and was never sent twice
+    backend.stop()
+
+
+def _ok_forever(conn: socket.socket, backend: ScriptedBackend) -> None:
+    while backend.read_head(conn) is not None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_header_timeout_gets_408(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        status, closed = _answer(read_all(sock, 5))
+    assert status == 408 and closed
+
+
+def test_idle_keepalive_connection_closed_quietly(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        started = time.monotonic()
+        raw = read_all(sock, 5)
+    assert status_codes(raw) == [200]
+    assert 0.8 < time.monotonic() - started < 3
+
+
+def test_random_garbage_never_crashes_the_worker(proxy):
+    rng = random.Random(1234)
+    seeds = [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+             b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd",
+             b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"]
+    for _ in range(300):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data += os.urandom(rng.randint(1, 64))
+        raw_exchange(proxy.port, bytes(data), timeout=2, shut_write=True)
+    assert proxy.alive()
+    assert httpx.get(proxy.url + "/").status_code == 200
