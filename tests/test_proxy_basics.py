@@ -10,7 +10,7 @@ import socket
 import httpx
 import pytest
 
-from tests.support import curl, read_all, status_codes
+from tests.support import curl, read_all, recv_until, status_codes
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_http10_client_gets_pooled_backend_and_closed_response(proxy, origin):
 def test_http10_keep_alive_when_asked(proxy):
     with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
         sock.sendall(b"GET /bytes/2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        first = sock.recv(4096)
+        first = recv_until(sock, b"\r\n\r\nxx")
         sock.sendall(b"GET /bytes/3 HTTP/1.0\r\n\r\n")
         second = read_all(sock, 5)
     assert b"Connection: keep-alive" in first and first.endswith(b"\r\n\r\nxx")
@@ -128,7 +128,7 @@ def test_http10_keep_alive_when_asked(proxy):
 def test_expect_100_continue(proxy):
     with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
         sock.sendall(b"POST /echo HTTP/1.1\r\nHost: e\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-        interim = sock.recv(4096)
+        interim = recv_until(sock, b"\r\n\r\n")
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
         sock.shutdown(socket.SHUT_WR)

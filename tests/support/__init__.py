@@ -210,6 +210,18 @@ def read_all(sock: socket.socket, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
+def recv_until(sock: socket.socket, suffix: bytes, timeout: float = 5.0) -> bytes:
+    """Read until the received bytes end with `suffix` (a response split over writes)."""
+    sock.settimeout(timeout)
+    data = b""
+    while not data.endswith(suffix):
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    return data
+
+
 def status_codes(raw: bytes) -> list[int]:
     """Status codes of every response head in a raw byte stream, in order."""
     return [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw)]
