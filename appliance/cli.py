@@ -23,23 +23,51 @@ def _parser() -> argparse.ArgumentParser:
         "-t", "--test", action="store_true",
         help="check the configuration, print OK or every error, and exit 0 or 1",
     )
+    parser.add_argument(
+        "--reload", type=int, metavar="PID",
+        help="for systemd's ExecReload: send SIGHUP to the supervisor PID and wait for the "
+        "reload's outcome; exit 0 if the new generation serves, 1 if it was rejected",
+    )
+    parser.add_argument(
+        "--reload-timeout", type=float, default=120.0, metavar="SECONDS",
+        help="how long --reload waits for the outcome (default 120)",
+    )
     parser.add_argument("--version", action="version", version=f"rproxyd {__version__}")
     return parser
 
 
+def _reload(args: argparse.Namespace) -> int:
+    from appliance.process import status
+
+    directory = status.find_runtime_dir(args.reload, args.config)
+    ok, message = status.request_reload(args.reload, directory, args.reload_timeout)
+    print(f"rproxyd: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.reload is not None:
+        return _reload(args)
     try:
         config = load(args.config)
+        from appliance.process.plan import slot_cpus
+
+        slot_cpus(config.process)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"rproxyd: {problem}", file=sys.stderr)
         if args.test:
             print(f"rproxyd: configuration {args.config} test failed", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"rproxyd: {exc}", file=sys.stderr)
+        if args.test:
+            print(f"rproxyd: configuration {args.config} test failed", file=sys.stderr)
+        return 1
     if args.test:
         print(f"rproxyd: configuration {args.config} is OK")
         return 0
-    from appliance.worker import run_single
+    from appliance.supervisor import run
 
-    return run_single(config)
+    return run(args.config, config)

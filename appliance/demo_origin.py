@@ -10,6 +10,8 @@ Endpoints:
   /chunked/N        N bytes, chunked
   /delay/SECONDS    a greeting after a pause
   /status/CODE      an empty response with that status
+  /health           200, or 503 after /health/down (until /health/up), for active probes
+Every response carries X-Origin: NAME (--name), so tests can see which server answered.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _BLOCK = b"x" * 65536
+
+
+class _State:
+    name = "demo"
+    healthy = True
 
 
 class DemoHandler(BaseHTTPRequestHandler):
@@ -62,6 +69,10 @@ class DemoHandler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         return b"".join(self._body_pieces())
 
+    def end_headers(self) -> None:
+        self.send_header("X-Origin", _State.name)
+        super().end_headers()
+
     def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -89,6 +100,11 @@ class DemoHandler(BaseHTTPRequestHandler):
             self._stream(int(parts[1]), chunked=False)
         elif parts[0] == "chunked" and len(parts) == 2 and parts[1].isdigit():
             self._stream(int(parts[1]), chunked=True)
+        elif path == "/health":
+            self._send(200 if _State.healthy else 503, b"ok\n" if _State.healthy else b"down\n")
+        elif path in ("/health/up", "/health/down"):
+            _State.healthy = path == "/health/up"
+            self._send(200, path.encode())
         elif path == "/trailers":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -128,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rproxyd demo origin")
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--name", default="demo", help="value of the X-Origin response header")
     args = parser.parse_args(argv)
+    _State.name = args.name
     server = ThreadingHTTPServer((args.bind, args.port), DemoHandler)
     server.daemon_threads = True
     print(f"demo origin on http://{args.bind}:{server.server_address[1]}/", flush=True)

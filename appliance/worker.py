@@ -11,17 +11,31 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import uvloop
 
 from appliance.config.schema import Config, LimitsConfig
-from appliance.http.downstream import ClientConnection
+from appliance.http.downstream import ClientConnection, ClientState
 from appliance.listeners import open_listener
+from appliance.process import heartbeat, logs
 from appliance.routing.router import Router
+from appliance.routing.trust import TrustedProxies
 from appliance.upstream.pool import BackendPool
 
 log = logging.getLogger("rproxyd.worker")
+
+# Exit status of a worker that failed before it accepted a single connection: the
+# supervisor treats it as a broken build or configuration, not a crash to retry at once.
+EXIT_BOOT_FAILURE = 3
+
+# Signals a worker handles on its loop. A supervisor blocks them around fork() so none
+# is lost or runs the supervisor's inherited handler before the loop takes them over.
+WORKER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1})
+
+DRAIN_IDLE_GRACE = 1.0  # seconds an idle connection may still send one request while draining
+DRAIN_POLL = 0.005  # short, so a request that arrives while draining is marked before its answer
 
 
 @dataclass(slots=True, eq=False)
@@ -32,32 +46,57 @@ class WorkerContext:
     limits: LimitsConfig
     router: Router
     pools: dict[str, BackendPool]
+    trusted: TrustedProxies
     clients: set[ClientConnection] = field(default_factory=set)
+
+    def is_trusted(self, address: str) -> bool:
+        return address in self.trusted
 
 
 class Worker:
     """Serves the given listening sockets until told to stop."""
 
-    def __init__(self, config: Config, sockets: dict[str, socket.socket], slot: int = 0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sockets: Mapping[str, socket.socket | list[socket.socket]],
+        slot: int = 0,
+        beat: heartbeat.HeartbeatCell | None = None,
+    ) -> None:
         self.config = config
-        self.sockets = sockets
+        # One socket per listener, or several when a supervisor with fewer slots than
+        # sockets hands this worker the surplus ones (see appliance.process.sockets).
+        self.sockets = {name: s if isinstance(s, list) else [s] for name, s in sockets.items()}
         self.slot = slot
+        self.beat = beat
         self._stopping: asyncio.Event | None = None
         self._graceful = True
+        self._accepting = False
 
     def run(self) -> int:
-        """Run the loop in this process; return the exit status."""
-        return uvloop.run(self._serve())
+        """Run the loop in this process; return the exit status.
+
+        A failure before the first accept returns EXIT_BOOT_FAILURE; later ones raise.
+        """
+        try:
+            return uvloop.run(self._serve())
+        except Exception:
+            if self._accepting:
+                raise
+            log.exception("worker %d failed to start", self.slot)
+            return EXIT_BOOT_FAILURE
 
     def build_context(self, loop: asyncio.AbstractEventLoop) -> WorkerContext:
         config = self.config
         via = config.proxy.via.encode()
         pools = {
-            name: BackendPool(name, backend, config.limits, loop, via)
+            name: BackendPool(name, backend, config.limits, loop, via,
+                              config.proxy.internal_redirect_status)
             for name, backend in config.backend.items()
         }
         router = Router(config, pools.__getitem__)
-        return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools)
+        return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools,
+                             trusted=TrustedProxies(config.proxy.trusted_proxies))
 
     async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -66,20 +105,35 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stop, True)
         loop.add_signal_handler(signal.SIGINT, self.stop, False)
         loop.add_signal_handler(signal.SIGQUIT, self.stop, False)
+        loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        if self.beat is not None:
+            self.beat.start(loop)
         servers = []
         for listener in self.config.listener:
-            sock = self.sockets[listener.name]
-            servers.append(
-                await loop.create_server(lambda: ClientConnection(ctx), sock=sock, backlog=listener.backlog)
-            )
+            for sock in self.sockets[listener.name]:
+                servers.append(await loop.create_server(
+                    lambda: ClientConnection(ctx), sock=sock, backlog=listener.backlog))
         for pool in ctx.pools.values():
-            pool.warm_up()
-        log.info("worker %d serving %s", self.slot,
-                 ", ".join(f"{lc.name}={lc.bind}" for lc in self.config.listener))
+            pool.start()
+        self._accepting = True
+        if self.beat is not None:
+            self.beat.set_phase(heartbeat.ACCEPTING)
+        log.info("worker %d serving %s", self.slot, ", ".join(
+            f"{name}={sock.getsockname()[0]}:{sock.getsockname()[1]}"
+            for name, socks in self.sockets.items() for sock in socks))
         await self._stopping.wait()
+        if self.beat is not None:
+            self.beat.set_phase(heartbeat.DRAINING)
+        # Closing our fd of a listening socket stops this process accepting; the queue
+        # lives on in the supervisor's fd and the slot's next worker keeps serving it.
         for server in servers:
             server.close()
         if self._graceful:
+            # Let one loop turn read requests already sitting in socket buffers, so that
+            # they are answered (with Connection: close) rather than cut by the idle close.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             await self._drain(ctx)
         for client in list(ctx.clients):
             client.close(force=True)
@@ -92,17 +146,28 @@ class Worker:
             self._stopping.set()
 
     async def _drain(self, ctx: WorkerContext) -> None:
-        for client in list(ctx.clients):
-            client.shutdown()
-        deadline = ctx.loop.time() + self.config.proxy.drain_timeout
-        while ctx.clients and ctx.loop.time() < deadline and self._graceful:
-            await asyncio.sleep(0.05)
+        """Finish in-flight requests (answered with Connection: close), then close.
+
+        An idle connection is not closed at once: one accepted just before we stopped
+        accepting has often not sent its first request yet, and closing it would fail a
+        request that no client may retry. Idle connections get DRAIN_IDLE_GRACE to send
+        one; a connection seen busy is shut down (close after its current response).
+        """
+        loop = ctx.loop
+        deadline = loop.time() + self.config.proxy.drain_timeout
+        idle_close_at = loop.time() + min(DRAIN_IDLE_GRACE, self.config.proxy.drain_timeout)
+        while ctx.clients and loop.time() < deadline and self._graceful:
+            close_idle = loop.time() >= idle_close_at
+            for client in list(ctx.clients):
+                if client.state is ClientState.BUSY or (close_idle and client.state is ClientState.IDLE):
+                    client.shutdown()
+            await asyncio.sleep(DRAIN_POLL)
         if ctx.clients:
             log.warning("drain timeout: cutting %d connections", len(ctx.clients))
 
 
 def run_single(config: Config) -> int:
     """Run one worker in this process (the mode before the supervisor takes over)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup(config.log)
     sockets = {listener.name: open_listener(listener) for listener in config.listener}
     return Worker(config, sockets).run()

@@ -10,7 +10,6 @@ import pytest
 from appliance import __version__
 from appliance.config import ConfigError, load
 from appliance.config.values import parse_duration, parse_size
-from appliance.routing.router import Router
 from tests.support import RPROXYD
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,37 +108,3 @@ def test_durations(raw, seconds):
 @pytest.mark.parametrize(("raw", "size"), [(8192, 8192), ("16k", 16384), ("1m", 1048576), ("1g", 1024**3)])
 def test_sizes(raw, size):
     assert parse_size(raw) == size
-
-
-def test_router_exact_glob_default_and_longest_prefix(tmp_path):
-    main = tmp_path / "rproxy.toml"
-    main.write_text("""
-[[listener]]
-name = "http"
-bind = "127.0.0.1:8080"
-[backend.a]
-servers = ["127.0.0.1:1"]
-[backend.b]
-servers = ["127.0.0.1:2"]
-[[vhost]]
-name = "api"
-hosts = ["api.example.com", "*.api.example.com"]
-[[vhost.route]]
-path = "/"
-backend = "a"
-[[vhost.route]]
-path = "/v2/"
-backend = "b"
-[[vhost]]
-name = "fallback"
-hosts = ["*"]
-[[vhost.route]]
-path = "/static/"
-backend = "b"
-""")
-    router = Router(load(main), lambda name: name)
-    assert router.match(b"api.example.com", b"/v1/x").backend == "a"
-    assert router.match(b"API.example.com:8080", b"/v2/x").backend == "b"
-    assert router.match(b"eu.api.example.com", b"/").vhost == "api"
-    assert router.match(b"other.test", b"/static/app.js").vhost == "fallback"
-    assert router.match(b"other.test", b"/dynamic") is None

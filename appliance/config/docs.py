@@ -23,7 +23,9 @@ rproxyd reads `/etc/rproxy/rproxy.toml` (or the file given with `-c`), then ever
 `conf.d/*.toml` beside it in name order. Tables merge key by key and a later file's
 value replaces an earlier one's; arrays of tables (`[[listener]]`, `[[vhost]]`) are
 concatenated. Unknown keys are errors. `rproxyd -t -c FILE` checks a configuration and
-prints every problem with its file and key path.
+prints every problem with its file and key path. How routing, balancing, health and
+failover work, with an example per feature: [routing.md](routing.md); the HTTP data path:
+[http.md](http.md).
 
 Value kinds:
 - **duration**: seconds as a number, or a string with a unit: `"500ms"`, `"10s"`, `"2m"`, `"1h"`.
@@ -58,10 +60,14 @@ max_body_bytes = "100m"
 _SECTIONS: list[tuple[str, type]] = [
     ("[[listener]]", schema.ListenerConfig),
     ("[backend.NAME]", schema.BackendConfig),
+    ("[backend.NAME.health]", schema.HealthConfig),
     ("[[vhost]]", schema.VhostConfig),
     ("[[vhost.route]]", schema.RouteConfig),
+    ("request_headers / response_headers (in [[vhost]] and [[vhost.route]])", schema.HeaderPolicyConfig),
     ("[limits]", schema.LimitsConfig),
     ("[proxy]", schema.ProxyConfig),
+    ("[process]", schema.ProcessConfig),
+    ("[log]", schema.LogConfig),
 ]
 
 

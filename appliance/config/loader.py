@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from appliance.config import schema
-from appliance.config.values import parse_address, parse_duration, parse_size
+from appliance.config.rewrite import expand_template
+from appliance.config.values import (
+    parse_address,
+    parse_cpu_list,
+    parse_duration,
+    parse_network,
+    parse_server,
+    parse_size,
+    parse_worker_count,
+)
 
 DEFAULT_PATH = Path("/etc/rproxy/rproxy.toml")
 
@@ -223,6 +233,30 @@ def _address_list(raw: Any) -> list[Any]:
     return [parse_address(item) for item in raw]
 
 
+def _server_list(raw: Any) -> list[Any]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"expected a non-empty list of servers, got {raw!r}")
+    return [parse_server(item) for item in raw]
+
+
+def _network_list(raw: Any) -> list[Any]:
+    if not isinstance(raw, list):
+        raise ValueError(f"expected a list of addresses or CIDR blocks, got {raw!r}")
+    return [parse_network(item) for item in raw]
+
+
+def _integer_list(raw: Any) -> list[int]:
+    if not isinstance(raw, list):
+        raise ValueError(f"expected a list of integers, got {raw!r}")
+    return [_integer(item) for item in raw]
+
+
+def _string_map(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ValueError(f"expected a table of strings such as {{ X-Name = \"value\" }}, got {raw!r}")
+    return dict(raw)
+
+
 _SCALARS: dict[str, Callable[[Any], Any]] = {
     schema.INT: _integer,
     schema.STR: _string,
@@ -232,6 +266,12 @@ _SCALARS: dict[str, Callable[[Any], Any]] = {
     schema.ADDRESS: parse_address,
     schema.STR_LIST: _string_list,
     schema.ADDRESS_LIST: _address_list,
+    schema.SERVER_LIST: _server_list,
+    schema.NETWORK_LIST: _network_list,
+    schema.INT_LIST: _integer_list,
+    schema.STR_MAP: _string_map,
+    schema.WORKER_COUNT: parse_worker_count,
+    schema.CPU_LIST: parse_cpu_list,
 }
 
 
@@ -262,11 +302,17 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
                     ("vhost", i, "route", j, "backend"),
                     f"no backend named {route.backend!r} (known: {known})",
                 )
-            if not route.path.startswith("/"):
-                builder.problem(("vhost", i, "route", j, "path"), "expected a path starting with /")
+            _check_route(route, ("vhost", i, "route", j), builder)
     if not config.vhost:
         builder.problem(("vhost",), "at least one [[vhost]] is required")
+    defaults = [i for i, vhost in enumerate(config.vhost) if vhost.default]
+    for i in defaults[1:]:
+        builder.problem(("vhost", i, "default"), "only one vhost may be the default")
     for name, backend in config.backend.items():
+        _check_hash_key(backend.hash_key, ("backend", name, "hash_key"), builder)
+        health = backend.health
+        if health.path and not health.path.startswith("/"):
+            builder.problem(("backend", name, "health", "path"), "expected a path starting with /")
         if backend.retry_delay_max < backend.retry_delay:
             builder.problem(("backend", name, "retry_delay_max"),
                             "must not be smaller than retry_delay")
@@ -274,6 +320,42 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
     if limits.write_low_watermark >= limits.write_high_watermark:
         builder.problem(("limits", "write_low_watermark"),
                         "must be smaller than write_high_watermark")
+
+
+def _check_hash_key(spec: str, path: tuple[str | int, ...], builder: _Builder) -> None:
+    kind, sep, name = spec.partition(":")
+    if spec in ("client-ip", "path") or (kind in ("header", "cookie") and sep and name.strip()):
+        return
+    builder.problem(path, f"expected client-ip, path, header:NAME or cookie:NAME, got {spec!r}")
+
+
+def _check_route(route: schema.RouteConfig, path: tuple[str | int, ...], builder: _Builder) -> None:
+    if route.match in ("prefix", "exact") and not route.path.startswith("/"):
+        builder.problem((*path, "path"), "expected a path starting with /")
+    if route.match == "regex":
+        _check_regex(route.path, (*path, "path"), builder)
+    if route.rewrite:
+        pattern = _check_regex(route.rewrite, (*path, "rewrite"), builder)
+        if pattern is not None:
+            try:
+                expand_template(route.rewrite_to, pattern)
+            except ValueError as exc:
+                builder.problem((*path, "rewrite_to"), str(exc))
+    elif route.rewrite_to:
+        builder.problem((*path, "rewrite_to"), "rewrite_to needs a rewrite pattern")
+    for method in route.methods:
+        if not method.isupper() or not method.isalpha():
+            builder.problem((*path, "methods"), f"expected upper-case method names, got {method!r}")
+    if route.hash_key:
+        _check_hash_key(route.hash_key, (*path, "hash_key"), builder)
+
+
+def _check_regex(text: str, path: tuple[str | int, ...], builder: _Builder) -> re.Pattern[str] | None:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        builder.problem(path, f"invalid regular expression: {exc}")
+        return None
 
 
 def load(path: Path = DEFAULT_PATH) -> schema.Config:

@@ -9,10 +9,14 @@ so the documentation cannot drift from what the code accepts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from appliance.config.values import Address
+from appliance.config.values import Address, ServerSpec
+
+BALANCE_METHODS = ("round-robin", "weighted-round-robin", "least-conn", "most-idle", "random", "hash", "rtt")
+MATCH_KINDS = ("prefix", "exact", "glob", "regex")
 
 # Key kinds understood by the loader (see loader._convert).
 INT = "integer"
@@ -23,9 +27,15 @@ SIZE = "size"
 ADDRESS = "address"
 STR_LIST = "list of strings"
 ADDRESS_LIST = "list of addresses"
+SERVER_LIST = "list of servers"
+NETWORK_LIST = "list of networks"
+INT_LIST = "list of integers"
+STR_MAP = "table of strings"
 TABLE = "table"
 TABLE_ARRAY = "array of tables"
 TABLE_MAP = "table of named tables"
+WORKER_COUNT = "\"auto\" or count"
+CPU_LIST = "CPU list"
 
 REQUIRED = object()
 
@@ -70,11 +80,40 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    """An active HTTP probe each worker sends to every server of a backend."""
+
+    path: str = key(
+        "", kind=STR, doc="Path to GET, such as \"/healthz\"; empty disables active probes."
+    )
+    host: str = key("", kind=STR, doc="Host header of the probe; empty: the server's address.")
+    expect_status: int = key(200, kind=INT, minimum=100, maximum=599, doc="Status a healthy server answers.")
+    interval: float = key(2.0, kind=DURATION, minimum=0.05, doc="Time between probes of one server.")
+    timeout: float = key(1.0, kind=DURATION, minimum=0.01, doc="Time a probe may take.")
+    rise: int = key(2, kind=INT, minimum=1, doc="Consecutive passes that bring a DOWN server UP.")
+    fall: int = key(2, kind=INT, minimum=1, doc="Consecutive failures that take an UP server DOWN.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderPolicyConfig:
+    """Header edits applied in one direction; applied in the order remove, set, add."""
+
+    remove: list[str] = key([], kind=STR_LIST, doc="Header names to remove.")
+    set: dict[str, str] = key(
+        {}, kind=STR_MAP, doc="Headers to set, replacing any of the same name: { Name = \"value\" }."
+    )
+    add: dict[str, str] = key({}, kind=STR_MAP, doc="Headers to append, keeping existing ones.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BackendConfig:
     """A pool of origin servers that routes send requests to."""
 
-    servers: list[Address] = key(
-        kind=ADDRESS_LIST, doc="Origin servers as \"host:port\"; at least one."
+    servers: list[ServerSpec] = key(
+        kind=SERVER_LIST,
+        doc="Origin servers, each \"host:port\" or {address = \"host:port\", weight = N}; "
+        "at least one. Weights (default 1) apply to weighted-round-robin, random, least-conn "
+        "and hash.",
     )
     connections: int = key(
         32, kind=INT, minimum=1, maximum=10000,
@@ -101,16 +140,97 @@ class BackendConfig:
     retry_delay_max: float = key(
         30.0, kind=DURATION, minimum=0.001, doc="Upper bound of the reconnect back-off."
     )
+    balance: str = key(
+        "round-robin", kind=STR, choices=BALANCE_METHODS,
+        doc="How a server is picked for each request; a route may override it. See "
+        "docs/routing.md for what each method promises.",
+    )
+    hash_key: str = key(
+        "client-ip", kind=STR,
+        doc="What the hash method hashes: \"client-ip\", \"path\", \"header:NAME\" or "
+        "\"cookie:NAME\".",
+    )
+    max_fails: int = key(
+        3, kind=INT, minimum=0,
+        doc="Passive health: this many failures (failed connects, broken or timed-out "
+        "exchanges, and 5xx answers when fail_on_5xx) within fail_window mark a server DOWN "
+        "for down_time. 0 disables passive marking.",
+    )
+    fail_window: float = key(
+        10.0, kind=DURATION, minimum=0.001, doc="Window in which max_fails failures are counted."
+    )
+    down_time: float = key(
+        10.0, kind=DURATION, minimum=0.001,
+        doc="How long a passively failed server gets no traffic before it is tried again.",
+    )
+    fail_on_5xx: bool = key(
+        False, kind=BOOL, doc="Count 5xx responses from a server as passive-health failures."
+    )
+    retries: int = key(
+        2, kind=INT, minimum=0, maximum=10,
+        doc="Extra tries, on another server when there is one, for a request whose backend "
+        "failed before answering. Only idempotent requests whose body was not streamed are "
+        "retried; a POST is never sent twice.",
+    )
+    retry_on_status: list[int] = key(
+        [], kind=INT_LIST,
+        doc="Response statuses that also trigger a retry (e.g. [502, 503]), under the same rules.",
+    )
+    retry_budget_percent: int = key(
+        20, kind=INT, minimum=0, maximum=100,
+        doc="Retries may add at most this percentage to the requests a worker sends to the "
+        "backend (plus a floor of 10 retries), so retries cannot multiply an outage.",
+    )
+    health: HealthConfig = key(
+        HealthConfig(), kind=TABLE, item=HealthConfig,
+        doc="Active health probe, as [backend.NAME.health].",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
-    """Sends requests whose path starts with a prefix to a backend."""
+    """A rule: requests whose path (and method) match go to a backend. First match wins."""
 
     backend: str = key(kind=STR, doc="Name of the backend (a [backend.NAME] table).")
     path: str = key(
         "/", kind=STR,
-        doc="Path prefix to match; the longest matching prefix in the vhost wins.",
+        doc="What the request path (without query) is matched against, as `match` says.",
+    )
+    match: str = key(
+        "prefix", kind=STR, choices=MATCH_KINDS,
+        doc="prefix: the path starts with `path`; exact: equals it; glob: shell-style pattern "
+        "(* also crosses /); regex: a Python regular expression searched in the path.",
+    )
+    methods: list[str] = key(
+        [], kind=STR_LIST, doc="Methods this rule takes, such as [\"GET\", \"HEAD\"]; empty: any."
+    )
+    rewrite: str = key(
+        "", kind=STR,
+        doc="Regular expression applied to the path before it goes to the backend; empty: none.",
+    )
+    rewrite_to: str = key(
+        "", kind=STR,
+        doc="Replacement for `rewrite`, with $1 or ${name} for groups. The query string is kept "
+        "unless the replacement has its own (a ?).",
+    )
+    balance: str = key(
+        "", kind=STR, choices=("", *BALANCE_METHODS),
+        doc="Balancing method for this rule; empty: the backend's.",
+    )
+    hash_key: str = key("", kind=STR, doc="hash_key for this rule; empty: the backend's.")
+    request_headers: HeaderPolicyConfig = key(
+        HeaderPolicyConfig(), kind=TABLE, item=HeaderPolicyConfig,
+        doc="Edits to request headers on the way to the backend, after the vhost's.",
+    )
+    response_headers: HeaderPolicyConfig = key(
+        HeaderPolicyConfig(), kind=TABLE, item=HeaderPolicyConfig,
+        doc="Edits to response headers on the way to the client, after the vhost's.",
+    )
+    internal_redirect: list[str] = key(
+        [], kind=STR_LIST,
+        doc="Path globs a backend may send this request to with an internal redirect (an "
+        "answer with [proxy] internal_redirect_status and X-Internal-Redirect: PATH); empty: "
+        "internal redirects are refused with 502.",
     )
 
 
@@ -121,11 +241,24 @@ class VhostConfig:
     name: str = key(kind=STR, doc="Unique name of the virtual host.")
     hosts: list[str] = key(
         ["*"], kind=STR_LIST,
-        doc="Host names this vhost answers, globs allowed (\"*.example.com\"). Exact names "
-        "win over globs; globs are tried in file order.",
+        doc="The host name and aliases this vhost answers, globs allowed (\"*.example.com\"). "
+        "Exact names win over globs; globs are tried in file order.",
+    )
+    default: bool = key(
+        False, kind=BOOL,
+        doc="Answer requests whose Host matches no vhost. Without one, such requests get 404.",
+    )
+    request_headers: HeaderPolicyConfig = key(
+        HeaderPolicyConfig(), kind=TABLE, item=HeaderPolicyConfig,
+        doc="Edits to request headers on the way to the backend.",
+    )
+    response_headers: HeaderPolicyConfig = key(
+        HeaderPolicyConfig(), kind=TABLE, item=HeaderPolicyConfig,
+        doc="Edits to response headers on the way to the client.",
     )
     route: list[RouteConfig] = key(
-        kind=TABLE_ARRAY, item=RouteConfig, doc="Routes of this vhost, as [[vhost.route]]."
+        kind=TABLE_ARRAY, item=RouteConfig,
+        doc="Rules of this vhost, as [[vhost.route]], tried in file order.",
     )
 
 
@@ -192,9 +325,74 @@ class ProxyConfig:
         "rproxyd", kind=STR,
         doc="Pseudonym this proxy adds to Via headers in both directions; \"\" disables.",
     )
+    trusted_proxies: list[IPv4Network | IPv6Network] = key(
+        [IPv4Network("0.0.0.0/0"), IPv6Network("::/0")], kind=NETWORK_LIST,
+        doc="Clients whose X-Forwarded-For is kept and appended to; from any other client it is "
+        "replaced by the client address. The default trusts everyone (append, as nginx's "
+        "$proxy_add_x_forwarded_for does); narrow it on an edge proxy.",
+    )
+    internal_redirect_status: int = key(
+        377, kind=INT, minimum=100, maximum=599,
+        doc="Backend status that asks for an internal redirect (RProxy's 377).",
+    )
     drain_timeout: float = key(
         30.0, kind=DURATION, minimum=0.0,
         doc="On graceful stop, how long in-flight requests may run before being cut.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessConfig:
+    """The supervisor and its workers: how many, where they run, how failures are handled."""
+
+    workers: int = key(
+        0, kind=WORKER_COUNT, maximum=256,
+        doc="Worker processes: \"auto\" (stored as 0, the default) runs one per CPU of `cpus` "
+        "or, without it, one per CPU this process may use.",
+    )
+    cpus: list[int] = key(
+        [], kind=CPU_LIST,
+        doc="CPUs to pin workers to, as [0, 1] or \"0-3,6\"; worker i runs on the i-th CPU of "
+        "the list, round-robin. Empty: every CPU this process may use.",
+    )
+    heartbeat_timeout: float = key(
+        30.0, kind=DURATION, minimum=0.2,
+        doc="A worker stamps a heartbeat every half of this; one silent for longer is sent "
+        "SIGABRT (a Python traceback lands in the log), then SIGKILL, and replaced.",
+    )
+    boot_timeout: float = key(
+        30.0, kind=DURATION, minimum=0.1,
+        doc="Time a new worker has to start accepting. On reload, a generation whose workers "
+        "miss it is abandoned and the old one keeps serving.",
+    )
+    respawn_backoff: float = key(
+        0.5, kind=DURATION, minimum=0.0,
+        doc="A worker that dies is respawned at once; if its slot's worker dies again within "
+        "respawn_backoff_max, the wait starts at this and doubles each time.",
+    )
+    respawn_backoff_max: float = key(
+        30.0, kind=DURATION, minimum=0.0, doc="Upper bound of the respawn back-off."
+    )
+    runtime_dir: str = key(
+        "", kind=STR,
+        doc="Directory for status.json (generation, reload results, bound addresses), which "
+        "`rproxyd --reload` reads. Empty: $RUNTIME_DIRECTORY (set by systemd's "
+        "RuntimeDirectory=), else /run/rproxyd.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    """Where the supervisor and workers write their log."""
+
+    file: str = key(
+        "", kind=STR,
+        doc="Log file path, opened in append mode by every process and reopened on SIGUSR1 "
+        "(for logrotate). Empty: standard error (the journal under systemd).",
+    )
+    level: str = key(
+        "info", kind=STR, choices=("debug", "info", "warning", "error"),
+        doc="Least severe level written.",
     )
 
 
@@ -219,5 +417,10 @@ class Config:
     proxy: ProxyConfig = key(
         ProxyConfig(), kind=TABLE, item=ProxyConfig, doc="Proxy behaviour, as [proxy]."
     )
+    process: ProcessConfig = key(
+        ProcessConfig(), kind=TABLE, item=ProcessConfig,
+        doc="Supervisor and worker processes, as [process].",
+    )
+    log: LogConfig = key(LogConfig(), kind=TABLE, item=LogConfig, doc="Logging, as [log].")
     # Where this generation was read from; set by the loader, not a config key.
     sources: tuple[Path, ...] = field(default=(), compare=False)

@@ -29,6 +29,39 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One origin server of a backend, with its balancing weight."""
+
+    address: Address
+    weight: int = 1
+
+
+def parse_server(raw: Any) -> ServerSpec:
+    """"host:port", or an inline table {address = "host:port", weight = N}."""
+    if isinstance(raw, str):
+        return ServerSpec(parse_address(raw))
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"address", "weight"}
+        if unknown:
+            raise ValueError(f"unknown server key(s) {', '.join(sorted(unknown))}; expected address, weight")
+        weight = raw.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
+            raise ValueError(f"expected a weight from 1 to 1000, got {weight!r}")
+        return ServerSpec(parse_address(raw.get("address")), weight)
+    raise ValueError(f"expected \"host:port\" or {{address = \"host:port\", weight = N}}, got {raw!r}")
+
+
+def parse_network(raw: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or CIDR block: "10.0.0.0/8", "::1"."""
+    if not isinstance(raw, str):
+        raise ValueError(f"expected an address or CIDR block such as \"10.0.0.0/8\", got {raw!r}")
+    try:
+        return ipaddress.ip_network(raw, strict=False)
+    except ValueError:
+        raise ValueError(f"expected an address or CIDR block such as \"10.0.0.0/8\", got {raw!r}") from None
+
+
 def parse_duration(raw: Any) -> float:
     """Seconds, as a number or a string with a unit: 500ms, 10s, 2m, 1h."""
     if isinstance(raw, bool):
@@ -80,3 +113,30 @@ def parse_address(raw: Any) -> Address:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"expected a port from 0 to 65535, got {port_text!r}")
     return Address(host, int(port_text))
+
+
+def parse_worker_count(raw: Any) -> int:
+    """"auto" (0: one worker per usable CPU) or a positive integer."""
+    if raw == "auto":
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ValueError(f"expected \"auto\" or a worker count of 1 or more, got {raw!r}")
+    return raw
+
+
+def parse_cpu_list(raw: Any) -> list[int]:
+    """CPU numbers as a list of integers or a taskset-style string: "0-3,6"."""
+    if isinstance(raw, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+        cpus = list(raw)
+    elif isinstance(raw, str):
+        cpus = []
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            first, _, last = part.partition("-")
+            if not first.isdigit() or (last and not last.isdigit()):
+                raise ValueError(f"expected CPU numbers such as \"0-3,6\", got {raw!r}")
+            cpus.extend(range(int(first), int(last or first) + 1))
+    else:
+        raise ValueError(f"expected a CPU list such as [0, 1] or \"0-3,6\", got {raw!r}")
+    if any(cpu < 0 for cpu in cpus) or len(set(cpus)) != len(cpus):
+        raise ValueError(f"expected distinct CPU numbers of 0 or more, got {raw!r}")
+    return cpus

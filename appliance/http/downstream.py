@@ -76,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         "send_deadline",
         "state",
         "transport",
+        "trusted",
         "write_paused",
     )
 
@@ -94,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self._read_pauses = 0
         self.peer_ip = b""
+        self.trusted = True  # the peer is a trusted proxy: its X-Forwarded-For is kept
         self.deadline = Deadline(ctx.loop, self._on_read_timeout)
         self.send_deadline = Deadline(ctx.loop, self._on_send_timeout)
 
@@ -110,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b""
+        self.trusted = self.ctx.is_trusted(peer[0] if peer else "")
         self.ctx.clients.add(self)
         # A new connection gets the header timeout for its first request.
         self.deadline.set(limits.header_timeout)
@@ -217,9 +220,12 @@ class ClientConnection(asyncio.Protocol):
                     exchange.trailers = []
                 exchange.trailers.append((name, value))
             return
-        action = hdr.REQUEST_ACTIONS.get(name.lower())
+        lname = name.lower()
+        action = hdr.REQUEST_ACTIONS.get(lname)
         if action is None:
-            exchange.headers.append((name, value))
+            # X-SSL-* describe our own TLS session: a client-sent copy is a spoof.
+            if not lname.startswith(b"x-ssl-"):
+                exchange.headers.append((name, value))
         elif action == hdr.REQ_HOST:
             if exchange.host is not None:
                 raise errors.ClientFault("more than one Host header")
@@ -338,13 +344,26 @@ class ClientConnection(asyncio.Protocol):
         host = exchange.host or b""
         url = exchange.url
         query = url.find(b"?")
-        route = self.ctx.router.match(host, url if query < 0 else url[:query])
+        path = url if query < 0 else url[:query]
+        router = self.ctx.router
+        route = router.match(host, exchange.method, path)
         if route is None:
-            self.fail(exchange, errors.NoRoute("no route"))
+            allowed = router.allowed_methods(host, path)
+            self.fail(exchange, errors.MethodNotAllowed(allowed) if allowed else errors.NoRoute("no route"))
             return
         exchange.route = route
         exchange.backend = route.backend
+        exchange.target = route.target(url)
         route.backend.acquire(exchange)
+
+    def redirect(self, exchange: Exchange, target: bytes) -> None:
+        """Replay the request to another path, as a backend's internal redirect asked."""
+        exchange.redirects += 1
+        exchange.url = target
+        exchange.tried = []
+        exchange.retries = 0
+        exchange.transition(_S.PENDING)
+        self._start(exchange)
 
     def _request_body(self, exchange: Exchange, body: bytes) -> None:
         size = len(body)
@@ -447,7 +466,7 @@ class ClientConnection(asyncio.Protocol):
             and self.response_keep_alive(exchange)
         )
         exchange.response_started = True
-        self.transport.write(errors.error_response(failure.status, keep_alive, exchange.is_head))
+        self.transport.write(errors.error_response(failure, keep_alive, exchange.is_head))
         exchange.upstream = None
         self._finish(exchange, keep_alive)
 
@@ -491,7 +510,7 @@ class ClientConnection(asyncio.Protocol):
         self._stop_reading_requests()
         if exchange is None:
             if self.transport is not None and self.state is not ClientState.CLOSED:
-                self.transport.write(errors.error_response(failure.status, False))
+                self.transport.write(errors.error_response(failure, False))
             self.close()
             return
         exchange.close_after = True

@@ -52,6 +52,14 @@ class NoRoute(ProxyFailure):
     status = 404
 
 
+class MethodNotAllowed(ProxyFailure):
+    status = 405
+
+    def __init__(self, allowed: set[bytes]) -> None:
+        super().__init__("method not allowed")
+        self.allowed = b", ".join(sorted(allowed))
+
+
 class BackendRefused(ProxyFailure):
     """Connect refused, or the connection reset / closed before a response."""
 
@@ -74,7 +82,7 @@ class BadBackendResponse(ProxyFailure):
     status = 502
 
 
-def _build(status: int, keep_alive: bool) -> bytes:
+def _build(status: int, keep_alive: bool, extra: str = "") -> bytes:
     phrase = HTTPStatus(status).phrase
     body = f"{status} {phrase}\n".encode()
     lines = [
@@ -86,18 +94,23 @@ def _build(status: int, keep_alive: bool) -> bytes:
     ]
     if status == 503:
         lines.append(f"Retry-After: {RETRY_AFTER_SECONDS}")
+    if extra:
+        lines.append(extra)
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-_STATUSES = (400, 404, 408, 413, 417, 431, 502, 503, 504, 505)
+_STATUSES = (400, 404, 405, 408, 413, 417, 431, 502, 503, 504, 505)
 _RESPONSES = {(s, ka): _build(s, ka) for s in _STATUSES for ka in (True, False)}
 _HEAD_RESPONSES = {key: raw[: raw.index(b"\r\n\r\n") + 4] for key, raw in _RESPONSES.items()}
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def error_response(status: int, keep_alive: bool, head_only: bool = False) -> bytes:
+def error_response(failure: ProxyFailure, keep_alive: bool, head_only: bool = False) -> bytes:
     """The full bytes of a proxy-generated error response."""
+    if isinstance(failure, MethodNotAllowed):
+        raw = _build(405, keep_alive, f"Allow: {failure.allowed.decode()}")
+        return raw[: raw.index(b"\r\n\r\n") + 4] if head_only else raw
     table = _HEAD_RESPONSES if head_only else _RESPONSES
-    return table[(status, keep_alive)]
+    return table[(failure.status, keep_alive)]

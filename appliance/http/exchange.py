@@ -69,12 +69,16 @@ class Exchange:
         "keep_alive",
         "method",
         "pending_since",
+        "redirects",
         "request_done",
         "response_started",
         "retries",
         "route",
+        "stale_retries",
         "state",
+        "target",
         "trailers",
+        "tried",
         "upstream",
         "url",
         "version",
@@ -116,7 +120,11 @@ class Exchange:
         self.response_started = False
         self.close_after = False
         self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.retries = 0
+        self.retries = 0  # tries on another server after a server failure
+        self.stale_retries = 0  # tries after a reused connection died unanswered
+        self.redirects = 0
+        self.tried: list[Any] = []  # servers that failed this request
+        self.target = b""  # request target for the backend: url after the rule's rewrite
         self.pending_since = 0.0
 
     def transition(self, new: ExchangeState) -> None:

@@ -1,8 +1,10 @@
-"""Host and path matching, compiled once per configuration generation.
+"""Virtual hosts and rules, compiled once per configuration generation.
 
 Per request: the Host is looked up in a dict (exact names, then a memo of earlier
-glob results), and the path is compared against the vhost's prefixes, longest
-first. Nothing is compiled or lowercased per request beyond the Host itself.
+glob results). Within the vhost, rules are tried in file order and the first
+match wins; exact-path rules sit in a dict, so a request costs one dict lookup
+plus the non-exact rules that come before the exact hit, however many exact
+rules there are.
 """
 
 from __future__ import annotations
@@ -13,34 +15,105 @@ from dataclasses import dataclass
 from fnmatch import translate
 from typing import Any
 
-from appliance.config.schema import Config, VhostConfig
+from appliance.config.rewrite import expand_template
+from appliance.config.schema import Config, RouteConfig, VhostConfig
+from appliance.routing.policy import HeaderPolicy
 
 _HOST_MEMO_LIMIT = 4096
+_NO_EXACT = 1 << 30
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Route:
-    """A compiled route: where requests under `prefix` of `vhost` go."""
+    """A compiled rule: where matching requests go and what happens on the way."""
 
     vhost: str
-    prefix: bytes
-    backend: Any  # the worker's BackendPool for this route's backend
+    name: str  # "vhost[index]" for logs and metrics
+    index: int
+    backend: Any  # the worker's BackendPool
+    balancer: Any  # the rule's Balancer over that pool's servers
+    methods: frozenset[bytes] | None
+    rewrite: re.Pattern[bytes] | None
+    rewrite_to: bytes
+    request_policy: HeaderPolicy | None
+    response_policy: HeaderPolicy | None
+    redirect_allow: re.Pattern[bytes] | None
+
+    def target(self, url: bytes) -> bytes:
+        """The request target sent to the backend: the URL after this rule's rewrite."""
+        if self.rewrite is None:
+            return url
+        path, mark, query = url.partition(b"?")
+        new_path, count = self.rewrite.subn(self.rewrite_to, path, count=1)
+        if not count:
+            return url
+        if b"?" in new_path:
+            return new_path  # the replacement brings its own query
+        return new_path + mark + query
+
+    def redirect_allowed(self, path: bytes) -> bool:
+        return self.redirect_allow is not None and self.redirect_allow.fullmatch(path) is not None
 
 
-@dataclass(slots=True)
+class _Matcher:
+    """A non-exact rule: prefix, glob or regex over the path."""
+
+    __slots__ = ("kind", "pattern", "prefix", "route")
+
+    def __init__(self, config: RouteConfig, route: Route) -> None:
+        self.route = route
+        self.kind = config.match
+        self.prefix = config.path.encode()
+        self.pattern: re.Pattern[bytes] | None = None
+        if config.match == "glob":
+            self.pattern = re.compile(translate(config.path).encode())
+        elif config.match == "regex":
+            self.pattern = re.compile(config.path.encode())
+
+    def matches(self, path: bytes) -> bool:
+        if self.kind == "prefix":
+            return path.startswith(self.prefix)
+        if self.kind == "glob":
+            return self.pattern.match(path) is not None
+        return self.pattern.search(path) is not None
+
+
 class _Vhost:
-    name: str
-    routes: list[Route]  # longest prefix first
+    __slots__ = ("exact", "name", "others")
 
-    def match(self, path: bytes) -> Route | None:
-        for route in self.routes:
-            if path.startswith(route.prefix):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.exact: dict[bytes, list[Route]] = {}
+        self.others: list[_Matcher] = []
+
+    def match(self, method: bytes, path: bytes) -> Route | None:
+        exact = None
+        for route in self.exact.get(path, ()):
+            if route.methods is None or method in route.methods:
+                exact = route
+                break
+        limit = exact.index if exact is not None else _NO_EXACT
+        for matcher in self.others:
+            route = matcher.route
+            if route.index > limit:
+                break
+            if (route.methods is None or method in route.methods) and matcher.matches(path):
                 return route
-        return None
+        return exact
+
+    def methods_for(self, path: bytes) -> set[bytes] | None:
+        """Methods some rule would take for this path; None if any method would do or none match."""
+        allowed: set[bytes] = set()
+        routes = list(self.exact.get(path, ())) + [m.route for m in self.others if m.matches(path)]
+        for route in routes:
+            if route.methods is None:
+                return None
+            allowed |= route.methods
+        return allowed or None
 
 
 class Router:
-    """Picks the route for a (host, path) pair."""
+    """Picks the route for a (host, method, path)."""
 
     def __init__(self, config: Config, backend_for: Callable[[str], Any]) -> None:
         self._exact: dict[bytes, _Vhost] = {}
@@ -49,30 +122,55 @@ class Router:
         self._memo: dict[bytes, _Vhost | None] = {}
         for vhost_config in config.vhost:
             vhost = self._compile(vhost_config, backend_for)
+            if vhost_config.default:
+                self._default = vhost
             for pattern in vhost_config.hosts:
-                host = pattern.lower().encode("idna" if pattern.isascii() else "utf-8")
-                if pattern == "*":
-                    if self._default is None:
-                        self._default = vhost
-                elif any(ch in pattern for ch in "*?["):
+                host = pattern.lower().encode()
+                if any(ch in pattern for ch in "*?["):
                     self._globs.append((re.compile(translate(host.decode()).encode()), vhost))
                 else:
                     self._exact.setdefault(host, vhost)
 
     @staticmethod
     def _compile(config: VhostConfig, backend_for: Callable[[str], Any]) -> _Vhost:
-        routes = [Route(config.name, r.path.encode(), backend_for(r.backend)) for r in config.route]
-        routes.sort(key=lambda route: len(route.prefix), reverse=True)
-        return _Vhost(config.name, routes)
+        vhost = _Vhost(config.name)
+        for index, rule in enumerate(config.route):
+            pool = backend_for(rule.backend)
+            rewrite = re.compile(rule.rewrite.encode()) if rule.rewrite else None
+            route = Route(
+                vhost=config.name,
+                name=f"{config.name}[{index}]",
+                index=index,
+                backend=pool,
+                balancer=pool.balancer(rule.balance, rule.hash_key),
+                methods=frozenset(m.encode() for m in rule.methods) or None,
+                rewrite=rewrite,
+                rewrite_to=(expand_template(rule.rewrite_to, re.compile(rule.rewrite)).encode()
+                            if rewrite is not None else b""),
+                request_policy=HeaderPolicy.compile([config.request_headers, rule.request_headers]),
+                response_policy=HeaderPolicy.compile([config.response_headers, rule.response_headers]),
+                redirect_allow=(re.compile(b"|".join(translate(g).encode() for g in rule.internal_redirect))
+                                if rule.internal_redirect else None),
+            )
+            if rule.match == "exact":
+                vhost.exact.setdefault(rule.path.encode(), []).append(route)
+            else:
+                vhost.others.append(_Matcher(rule, route))
+        return vhost
 
-    def match(self, host: bytes, path: bytes) -> Route | None:
-        """The route for a request, or None (404). `host` may carry a :port."""
+    def match(self, host: bytes, method: bytes, path: bytes) -> Route | None:
+        """The route for a request, or None. `host` may carry a :port."""
         vhost = self._exact.get(host)
         if vhost is None:
             vhost = self._find_vhost(host)
             if vhost is None:
                 return None
-        return vhost.match(path)
+        return vhost.match(method, path)
+
+    def allowed_methods(self, host: bytes, path: bytes) -> set[bytes] | None:
+        """After a failed match: the methods rules would take for this path (for a 405)."""
+        vhost = self._exact.get(host) or self._find_vhost(host)
+        return vhost.methods_for(path) if vhost is not None else None
 
     def _find_vhost(self, host: bytes) -> _Vhost | None:
         try:

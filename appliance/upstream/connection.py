@@ -54,6 +54,8 @@ _TRANSITIONS: frozenset[tuple[ConnState, ConnState]] = frozenset(
     }
 )
 
+MAX_INTERNAL_REDIRECTS = 5
+
 # Response body framing as received from the backend.
 BODY_NONE = 0
 BODY_LENGTH = 1
@@ -67,6 +69,7 @@ class BackendConnection(asyncio.Protocol):
         "body_seen",
         "bypass_remaining",
         "complete",
+        "discard",
         "exchange",
         "extra_bytes",
         "head_done",
@@ -83,6 +86,7 @@ class BackendConnection(asyncio.Protocol):
         "resp_keep_alive",
         "resp_reason",
         "resp_via",
+        "sent_at",
         "server",
         "state",
         "trailers",
@@ -98,6 +102,7 @@ class BackendConnection(asyncio.Protocol):
         self.parser: httptools.HttpResponseParser | None = None
         self.requests_served = 0
         self.reading_paused = False
+        self.sent_at = 0.0
         loop = server.pool.loop
         self.read_deadline = Deadline(loop, self._on_read_timeout)
         self.write_deadline = Deadline(loop, self._on_write_timeout)
@@ -120,11 +125,20 @@ class BackendConnection(asyncio.Protocol):
         self.body_seen = 0
         self.bypass_remaining = 0
         self.keep_alive_client = False
+        # Set when the response is consumed here instead of sent on: a retry or an internal
+        # redirect happens once it is complete. Holds the redirect target, or b"" for a retry.
+        self.discard: bytes | None = None
 
     def _transition(self, new: ConnState) -> None:
-        if (self.state, new) not in _TRANSITIONS:
-            raise RuntimeError(f"backend connection cannot go from {self.state.value} to {new.value}")
+        old = self.state
+        if (old, new) not in _TRANSITIONS:
+            raise RuntimeError(f"backend connection cannot go from {old.value} to {new.value}")
         self.state = new
+        # The server's in-flight count feeds least-conn balancing.
+        if new is ConnState.ACTIVE:
+            self.server.active += 1
+        elif old is ConnState.ACTIVE:
+            self.server.active -= 1
 
     # --------------------------------------------------------- asyncio hooks
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -217,6 +231,7 @@ class BackendConnection(asyncio.Protocol):
         exchange.upstream = self
         self._reset_response()
         self.parser = httptools.HttpResponseParser(self)
+        self.sent_at = self.server.pool.loop.time()
         transport = self.transport
         transport.write(self.server.pool.request_head(exchange))
         if exchange.body_buffer:
@@ -308,7 +323,8 @@ class BackendConnection(asyncio.Protocol):
             self.extra_bytes = True
             return
         self.body_seen += len(body)
-        self.exchange.client.send_body(body)
+        if self.discard is None:
+            self.exchange.client.send_body(body)
 
     def on_message_complete(self) -> None:
         if self.informational:
@@ -345,6 +361,12 @@ class BackendConnection(asyncio.Protocol):
         exchange = self.exchange
         client = exchange.client
         parser = self.parser
+        server = self.server
+        loop = server.pool.loop
+        server.note_rtt(loop.time() - self.sent_at)
+        if status >= 500 and server.config.fail_on_5xx:
+            server.note_failure(loop.time())
+        self.discard = self._consume_instead(exchange, status)
         version = parser.get_http_version()
         if version == "1.1":
             self.resp_keep_alive = not self.resp_close
@@ -362,9 +384,12 @@ class BackendConnection(asyncio.Protocol):
         else:
             self.body_mode = BODY_UNTIL_CLOSE
             self.resp_keep_alive = False
+        if self.discard is not None:
+            return
         keep_alive = client.response_keep_alive(exchange)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason)]
-        hdr.serialize_fields(head, self.resp_headers)
+        policy = exchange.route.response_policy
+        hdr.serialize_fields(head, self.resp_headers if policy is None else policy.apply(self.resp_headers))
         via = self.server.pool.via
         if via:
             prior = self.resp_via + b", " if self.resp_via else b""
@@ -386,6 +411,17 @@ class BackendConnection(asyncio.Protocol):
         self.keep_alive_client = keep_alive
         client.start_response(exchange, b"".join(head))
 
+    def _consume_instead(self, exchange: Exchange, status: int) -> bytes | None:
+        """Whether this response asks for a retry or an internal redirect instead of delivery."""
+        pool = self.server.pool
+        if status == pool.redirect_status:
+            target = next((v for n, v in self.resp_headers if n.lower() == b"x-internal-redirect"), None)
+            if target is not None:
+                return target
+        if status in pool.retry_statuses and pool.can_retry(exchange):
+            return b""
+        return None
+
     def _after_feed(self) -> None:
         """Act on what the parser recorded during one read."""
         if self.state is not ConnState.ACTIVE:
@@ -401,7 +437,8 @@ class BackendConnection(asyncio.Protocol):
             self.extra_bytes = True
             data = data[:remaining]
         self.bypass_remaining = remaining - len(data)
-        self.exchange.client.send_body(data)
+        if self.discard is None:
+            self.exchange.client.send_body(data)
         if not self.bypass_remaining:
             self.complete = True
             self._complete_response()
@@ -422,7 +459,22 @@ class BackendConnection(asyncio.Protocol):
             self.server.release(self)
         else:
             self.close()
-        exchange.client.finish_response(exchange, self.trailers, self.keep_alive_client)
+        if self.discard is None:
+            exchange.client.finish_response(exchange, self.trailers, self.keep_alive_client)
+        elif self.discard:
+            self._internal_redirect(exchange, self.discard)
+        elif not self.server.pool.retry_failed(exchange, self.server):
+            exchange.client.fail(exchange, errors.BadBackendResponse("retries exhausted"))
+
+    def _internal_redirect(self, exchange: Exchange, target: bytes) -> None:
+        path = target.partition(b"?")[0]
+        if not path.startswith(b"/") or not exchange.route.redirect_allowed(path):
+            reason = f"internal redirect to {target.decode('latin-1')!r} is not allowed"
+            exchange.client.fail(exchange, errors.BadBackendResponse(reason))
+        elif exchange.redirects >= MAX_INTERNAL_REDIRECTS or not exchange.replayable():
+            exchange.client.fail(exchange, errors.BadBackendResponse("internal redirect refused"))
+        else:
+            exchange.client.redirect(exchange, target)
 
     # ---------------------------------------------------------------- failures
     def _lost_while_active(self, exchange: Exchange, exc: Exception | None) -> None:
@@ -430,25 +482,32 @@ class BackendConnection(asyncio.Protocol):
             self.complete = True
             exchange.client.finish_response(exchange, None, self.keep_alive_client)
             return
-        unanswered = not self.head_done and not self.informational and self.body_seen == 0
-        if unanswered and self.requests_served and exchange.replayable() and exchange.retries < 2:
-            # A reused connection the backend closed as we sent: not the client's problem.
-            log.info("backend %s closed a reused connection; retrying %s %s",
-                     self.server.address, exchange.method.decode(), exchange.url.decode("latin-1"))
-            exchange.upstream = None
-            self.server.pool.retry(exchange)
-            return
-        reason = f"backend {self.server.address} closed the connection"
         exchange.upstream = None
+        unanswered = not self.head_done and not self.informational and self.body_seen == 0
+        pool = self.server.pool
+        if unanswered and self.requests_served and pool.retry_stale(exchange):
+            # A reused connection the backend closed as we sent: not the client's problem.
+            log.info("backend %s closed a reused connection; request sent again", self.server.address)
+            return
+        server = self.server
+        server.note_failure(pool.loop.time())
+        if unanswered and pool.retry_failed(exchange, server):
+            return
+        reason = f"backend {server.address} closed the connection"
         exchange.client.fail(exchange, errors.BackendRefused(reason))
 
     def _fail(self, failure: errors.ProxyFailure) -> None:
         log.warning("backend %s: %s", self.server.address, failure)
         exchange = self.exchange
+        answered = self.head_done
         self.exchange = None
         self.close()
+        server = self.server
+        server.note_failure(server.pool.loop.time())
         if exchange is not None:
             exchange.upstream = None
+            if not answered and server.pool.retry_failed(exchange, server):
+                return
             exchange.client.fail(exchange, failure)
 
     def _on_read_timeout(self) -> None:

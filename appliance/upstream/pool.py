@@ -1,11 +1,13 @@
-"""Per-worker backend pools: servers, their persistent connections, the pending queue.
+"""Per-worker backend pools: servers, their persistent connections, the pending queues.
 
 A BackendPool serves one [backend.NAME]. Each of its Servers keeps up to
 `connections` keep-alive connections, opened on demand and kept open (RProxy's
-persistent connections). A request takes an IDLE connection, round-robin over
-the servers that have one; otherwise it waits in the backend's FIFO pending
-queue, which is served whenever any connection turns IDLE. Only the oldest
-pending request needs a timer, because the queue is in arrival order.
+persistent connections). For each request the route's balancer picks a healthy
+server; the request takes one of its IDLE connections, or waits:
+- in the backend's queue, served by whichever connection turns IDLE first, when
+  the balancer is free to use any server (round-robin, least-conn, …);
+- in the chosen server's own queue when the balancer is sticky (hash).
+Queues are FIFO, so only the oldest entry of each needs a timer.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from appliance.config.schema import BackendConfig, LimitsConfig
-from appliance.config.values import Address
+from appliance.config.values import ServerSpec
 from appliance.http import errors
 from appliance.http.exchange import ExchangeState
+from appliance.upstream.balance import Balancer, make_balancer
 from appliance.upstream.connection import BackendConnection, ConnState
+from appliance.upstream.health import ActiveProbe, PassiveHealth
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -28,26 +33,116 @@ if TYPE_CHECKING:
 log = logging.getLogger("rproxyd.pool")
 
 # Retries of a request whose reused connection the backend had closed unnoticed.
+# Not a server failure, so it uses neither the retry count nor the budget.
 MAX_STALE_RETRIES = 2
+RETRY_BUDGET_FLOOR = 10.0
+RTT_SMOOTHING = 0.3
+
+
+class PendingQueue:
+    """Requests waiting for a connection, oldest first, with one timer for the oldest."""
+
+    __slots__ = ("_loop", "_on_expired", "_timeout", "_timer", "entries")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float,
+                 on_expired: Callable[[Exchange], None]) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._on_expired = on_expired
+        self._timer: asyncio.TimerHandle | None = None
+        self.entries: deque[Exchange] = deque()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def push(self, exchange: Exchange, front: bool = False) -> None:
+        exchange.pending_since = self._loop.time()
+        if front:
+            self.entries.appendleft(exchange)
+        else:
+            self.entries.append(exchange)
+        if self._timer is None:
+            self._arm()
+
+    def pop(self) -> Exchange | None:
+        """The oldest request still waiting, or None."""
+        entries = self.entries
+        while entries:
+            exchange = entries.popleft()
+            if exchange.state is ExchangeState.PENDING:
+                return exchange
+        return None
+
+    def remove(self, exchange: Exchange) -> None:
+        with contextlib.suppress(ValueError):
+            self.entries.remove(exchange)
+
+    def drain(self) -> list[Exchange]:
+        waiting = [e for e in self.entries if e.state is ExchangeState.PENDING]
+        self.entries.clear()
+        return waiting
+
+    def _arm(self) -> None:
+        oldest = min(exchange.pending_since for exchange in self.entries)
+        self._timer = self._loop.call_at(oldest + self._timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        entries = self.entries
+        expire_before = self._loop.time() - self._timeout
+        for exchange in [e for e in entries if e.pending_since <= expire_before]:
+            entries.remove(exchange)
+            if exchange.state is ExchangeState.PENDING:
+                self._on_expired(exchange)
+        if entries:
+            self._arm()
 
 
 class Server:
-    """One origin server as seen by one worker: its connections and reconnect back-off."""
+    """One origin server as seen by one worker: connections, health, latency."""
 
-    __slots__ = ("address", "config", "connecting", "failures", "idle", "live", "pool", "retry_at")
+    __slots__ = (
+        "active",
+        "address",
+        "config",
+        "connect_failures",
+        "connecting",
+        "idle",
+        "live",
+        "passive",
+        "pending",
+        "pool",
+        "probe",
+        "retry_at",
+        "rtt",
+        "weight",
+    )
 
-    def __init__(self, pool: BackendPool, address: Address, config: BackendConfig) -> None:
+    def __init__(self, pool: BackendPool, spec: ServerSpec, config: BackendConfig) -> None:
         self.pool = pool
-        self.address = address
+        self.address = spec.address
+        self.weight = spec.weight
         self.config = config
         self.idle: list[BackendConnection] = []  # a stack: the warmest connection is reused
         self.live = 0  # CONNECTING + IDLE + ACTIVE connections
         self.connecting = 0
-        self.failures = 0  # consecutive failed connects
+        self.active = 0  # ACTIVE connections (maintained by BackendConnection._transition)
+        self.connect_failures = 0  # consecutive, for the reconnect back-off
         self.retry_at = 0.0  # no connect attempt before this loop time
+        self.rtt = 0.0  # smoothed seconds to response head; 0 until measured
+        self.passive = PassiveHealth(config)
+        self.probe: ActiveProbe | None = None
+        self.pending = PendingQueue(pool.loop, pool.limits.pending_timeout, pool.on_pending_expired)
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.passive.down_until and (self.probe is None or self.probe.up)
 
     def can_connect(self, now: float) -> bool:
         return self.live < self.config.connections and now >= self.retry_at
+
+    def usable(self, now: float) -> bool:
+        """Healthy, and something is open or can be opened now."""
+        return self.healthy(now) and (self.live > 0 or self.can_connect(now))
 
     def connect(self) -> None:
         self.live += 1
@@ -74,15 +169,29 @@ class Server:
             conn.state = ConnState.DOWN  # never connected: no transport, no callbacks to come
         self.live -= 1
         self.connecting -= 1
-        self.failures += 1
-        delay = min(self.config.retry_delay * 2 ** (self.failures - 1), self.config.retry_delay_max)
-        self.retry_at = self.pool.loop.time() + delay
+        self.connect_failures += 1
+        config = self.config
+        delay = min(config.retry_delay * 2 ** (self.connect_failures - 1), config.retry_delay_max)
+        now = self.pool.loop.time()
+        self.retry_at = now + delay
         log.warning("%s (retry in %.1fs)", failure, delay)
+        self.note_failure(now)
         self.pool.on_connect_failed(self, failure)
+
+    def note_failure(self, now: float) -> None:
+        """A passive-health failure; may take the server out of rotation."""
+        if self.passive.failure(now):
+            log.warning("server %s is DOWN for %.1fs (%d failures within %.1fs)", self.address,
+                        self.config.down_time, self.config.max_fails, self.config.fail_window)
+            self.pool.rebalance(self)
+            self.pool.loop.call_at(self.passive.down_until, self.pool.grow)
+
+    def note_rtt(self, seconds: float) -> None:
+        self.rtt = seconds if not self.rtt else self.rtt + RTT_SMOOTHING * (seconds - self.rtt)
 
     def on_connected(self, conn: BackendConnection) -> None:
         self.connecting -= 1
-        self.failures = 0
+        self.connect_failures = 0
         self.retry_at = 0.0
         self.pool.on_idle(conn)
 
@@ -101,158 +210,227 @@ class Server:
 
 
 class BackendPool:
-    """One backend's servers and pending queue, inside one worker."""
+    """One backend's servers and pending queues, inside one worker."""
 
     __slots__ = (
-        "_next",
-        "_pending_timer",
+        "_budget",
+        "config",
         "limits",
         "loop",
         "name",
         "pending",
+        "redirect_status",
+        "retry_statuses",
         "servers",
         "via",
     )
 
     def __init__(self, name: str, config: BackendConfig, limits: LimitsConfig,
-                 loop: asyncio.AbstractEventLoop, via: bytes) -> None:
+                 loop: asyncio.AbstractEventLoop, via: bytes, redirect_status: int = 377) -> None:
         self.name = name
+        self.config = config
         self.loop = loop
         self.limits = limits
         self.via = via
-        self.servers = [Server(self, address, config) for address in config.servers]
-        self.pending: deque[Exchange] = deque()
-        self._pending_timer: asyncio.TimerHandle | None = None
-        self._next = 0
+        self.redirect_status = redirect_status
+        self.retry_statuses = frozenset(config.retry_on_status)
+        self.pending = PendingQueue(loop, limits.pending_timeout, self.on_pending_expired)
+        self.servers = [Server(self, spec, config) for spec in config.servers]
+        self._budget = RETRY_BUDGET_FLOOR
 
-    def warm_up(self) -> None:
-        """Open one connection per server so the first request finds one ready."""
+    def balancer(self, method: str, hash_key: str) -> Balancer:
+        """A balancer for one route over this backend's servers."""
+        return make_balancer(method or self.config.balance, self.servers, hash_key or self.config.hash_key)
+
+    def start(self) -> None:
+        """Open one connection per server so the first request finds one ready; start probes."""
+        health = self.config.health
         for server in self.servers:
             server.connect()
+            if health.path:
+                server.probe = ActiveProbe(server, health, self.loop)
+                server.probe.start()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            if server.probe is not None:
+                server.probe.stop()
+
+    def waiting(self) -> int:
+        return len(self.pending) + sum(len(server.pending) for server in self.servers)
 
     # ------------------------------------------------------------- acquire
     def acquire(self, exchange: Exchange) -> None:
         """Attach the exchange to an IDLE connection, or queue it, or refuse it (503)."""
-        conn = self._take_idle()
-        if conn is not None:
-            conn.attach(exchange)
-            return
-        if len(self.pending) >= self.limits.max_pending:
-            exchange.client.fail(exchange, errors.BackendUnavailable("pending queue full"))
-            return
-        now = self.loop.time()
-        if not any(s.live or s.can_connect(now) for s in self.servers):
-            exchange.client.fail(exchange, errors.BackendUnavailable("every server is down"))
-            return
-        exchange.transition(ExchangeState.PENDING)
-        exchange.pending_since = now
-        self.pending.append(exchange)
-        if self._pending_timer is None:
-            self._arm_pending_timer()
-        self.grow()
+        budget = self._budget + self.config.retry_budget_percent / 100
+        self._budget = budget if budget < RETRY_BUDGET_FLOOR else RETRY_BUDGET_FLOOR
+        self._dispatch(exchange, front=False)
 
-    def _take_idle(self) -> BackendConnection | None:
+    def _dispatch(self, exchange: Exchange, front: bool) -> None:
+        now = self.loop.time()
         servers = self.servers
-        count = len(servers)
-        start = self._next
-        for offset in range(count):
-            server = servers[(start + offset) % count]
+        if len(servers) == 1:
+            usable = servers if servers[0].usable(now) else []
+        else:
+            usable = [server for server in servers if server.usable(now)]
+            if exchange.tried:
+                untried = [server for server in usable if server not in exchange.tried]
+                usable = untried or usable
+        if not usable:
+            self._refuse(exchange, errors.BackendUnavailable("every server is down"))
+            return
+        balancer = exchange.route.balancer
+        if balancer.sticky:
+            server = balancer.pick(usable, exchange)
             if server.idle:
-                self._next = (start + offset + 1) % count
-                return server.idle.pop()
-        return None
+                server.idle.pop().attach(exchange)
+            elif self._room(exchange):
+                self._queue(server.pending, exchange, front)
+                if server.connecting < len(server.pending) and server.can_connect(now):
+                    server.connect()
+            return
+        candidates = usable if len(usable) == 1 and usable[0].idle else [
+            server for server in usable if server.idle or server.can_connect(now)
+        ]
+        server = balancer.pick(candidates, exchange)
+        if server is not None and server.idle:
+            server.idle.pop().attach(exchange)
+            return
+        if not self._room(exchange):
+            return
+        self._queue(self.pending, exchange, front)
+        if server is not None:
+            server.connect()
+        else:
+            self.grow()
+
+    def _room(self, exchange: Exchange) -> bool:
+        if self.waiting() >= self.limits.max_pending:
+            self._refuse(exchange, errors.BackendUnavailable("pending queue full"))
+            return False
+        return True
+
+    @staticmethod
+    def _queue(queue: PendingQueue, exchange: Exchange, front: bool) -> None:
+        if exchange.state is not ExchangeState.PENDING:
+            exchange.transition(ExchangeState.PENDING)
+        queue.push(exchange, front)
+
+    @staticmethod
+    def _refuse(exchange: Exchange, failure: errors.ProxyFailure) -> None:
+        exchange.client.fail(exchange, failure)
 
     def grow(self) -> None:
-        """Open connections while pending requests outnumber connections being opened."""
+        """Open connections while queued requests outnumber connections being opened."""
+        now = self.loop.time()
+        for server in self.servers:
+            while (server.pending and server.connecting < len(server.pending)
+                   and server.healthy(now) and server.can_connect(now)):
+                server.connect()
         if not self.pending:
             return
-        now = self.loop.time()
-        servers = self.servers
-        count = len(servers)
-        while sum(s.connecting for s in servers) < len(self.pending):
-            for offset in range(count):
-                server = servers[(self._next + offset) % count]
-                if server.can_connect(now):
-                    self._next = (self._next + offset + 1) % count
-                    server.connect()
-                    break
-            else:
-                self._schedule_grow(now)
-                return
+        opening = sum(server.connecting for server in self.servers)
+        for server in self.servers:
+            while opening < len(self.pending) and server.healthy(now) and server.can_connect(now):
+                server.connect()
+                opening += 1
+        if opening < len(self.pending):
+            self._schedule_grow(now)
 
     def _schedule_grow(self, now: float) -> None:
-        waits = [s.retry_at for s in self.servers if s.live < s.config.connections]
+        waits = [s.retry_at for s in self.servers if s.live < s.config.connections and s.healthy(now)]
         if waits and min(waits) > now:
             self.loop.call_at(min(waits), self.grow)
 
     def on_idle(self, conn: BackendConnection) -> None:
-        """A connection turned IDLE: it serves the oldest pending request, if any."""
-        pending = self.pending
-        while pending:
-            exchange = pending.popleft()
-            if exchange.state is ExchangeState.PENDING:
+        """A connection turned IDLE: it serves its server's queue, then the backend's."""
+        server = conn.server
+        if server.healthy(self.loop.time()):
+            exchange = server.pending.pop() or self.pending.pop()
+            if exchange is not None:
                 conn.attach(exchange)
                 return
-        conn.server.idle.append(conn)
+        server.idle.append(conn)
 
     def on_connect_failed(self, server: Server, failure: errors.ProxyFailure) -> None:
+        # A connect failure retries on the next server: sticky requests move on.
+        for exchange in server.pending.drain():
+            exchange.tried.append(server)
+            self._redispatch(exchange, failure)
         self.grow()
         if any(s.live for s in self.servers):
-            return  # other connections may still serve the queue
+            return  # open connections may still serve the backend queue
         # Nothing is open or opening: the queue would only wait for its timeout.
-        while self.pending:
-            exchange = self.pending.popleft()
-            if exchange.state is ExchangeState.PENDING:
-                exchange.client.fail(exchange, failure)
+        for exchange in self.pending.drain():
+            exchange.client.fail(exchange, failure)
 
-    def retry(self, exchange: Exchange) -> None:
-        """Send again a request whose reused connection died before any answer."""
-        exchange.retries += 1
-        exchange.transition(ExchangeState.PENDING)
-        conn = self._take_idle()
-        if conn is not None:
-            conn.attach(exchange)
-            return
-        exchange.pending_since = self.loop.time()
-        self.pending.appendleft(exchange)
-        if self._pending_timer is None:
-            self._arm_pending_timer()
-        self.grow()
+    def _redispatch(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
+        now = self.loop.time()
+        if all(s in exchange.tried or not s.usable(now) for s in self.servers):
+            exchange.client.fail(exchange, failure)
+        else:
+            self._dispatch(exchange, front=True)
+
+    def rebalance(self, server: Server) -> None:
+        """A server went DOWN: requests queued for it pick another."""
+        for exchange in server.pending.drain():
+            exchange.tried.append(server)
+            self._dispatch(exchange, front=True)
+
+    def on_pending_expired(self, exchange: Exchange) -> None:
+        exchange.client.fail(exchange, errors.BackendUnavailable("pending timeout"))
 
     def cancel_pending(self, exchange: Exchange) -> None:
-        with contextlib.suppress(ValueError):
-            self.pending.remove(exchange)
+        self.pending.remove(exchange)
+        for server in self.servers:
+            server.pending.remove(exchange)
 
-    # ------------------------------------------------------- pending timeout
-    def _arm_pending_timer(self) -> None:
-        oldest = self.pending[0].pending_since
-        self._pending_timer = self.loop.call_at(
-            oldest + self.limits.pending_timeout, self._on_pending_timer
-        )
+    # ------------------------------------------------------------- retries
+    def retry_stale(self, exchange: Exchange) -> bool:
+        """Send again a request whose reused connection died before any answer."""
+        if exchange.stale_retries >= MAX_STALE_RETRIES or not exchange.replayable():
+            return False
+        exchange.stale_retries += 1
+        exchange.transition(ExchangeState.PENDING)
+        self._dispatch(exchange, front=True)
+        return True
 
-    def _on_pending_timer(self) -> None:
-        self._pending_timer = None
-        pending = self.pending
-        expire_before = self.loop.time() - self.limits.pending_timeout
-        while pending and (
-            pending[0].state is not ExchangeState.PENDING or pending[0].pending_since <= expire_before
+    def can_retry(self, exchange: Exchange) -> bool:
+        """Only replayable requests, at most `retries` times, and within the retry budget."""
+        return exchange.replayable() and exchange.retries < self.config.retries and self._budget >= 1
+
+    def retry_failed(self, exchange: Exchange, server: Server) -> bool:
+        """Try another server for a request whose server failed before answering.
+
+        Never the same server again: a server that just failed a request is the least
+        likely to serve its second try, and a lone server should not get it twice.
+        """
+        now = self.loop.time()
+        if not self.can_retry(exchange) or not any(
+            s is not server and s not in exchange.tried and s.usable(now) for s in self.servers
         ):
-            exchange = pending.popleft()
-            if exchange.state is ExchangeState.PENDING:
-                exchange.client.fail(exchange, errors.BackendUnavailable("pending timeout"))
-        if pending:
-            self._arm_pending_timer()
+            return False
+        self._budget -= 1
+        exchange.retries += 1
+        exchange.tried.append(server)
+        log.info("retrying %s %s on another server after %s failed", exchange.method.decode(),
+                 exchange.url.decode("latin-1"), server.address)
+        exchange.transition(ExchangeState.PENDING)
+        self._dispatch(exchange, front=True)
+        return True
 
     # -------------------------------------------------------------- request head
     def request_head(self, exchange: Exchange) -> bytes:
         """Re-serialize the request head for the backend (never the client's raw bytes)."""
         client = exchange.client
-        lines = [exchange.method + b" " + exchange.url + b" HTTP/1.1\r\n"]
-        for name, value in exchange.headers:
+        lines = [exchange.method + b" " + exchange.target + b" HTTP/1.1\r\n"]
+        policy = exchange.route.request_policy
+        headers = exchange.headers if policy is None else policy.apply(exchange.headers)
+        for name, value in headers:
             lines.append(name + b": " + value + b"\r\n")
         if exchange.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
-        forwarded = exchange.forwarded_for
+        forwarded = exchange.forwarded_for if client.trusted else None
         lines.append(
             b"X-Forwarded-For: " + (forwarded + b", " if forwarded else b"") + client.peer_ip + b"\r\n"
         )

@@ -41,10 +41,11 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = 
 class Origin:
     """The bundled demo origin (stdlib http.server), as its own process."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, name: str = "demo", port: int | None = None) -> None:
+        self.name = name
+        self.port = port or free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.demo_origin", "--port", str(self.port)],
+            [sys.executable, "-m", "appliance.demo_origin", "--port", str(self.port), "--name", name],
             stdout=subprocess.DEVNULL,
         )
         wait_port(self.port, proc=self.proc)
@@ -54,8 +55,9 @@ class Origin:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
 
 
 def proxy_config(
@@ -65,15 +67,26 @@ def proxy_config(
     backend_options: str = "",
     limits: str = "",
     extra: str = "",
+    workers: int = 1,
+    vhosts: str | None = None,
 ) -> str:
-    """A TOML config: one listener, the given backends, one catch-all vhost."""
-    parts = [f'[[listener]]\nname = "http"\nbind = "127.0.0.1:{port}"\n']
+    """A TOML config: one listener, the given backends, one catch-all vhost.
+
+    One worker by default, so per-worker behaviour (pools, queues) is deterministic.
+    `vhosts`, when given, is TOML that replaces the catch-all vhost and its routes.
+    Server entries starting with "{" are inline tables ({address = ..., weight = N}).
+    """
+    parts = [f'[process]\nworkers = {workers}\n',
+             f'[[listener]]\nname = "http"\nbind = "127.0.0.1:{port}"\n']
     for name, servers in backends.items():
-        listed = ", ".join(f'"{s}"' for s in servers)
+        listed = ", ".join(s if s.startswith("{") else f'"{s}"' for s in servers)
         parts.append(f"[backend.{name}]\nservers = [{listed}]\n{textwrap.dedent(backend_options)}\n")
-    parts.append('[[vhost]]\nname = "default"\nhosts = ["*"]\n')
-    for prefix, backend in routes or [("/", next(iter(backends)))]:
-        parts.append(f'[[vhost.route]]\npath = "{prefix}"\nbackend = "{backend}"\n')
+    if vhosts is not None:
+        parts.append(textwrap.dedent(vhosts))
+    else:
+        parts.append('[[vhost]]\nname = "default"\nhosts = ["*"]\n')
+        for prefix, backend in routes or [("/", next(iter(backends)))]:
+            parts.append(f'[[vhost.route]]\npath = "{prefix}"\nbackend = "{backend}"\n')
     if limits:
         parts.append("[limits]\n" + textwrap.dedent(limits))
     parts.append(textwrap.dedent(extra))

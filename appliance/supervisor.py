@@ -1,0 +1,571 @@
+"""The supervisor: the service's main PID. It owns sockets and shared memory, forks
+one pinned worker per slot, and never serves traffic.
+
+Shape of the main loop (gunicorn's Arbiter): signal handlers only queue the signal
+and write a byte to a wakeup pipe; each loop turn dispatches the queued signals to
+`handle_<name>`, then reaps dead workers, observes heartbeats (readiness, murder),
+and manages slots (respawn, rollout progress, stop completion). Logging, forking
+and exec happen only from the loop.
+
+Phases (one table, one transition method):
+
+    STARTING ─▶ RUNNING ⇄ RELOADING          (SIGHUP: a new generation rolls out)
+                   │  └──▶ UPGRADING ─▶ exec  (SIGUSR2; the new image starts in UPGRADING
+                   ▼                           and rolls out a generation of new code)
+                STOPPING                     (SIGTERM graceful, SIGINT/SIGQUIT fast)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance import shm
+from appliance.config import Config, ConfigError, load
+from appliance.process import heartbeat, logs, plan, status
+from appliance.process.child import run_worker
+from appliance.process.heartbeat import HeartbeatBoard, HeartbeatCell
+from appliance.process.slots import Generation, ProcState, Slot, SlotState, Transitions, WorkerProc
+from appliance.process.sockets import ListenerSet
+from appliance.systemd import Notifier
+from appliance.worker import EXIT_BOOT_FAILURE
+
+log = logging.getLogger("rproxyd.supervisor")
+
+UPGRADE_ENV = "RPROXYD_UPGRADE"
+HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+           signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
+ABORT_GRACE = 2.0  # SIGABRT → SIGKILL: time for faulthandler to write its traceback
+STOP_GRACE = 2.0  # beyond drain_timeout before a draining worker is killed
+BOOTING_TICK = 0.01  # loop period while a worker boots: readiness is polled from shared memory
+IDLE_TICK = 1.0
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RELOADING = "reloading"
+    UPGRADING = "upgrading"
+    STOPPING = "stopping"
+
+
+_PHASE_MOVES = Transitions({
+    Phase.STARTING: (Phase.RUNNING, Phase.STOPPING),
+    Phase.RUNNING: (Phase.RELOADING, Phase.UPGRADING, Phase.STOPPING),
+    Phase.RELOADING: (Phase.RUNNING, Phase.STOPPING),
+    Phase.UPGRADING: (Phase.RUNNING, Phase.STOPPING),
+})
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+class Supervisor:
+    """Runs in the foreground as the main PID until stopped; `run()` returns the exit status."""
+
+    def __init__(self, config_path: Path, config: Config) -> None:
+        # Only stores things: sockets, memory and signal handlers come in run().
+        self.config_path = config_path
+        self.config = config
+        self.phase = Phase.STARTING
+        self.exit_status = 0
+        self.current: Generation | None = None
+        self.pending: Generation | None = None  # the generation a reload or upgrade rolls out
+        self.pending_opened: list[Any] = []  # listeners the pending generation opened
+        self.pending_covers = 0
+        self.procs: dict[int, WorkerProc] = {}
+        self.signals: list[int] = []
+        self.reload = {"requested": 0, "covers": 0, "ok": True, "error": "", "generation": 0}
+        self.reload_wanted = False
+        self.stop_deadline: float | None = None
+        self.runtime_dir = status.runtime_dir(config.process)
+        self.listeners = ListenerSet()
+        self.shared = shm.SharedMemory()
+        self.board: HeartbeatBoard | None = None
+        self.notifier = Notifier()
+        self._wakeup_r = self._wakeup_w = -1
+        self._dirty = True
+
+    # ------------------------------------------------------------ startup
+    def run(self, inherited: dict[str, Any] | None = None) -> int:
+        """Start (or, after an in-place upgrade, resume from `inherited`) and serve until stopped."""
+        self._init_signals()
+        if inherited is None:
+            self._start_fresh()
+        else:
+            self._resume(inherited)
+        try:
+            self._loop()
+        finally:
+            self.listeners.close(list(self.listeners.by_key))
+        log.info("supervisor %d exiting with status %d", os.getpid(), self.exit_status)
+        return self.exit_status
+
+    def _init_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in HANDLED:
+            signal.signal(sig, self._on_signal)
+        # After an upgrade these arrive blocked (see _exec_upgrade); pending ones fire now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Only queue: the loop acts. A short queue is enough; repeats of a signal coalesce.
+        if len(self.signals) < 16:
+            self.signals.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wakeup_w, b".")
+
+    def regions(self) -> dict[str, int]:
+        """Shared-memory regions by name and size, created before the first fork."""
+        return {"heartbeat": heartbeat.REGION_SIZE}
+
+    def _start_fresh(self) -> None:
+        for name, size in self.regions().items():
+            self.shared.region(name, size)
+        self.board = HeartbeatBoard(self.shared.regions["heartbeat"])
+        cpus = plan.slot_cpus(self.config.process)
+        self.listeners.prepare(self.config.listener, len(cpus))
+        self.current = Generation(1, self.config, [Slot(i, cpu) for i, cpu in enumerate(cpus)])
+        self.reload["generation"] = 1
+        log.info("supervisor %d starting generation 1 with %d workers", os.getpid(), len(cpus))
+
+    # -------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        while True:
+            self._sleep()
+            self._dispatch_signals()
+            now = time.monotonic()
+            self._reap(now)
+            self._observe(now)
+            self._manage(now)
+            self.notifier.watchdog(now)
+            if self._dirty:
+                self._publish()
+            if self.phase is Phase.STOPPING and not self.procs:
+                return
+
+    def _dispatch_signals(self) -> None:
+        while self.signals:
+            name = signal.Signals(self.signals.pop(0)).name[3:].lower()  # SIGHUP → handle_hup
+            getattr(self, f"handle_{name}")()
+
+    def _sleep(self) -> None:
+        timeout = IDLE_TICK
+        if self.config.process.heartbeat_timeout / 4 < timeout:
+            timeout = self.config.process.heartbeat_timeout / 4
+        if self.notifier.watchdog_interval is not None:
+            timeout = min(timeout, self.notifier.watchdog_interval)
+        if self.phase is Phase.STOPPING or any(p.state is ProcState.BOOTING for p in self.procs.values()):
+            timeout = BOOTING_TICK
+        for gen in self._generations():
+            for slot in gen.slots:
+                if slot.state is SlotState.BACKOFF:
+                    timeout = min(timeout, max(0.0, slot.respawn_at - time.monotonic()))
+        if self.signals:
+            timeout = 0.0
+        try:
+            ready, _, _ = select.select([self._wakeup_r], [], [], timeout)
+        except InterruptedError:
+            return
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wakeup_r, 4096):
+                    pass
+
+    def _generations(self) -> list[Generation]:
+        return [gen for gen in (self.current, self.pending) if gen is not None]
+
+    # ----------------------------------------------------------- signals
+    def handle_hup(self) -> None:
+        self.reload["requested"] += 1
+        self._dirty = True
+        if self.phase is Phase.RUNNING:
+            self._start_reload()
+        elif self.phase is not Phase.STOPPING:
+            log.info("reload queued until the %s phase ends", self.phase.value)
+            self.reload_wanted = True
+
+    def handle_term(self) -> None:
+        self._stop(graceful=True)
+
+    def handle_int(self) -> None:
+        self._stop(graceful=False)
+
+    def handle_quit(self) -> None:
+        self._stop(graceful=False)
+
+    def handle_usr1(self) -> None:
+        logs.reopen()
+        for proc in self.procs.values():
+            self._kill(proc, signal.SIGUSR1)
+
+    def handle_usr2(self) -> None:
+        if self.phase is not Phase.RUNNING:
+            log.warning("upgrade refused: the supervisor is %s", self.phase.value)
+            self.notifier.status(f"{self._status_line()}; upgrade refused while {self.phase.value}")
+            return
+        self._upgrade()
+
+    def handle_chld(self) -> None:
+        pass  # every loop turn reaps
+
+    # ------------------------------------------------------------- phases
+    def _transition(self, new: Phase) -> None:
+        self.phase = _PHASE_MOVES.check("supervisor", self.phase, new)
+        self._dirty = True
+
+    def _status_line(self) -> str:
+        gen = self.current
+        if gen is None:
+            return "starting"
+        return f"generation {gen.number}: {gen.serving_count()}/{len(gen.slots)} workers serving"
+
+    # ------------------------------------------------------------ workers
+    def _spawn(self, gen: Generation, slot: Slot, now: float) -> None:
+        assert self.board is not None
+        config = gen.config
+        cell = self.board.allocate()
+        beat = HeartbeatCell(self.shared.regions["heartbeat"], cell, config.process.heartbeat_timeout / 2)
+        sockets = self.listeners.for_slot(config.listener, slot.index, len(gen.slots))
+        close_fds = self.listeners.all_fds() | {self._wakeup_r, self._wakeup_w}
+        close_fds |= {region.fd for region in self.shared.regions.values()}
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # Blocked across fork so that no signal runs our handler in the child (see child.py).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                run_worker(config, sockets, slot.index, slot.cpu, beat, os.getppid(), close_fds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        proc = WorkerProc(pid, slot.index, gen.number, cell, now)
+        self.procs[pid] = proc
+        slot.started(proc)
+        self._dirty = True
+        log.info("generation %d slot %d: worker %d started on CPU %s", gen.number, slot.index, pid, slot.cpu)
+
+    def _kill(self, proc: WorkerProc, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+
+    def _drain(self, proc: WorkerProc, now: float, graceful: bool = True) -> None:
+        """Tell a worker to stop: SIGTERM drains in-flight work, SIGQUIT stops at once."""
+        if proc.state is not ProcState.DRAINING:
+            proc.transition(ProcState.DRAINING)
+        config = self._owner_config(proc)
+        kill_at = now + STOP_GRACE + (config.proxy.drain_timeout if graceful else 0.0)
+        proc.kill_at = min(proc.kill_at or kill_at, kill_at)
+        self._kill(proc, signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    def _owner_config(self, proc: WorkerProc) -> Config:
+        for gen in self._generations():
+            if gen.number == proc.generation:
+                return gen.config
+        return self.config
+
+    def _owner(self, proc: WorkerProc) -> tuple[Generation, Slot] | None:
+        for gen in self._generations():
+            slot = gen.slots[proc.slot] if proc.slot < len(gen.slots) else None
+            if (gen.number == proc.generation and slot is not None and slot.worker is proc
+                    and slot.state is not SlotState.RETIRED):
+                return gen, slot
+        return None
+
+    def _reap(self, now: float) -> None:
+        for proc in list(self.procs.values()):
+            try:
+                pid, wait_status = os.waitpid(proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, wait_status = proc.pid, 0
+            if pid:
+                self._exited(proc, wait_status, now)
+
+    def _exited(self, proc: WorkerProc, wait_status: int, now: float) -> None:
+        assert self.board is not None
+        was = proc.state
+        proc.transition(ProcState.EXITED)
+        proc.exit_status = wait_status
+        del self.procs[proc.pid]
+        self.board.release(proc.cell)
+        self._dirty = True
+        how = _describe_exit(wait_status)
+        owner = self._owner(proc)
+        if owner is None:  # a retired worker finishing its drain
+            log.info("worker %d (generation %d slot %d) exited: %s", proc.pid, proc.generation,
+                     proc.slot, how)
+            return
+        gen, slot = owner
+        boot_failed = os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == EXIT_BOOT_FAILURE
+        if gen is self.pending:
+            self._abort_rollout(f"a new worker (slot {slot.index}) died while starting: {how}", now)
+            return
+        if self.phase is Phase.STARTING and boot_failed:
+            log.error("worker %d failed to boot; stopping (fix the build or configuration)", proc.pid)
+            self.exit_status = EXIT_BOOT_FAILURE
+            self._stop(graceful=False)
+            return
+        process = gen.config.process
+        delay = slot.died(now, process.respawn_backoff, process.respawn_backoff_max)
+        if boot_failed:
+            # Respawning a worker that cannot boot at full speed only fills the log.
+            slot.respawn_at = now + max(delay, process.respawn_backoff_max)
+        level = logging.INFO if was is ProcState.DRAINING else logging.WARNING
+        log.log(level, "worker %d (slot %d) died (%s) while %s; respawning in %.1fs",
+                proc.pid, slot.index, how, was.value, slot.respawn_at - now)
+
+    def _observe(self, now: float) -> None:
+        """Readiness and liveness from the heartbeat cells; murder what stopped beating."""
+        assert self.board is not None
+        for proc in list(self.procs.values()):
+            stamp, phase = self.board.read(proc.cell)
+            owner = self._owner(proc)
+            config = self._owner_config(proc)
+            if proc.state is ProcState.BOOTING and phase == heartbeat.ACCEPTING:
+                proc.transition(ProcState.ACCEPTING)
+                proc.accepting_since = now
+                if owner is not None:
+                    owner[1].transition(SlotState.SERVING)
+                self._dirty = True
+                continue
+            if proc.abort_sent:
+                if now - proc.abort_sent > ABORT_GRACE:
+                    self._kill(proc, signal.SIGKILL)
+                continue
+            if proc.state is ProcState.BOOTING:
+                if now - proc.started > config.process.boot_timeout:
+                    log.error("worker %d not accepting after %.1fs; killing it", proc.pid,
+                              config.process.boot_timeout)
+                    proc.abort_sent = now
+                    self._kill(proc, signal.SIGABRT)
+            elif now - stamp > config.process.heartbeat_timeout:
+                log.error("worker %d missed its heartbeat for %.1fs; killing it", proc.pid, now - stamp)
+                proc.abort_sent = now
+                self._kill(proc, signal.SIGABRT)
+            elif proc.state is ProcState.DRAINING and now > proc.kill_at:
+                log.warning("worker %d still running after its drain deadline; killing it", proc.pid)
+                proc.abort_sent = now - ABORT_GRACE  # no traceback wanted: straight to SIGKILL
+                self._kill(proc, signal.SIGKILL)
+
+    def _manage(self, now: float) -> None:
+        if self.phase is Phase.STOPPING:
+            return
+        for gen in self._generations():
+            for slot in gen.slots:
+                if slot.state is SlotState.BACKOFF and now >= slot.respawn_at:
+                    self._spawn(gen, slot, now)
+        if self.phase is Phase.STARTING and self.current and self.current.all_serving():
+            self._transition(Phase.RUNNING)
+            log.info("%s", self._status_line())
+            self.notifier.ready(self._status_line())
+        elif self.pending is not None and self.pending.all_serving():
+            self._commit(now)
+        if self.phase is Phase.RUNNING and self.reload_wanted:
+            self.reload_wanted = False
+            self._start_reload()
+
+    # ----------------------------------------------------------- reloads
+    def _start_reload(self, upgrade: bool = False) -> None:
+        """Validate the configuration and start rolling out a new generation.
+
+        Nothing running is touched until every worker of the new generation accepts
+        on the inherited sockets; only then are the old workers told to drain.
+        """
+        self.pending_covers = self.reload["requested"]
+        what = "upgrade" if upgrade else "reload"
+        self.notifier.reloading(f"{self._status_line()}; {what} in progress")
+        try:
+            config = load(self.config_path)
+            cpus = plan.slot_cpus(config.process)
+            opened = self.listeners.prepare(config.listener, len(cpus))
+        except ConfigError as exc:
+            self._reload_failed("; ".join(exc.problems))
+            return
+        except (ValueError, OSError) as exc:
+            self._reload_failed(str(exc))
+            return
+        assert self.current is not None
+        number = self.current.number + 1
+        self.pending = Generation(number, config, [Slot(i, cpu) for i, cpu in enumerate(cpus)])
+        self.pending_opened = opened
+        if not upgrade:
+            self._transition(Phase.RELOADING)
+        log.info("%s: rolling out generation %d with %d workers", what, number, len(cpus))
+
+    def _reload_failed(self, error: str) -> None:
+        log.error("reload failed, generation %s keeps serving: %s",
+                  self.current.number if self.current else "-", error)
+        self.reload.update(covers=self.pending_covers, ok=False, error=error)
+        if self.phase in (Phase.RELOADING, Phase.UPGRADING):
+            self._transition(Phase.RUNNING)
+        self._dirty = True
+        # READY=1 after a failed attempt too, or systemd leaves the unit "reloading".
+        self.notifier.ready(f"{self._status_line()}; reload failed: {error}")
+
+    def _commit(self, now: float) -> None:
+        assert self.pending is not None and self.current is not None
+        old, new = self.current, self.pending
+        self.current, self.pending = new, None
+        for slot in old.slots:
+            if slot.worker is not None and slot.worker.alive:
+                self._drain(slot.worker, now)
+            slot.transition(SlotState.RETIRED)
+        self.listeners.apply_backlog(new.config.listener)
+        self.listeners.close(self.listeners.unused(new.config.listener))
+        if new.config.log != self.config.log:
+            logs.setup(new.config.log)
+        self.config = new.config
+        self.reload.update(covers=self.pending_covers, ok=True, error="", generation=new.number)
+        self._transition(Phase.RUNNING)
+        log.info("generation %d serving; generation %d draining", new.number, old.number)
+        self.notifier.ready(self._status_line())
+
+    def _abort_rollout(self, error: str, now: float) -> None:
+        assert self.pending is not None
+        for slot in self.pending.slots:
+            if slot.worker is not None and slot.worker.alive:
+                self._drain(slot.worker, now, graceful=False)
+            slot.transition(SlotState.RETIRED)
+        self.pending = None
+        self.listeners.close(self.pending_opened)
+        self._reload_failed(error)
+
+    # -------------------------------------------------------------- stop
+    def _stop(self, graceful: bool) -> None:
+        now = time.monotonic()
+        if self.phase is not Phase.STOPPING:
+            self._transition(Phase.STOPPING)
+            self.notifier.stopping(f"{self._status_line()}; stopping")
+            log.info("%s stop: draining %d workers", "graceful" if graceful else "fast", len(self.procs))
+        for gen in self._generations():
+            for slot in gen.slots:
+                if slot.state is not SlotState.RETIRED:
+                    slot.transition(SlotState.RETIRED)
+        for proc in self.procs.values():
+            if not graceful or proc.state is not ProcState.DRAINING:
+                self._drain(proc, now, graceful)
+
+    # ------------------------------------------------------------ status
+    def _publish(self) -> None:
+        self._dirty = False
+        gen = self.current
+        state = {
+            "pid": os.getpid(),
+            "phase": self.phase.value,
+            "generation": gen.number if gen else 0,
+            "reload": self.reload,
+            "listeners": self.listeners.addresses(gen.config.listener) if gen else {},
+            "workers": [
+                {"pid": p.pid, "slot": p.slot, "generation": p.generation, "state": p.state.value}
+                for p in sorted(self.procs.values(), key=lambda p: (p.generation, p.slot))
+            ],
+        }
+        try:
+            status.write_status(self.runtime_dir, state)
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.runtime_dir / status.STATUS_FILE, exc)
+        if self.phase is not Phase.STOPPING:
+            self.notifier.status(self._status_line())
+
+    # ----------------------------------------------------------- upgrade
+    def _upgrade(self) -> None:
+        """Re-exec this PID with the code now on disk; sockets, memory and workers carry over."""
+        check = subprocess.run(
+            [sys.executable, "-m", "appliance", "-t", "-c", str(self.config_path)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        if check.returncode != 0:
+            error = (check.stderr or check.stdout).strip().replace("\n", "; ")
+            log.error("upgrade refused: the new version fails its check: %s", error)
+            self.notifier.status(f"{self._status_line()}; upgrade refused: {error}")
+            return
+        self._transition(Phase.UPGRADING)
+        # Signals already taken off the kernel's queue would die with this image: act on
+        # them now. In UPGRADING a SIGHUP is carried over as reload_wanted, a second
+        # SIGUSR2 is refused, and a stop signal cancels the upgrade.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        self._dispatch_signals()
+        if self.phase is Phase.STOPPING:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            return
+        self.notifier.reloading(f"{self._status_line()}; upgrading in place")
+        assert self.current is not None and self.board is not None
+        state = {
+            "version": 1,
+            "runtime_dir": str(self.runtime_dir),
+            "reload": self.reload,
+            "reload_wanted": self.reload_wanted,
+            "generation": self.current.number,
+            "slots": [[slot.index, slot.cpu, slot.crashes] for slot in self.current.slots],
+            "workers": [
+                [p.pid, p.slot, p.generation, p.cell, p.state.value, p.started, p.accepting_since,
+                 p.kill_at]
+                for p in self.procs.values()
+            ],
+            "listeners": self.listeners.export(),
+            "shm": self.shared.export(),
+        }
+        log.info("upgrading in place: exec %s", " ".join(sys.orig_argv))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.environ[UPGRADE_ENV] = json.dumps(state)
+        # Still blocked, so arriving signals stay pending rather than lost: the mask
+        # survives exec and the new image unblocks once its handlers are in place (a
+        # SIGHUP with the default action would kill us).
+        try:
+            os.execv(sys.executable, sys.orig_argv)
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            del os.environ[UPGRADE_ENV]
+            for fd in self.listeners.all_fds() | {r.fd for r in self.shared.regions.values()}:
+                os.set_inheritable(fd, False)
+            log.error("upgrade failed: exec: %s", os.strerror(exc.errno or errno.EIO))
+            self._transition(Phase.RUNNING)
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        """Take over from the previous image: adopt everything, then replace its workers."""
+        self.shared = shm.SharedMemory.adopt(state["shm"])
+        self.board = HeartbeatBoard(self.shared.regions["heartbeat"])
+        self.listeners = ListenerSet.adopt(state["listeners"])
+        self.runtime_dir = Path(state["runtime_dir"])
+        self.reload = state["reload"]
+        self.reload_wanted = state["reload_wanted"]
+        slots = [Slot(index, cpu, crashes=crashes) for index, cpu, crashes in state["slots"]]
+        self.current = Generation(state["generation"], self.config, slots)
+        for pid, slot, gen, cell, state_name, started, since, kill_at in state["workers"]:
+            proc = WorkerProc(pid, slot, gen, cell, started, ProcState(state_name), since, kill_at)
+            self.board.claim(cell)
+            self.procs[pid] = proc
+            if gen == self.current.number and proc.state is not ProcState.DRAINING:
+                slots[slot].started(proc)
+                if proc.state is ProcState.ACCEPTING:
+                    slots[slot].transition(SlotState.SERVING)
+        self.phase = Phase.UPGRADING
+        log.info("supervisor %d upgraded in place; adopted %d workers", os.getpid(), len(self.procs))
+        self._start_reload(upgrade=True)
+        if self.pending is None:
+            # The new image cannot roll out (its configuration broke between the check
+            # and the exec); the adopted workers keep serving what they loaded.
+            log.error("upgrade: keeping the adopted generation %d", self.current.number)
+
+
+def run(config_path: Path, config: Config) -> int:
+    """`rproxyd -c FILE`: start a supervisor, or resume one across an in-place upgrade."""
+    inherited = os.environ.pop(UPGRADE_ENV, None)
+    logs.setup(config.log)
+    supervisor = Supervisor(config_path, config)
+    return supervisor.run(json.loads(inherited) if inherited else None)

@@ -1,0 +1,258 @@
+"""Virtual hosts, rules, rewriting and header policy, through real origins."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from tests.support import Origin, ScriptedBackend, read_all
+
+
+@pytest.fixture(scope="module")
+def origins():
+    servers = {name: Origin(name) for name in ("a", "b", "c")}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def served_by(response: httpx.Response) -> str:
+    return response.headers.get("x-origin", f"proxy:{response.status_code}")
+
+
+VHOSTS = """
+[[vhost]]
+name = "api"
+hosts = ["api.example.com", "*.api.example.com"]
+
+[[vhost.route]]
+match = "exact"
+path = "/exact"
+backend = "b"
+
+[[vhost.route]]
+match = "regex"
+path = "^/v[0-9]+/"
+backend = "c"
+
+[[vhost.route]]
+match = "glob"
+path = "/files/*.txt"
+backend = "b"
+
+[[vhost.route]]
+path = "/"
+backend = "a"
+
+[[vhost]]
+name = "www"
+hosts = ["www.example.com"]
+default = true
+
+[[vhost.route]]
+path = "/only-get"
+methods = ["GET", "HEAD"]
+backend = "a"
+
+[[vhost.route]]
+path = "/old/"
+rewrite = "^/old/(?P<rest>.*)$"
+rewrite_to = "/headers?from=${rest}"
+backend = "b"
+
+[[vhost.route]]
+path = "/keep/"
+rewrite = "^/keep/(.*)$"
+rewrite_to = "/$1"
+backend = "b"
+
+[[vhost.route]]
+path = "/"
+backend = "c"
+"""
+
+
+@pytest.fixture(scope="module")
+def routed(origins, tmp_path_factory):
+    from tests.support import Proxy, free_port, proxy_config
+
+    port = free_port()
+    text = proxy_config(port, {name: [o.address] for name, o in origins.items()}, vhosts=VHOSTS)
+    proxy = Proxy(tmp_path_factory.mktemp("routed"), text, port)
+    yield proxy
+    proxy.stop()
+
+
+def get(proxy, path: str, host: str, method: str = "GET") -> httpx.Response:
+    return httpx.request(method, proxy.url + path, headers={"Host": host})
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "origin"),
+    [
+        ("api.example.com", "/exact", "b"),
+        ("api.example.com", "/exact/more", "a"),  # exact does not match longer paths
+        ("eu.api.example.com", "/v2/users", "c"),  # glob alias; regex rule
+        ("api.example.com", "/files/readme.txt", "b"),
+        ("api.example.com", "/files/readme.md", "a"),
+        ("API.Example.COM:8443", "/", "a"),  # case and port do not matter
+        ("www.example.com", "/anything", "c"),
+        ("unknown.test", "/anything", "c"),  # the default vhost
+    ],
+)
+def test_vhost_and_rule_selection(routed, host, path, origin):
+    assert served_by(get(routed, path, host)) == origin
+
+
+def test_first_matching_rule_wins_in_file_order(origins, make_proxy):
+    vhosts = """
+    [[vhost]]
+    name = "x"
+    hosts = ["*"]
+    [[vhost.route]]
+    match = "glob"
+    path = "/a*"
+    backend = "a"
+    [[vhost.route]]
+    match = "exact"
+    path = "/abc"
+    backend = "b"
+    [[vhost.route]]
+    match = "exact"
+    path = "/xyz"
+    backend = "b"
+    [[vhost.route]]
+    match = "glob"
+    path = "/x*"
+    backend = "c"
+    """
+    proxy = make_proxy(backends={n: [o.address] for n, o in origins.items()}, vhosts=vhosts)
+    assert served_by(httpx.get(proxy.url + "/abc")) == "a"  # the earlier glob beats the exact rule
+    assert served_by(httpx.get(proxy.url + "/xyz")) == "b"  # the earlier exact beats the glob
+
+
+def test_no_default_vhost_means_404(origins, make_proxy):
+    vhosts = '[[vhost]]\nname = "only"\nhosts = ["only.test"]\n[[vhost.route]]\nbackend = "a"\n'
+    proxy = make_proxy(backends={"a": [origins["a"].address]}, vhosts=vhosts)
+    assert httpx.get(proxy.url + "/", headers={"Host": "only.test"}).status_code == 200
+    assert httpx.get(proxy.url + "/", headers={"Host": "other.test"}).status_code == 404
+
+
+def test_method_match_and_405(routed):
+    assert served_by(get(routed, "/only-get", "www.example.com")) == "a"
+    assert served_by(get(routed, "/only-get", "www.example.com", "HEAD")) == "a"
+    refused = get(routed, "/only-get", "www.example.com", "POST")
+    # The catch-all "/" rule takes any method, so a POST falls through to it.
+    assert served_by(refused) == "c"
+
+
+def test_405_when_only_method_restricted_rules_match(origins, make_proxy):
+    vhosts = ('[[vhost]]\nname = "x"\nhosts = ["*"]\n'
+              '[[vhost.route]]\npath = "/"\nmethods = ["GET"]\nbackend = "a"\n')
+    proxy = make_proxy(backends={"a": [origins["a"].address]}, vhosts=vhosts)
+    response = httpx.post(proxy.url + "/", content=b"x")
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+
+
+def test_rewrite_replaces_query_when_the_replacement_has_one(routed):
+    info = get(routed, "/old/some/thing?dropped=1", "www.example.com").json()
+    assert info["path"] == "/headers?from=some/thing"
+
+
+def test_rewrite_keeps_the_query(routed):
+    info = get(routed, "/keep/headers?x=1&y=2", "www.example.com").json()
+    assert info["path"] == "/headers?x=1&y=2"
+
+
+def test_header_policy_per_vhost_and_rule(origins, make_proxy):
+    vhosts = """
+    [[vhost]]
+    name = "x"
+    hosts = ["*"]
+    request_headers = { set = { X-Env = "prod" }, remove = ["X-Debug"] }
+    response_headers = { remove = ["Server"], add = { X-Frame-Options = "DENY" } }
+    [[vhost.route]]
+    path = "/"
+    backend = "a"
+    request_headers = { add = { X-Rule = "one" }, set = { X-Env = "rule" } }
+    response_headers = { set = { X-Origin = "hidden" } }
+    """
+    proxy = make_proxy(backends={"a": [origins["a"].address]}, vhosts=vhosts)
+    response = httpx.get(proxy.url + "/headers", headers={"X-Debug": "1", "X-Env": "client"})
+    seen = {}
+    for name, value in response.json()["headers"]:
+        seen.setdefault(name.lower(), []).append(value)
+    assert seen["x-env"] == ["rule"]
+    assert seen["x-rule"] == ["one"]
+    assert "x-debug" not in seen
+    assert "server" not in response.headers
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-origin"] == "hidden"
+
+
+def test_spoofed_proxy_headers_are_stripped(origins, make_proxy):
+    proxy = make_proxy(backends={"a": [origins["a"].address]})
+    spoof = {"X-SSL-Client-Subject": "CN=admin", "X-Forwarded-Proto": "https",
+             "X-Forwarded-Host": "evil.test"}
+    names = {n.lower(): v for n, v in httpx.get(proxy.url + "/headers", headers=spoof).json()["headers"]}
+    assert "x-ssl-client-subject" not in names
+    assert names["x-forwarded-proto"] == "http"
+    assert names["x-forwarded-host"] == f"127.0.0.1:{proxy.port}"
+
+
+def test_untrusted_client_x_forwarded_for_is_replaced(origins, make_proxy):
+    proxy = make_proxy(backends={"a": [origins["a"].address]},
+                       extra='[proxy]\ntrusted_proxies = ["10.0.0.0/8"]\n')
+    headers = httpx.get(proxy.url + "/headers", headers={"X-Forwarded-For": "6.6.6.6"}).json()["headers"]
+    assert ["X-Forwarded-For", "127.0.0.1"] in headers
+
+
+def test_trusted_client_x_forwarded_for_is_appended(origins, make_proxy):
+    proxy = make_proxy(backends={"a": [origins["a"].address]},
+                       extra='[proxy]\ntrusted_proxies = ["127.0.0.0/8"]\n')
+    headers = httpx.get(proxy.url + "/headers", headers={"X-Forwarded-For": "6.6.6.6"}).json()["headers"]
+    assert ["X-Forwarded-For", "6.6.6.6, 127.0.0.1"] in headers
+
+
+def _redirecting(conn: socket.socket, backend: ScriptedBackend) -> None:
+    while (head := backend.read_head(conn)) is not None:
+        target = b"/headers" if b"GET /go " in head else b"/elsewhere"
+        conn.sendall(b"HTTP/1.1 377 Internal Redirect\r\nX-Internal-Redirect: " + target
+                     + b"\r\nContent-Length: 4\r\n\r\nskip")
+
+
+def test_internal_redirect_replays_to_allowed_target_only(origins, make_proxy):
+    backend = ScriptedBackend(_redirecting)
+    vhosts = """
+    [[vhost]]
+    name = "x"
+    hosts = ["*"]
+    [[vhost.route]]
+    path = "/go"
+    backend = "redirector"
+    internal_redirect = ["/headers"]
+    [[vhost.route]]
+    path = "/deny"
+    backend = "redirector"
+    internal_redirect = ["/headers"]
+    [[vhost.route]]
+    path = "/"
+    backend = "a"
+    """
+    proxy = make_proxy(backends={"redirector": [backend.address], "a": [origins["a"].address]},
+                       vhosts=vhosts)
+    replayed = httpx.get(proxy.url + "/go")
+    assert replayed.status_code == 200 and replayed.json()["path"] == "/headers"
+    assert served_by(replayed) == "a"
+    assert httpx.get(proxy.url + "/deny").status_code == 502  # /elsewhere is not allowed
+    backend.stop()
+
+
+def test_pipelined_requests_across_vhosts(routed):
+    with socket.create_connection(("127.0.0.1", routed.port), 5) as sock:
+        sock.sendall(b"GET /exact HTTP/1.1\r\nHost: api.example.com\r\n\r\n"
+                     b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")
+        raw = read_all(sock, 5)
+    assert raw.index(b"X-Origin: b") < raw.index(b"X-Origin: c")
