@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 CONFIG ?= etc/rproxy/rproxy.toml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check-docs docs venv clean
+.PHONY: run test lint docs venv clean system-deps
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || bash .ci/system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -22,9 +23,13 @@ run: $(STAMP)
 	echo "rproxyd on http://127.0.0.1:8080/ -> demo origin on 127.0.0.1:8081 (Ctrl-C stops both)"; \
 	$(BIN)/rproxyd -c $(CONFIG)
 
-## test: lint, then the whole suite against real processes on loopback
-test: $(STAMP) lint
+## test: system tools, lint, then the whole suite against real processes on loopback
+test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## system-deps: the Debian packages the tests drive (curl, openssl, nginx), via apt when root
+system-deps:
+	bash .ci/system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check appliance tests perf

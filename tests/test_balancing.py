@@ -252,3 +252,20 @@ def test_server_lost_in_the_middle_of_traffic(make_proxy):
     finally:
         for origin in (a, b, c):
             origin.stop()
+
+
+def test_workers_agree_on_health_within_the_probe_window(make_proxy):
+    a, b = Origin("a"), Origin("b")
+    try:
+        proxy = make_proxy(
+            backends={"pool": [a.address, b.address]}, workers=2,
+            backend_options='[backend.pool.health]\npath = "/health"\ninterval = "100ms"\nfall = 2\n',
+        )
+        httpx.get(f"http://{b.address}/health/down")
+        time.sleep(0.2 + 0.1 * 2 + 0.3)  # first probe jitter + fall * interval + margin
+        # A new connection per request spreads them over both workers' accept queues.
+        seen = collections.Counter(served_by(httpx.get(proxy.url + "/")) for _ in range(40))
+        assert seen == {"a": 40}, seen
+    finally:
+        a.stop()
+        b.stop()
