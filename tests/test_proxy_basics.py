@@ -158,3 +158,19 @@ def test_keep_alive_reuses_one_client_connection(proxy):
     with httpx.Client() as client:
         for _ in range(50):
             assert client.get(proxy.url + "/").status_code == 200
+
+
+def test_more_clients_than_pooled_connections_keep_alive(make_proxy, origin):
+    """Requests served from the pending queue still leave their client connection open."""
+    import concurrent.futures
+
+    proxy = make_proxy(backends={"demo": [origin.address]}, backend_options="connections = 2")
+
+    def client_run(_: int) -> list[str]:
+        with httpx.Client() as client:
+            return [client.get(proxy.url + "/delay/0.01").headers.get("connection", "keep-alive")
+                    for _ in range(15)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        seen = [value for values in pool.map(client_run, range(8)) for value in values]
+    assert seen == ["keep-alive"] * 120

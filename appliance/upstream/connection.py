@@ -453,16 +453,19 @@ class BackendConnection(asyncio.Protocol):
             exchange.body_buffer = []
         if self.reading_paused:
             self.resume_reading()
+        # Releasing may attach the next request at once, which resets the response facts:
+        # keep what the finished exchange still needs.
+        trailers, keep_alive, discard = self.trailers, self.keep_alive_client, self.discard
         # Release first, so a pipelined follow-up request can reuse this warm connection.
         if reusable:
             self._transition(ConnState.IDLE)
             self.server.release(self)
         else:
             self.close()
-        if self.discard is None:
-            exchange.client.finish_response(exchange, self.trailers, self.keep_alive_client)
-        elif self.discard:
-            self._internal_redirect(exchange, self.discard)
+        if discard is None:
+            exchange.client.finish_response(exchange, trailers, keep_alive)
+        elif discard:
+            self._internal_redirect(exchange, discard)
         elif not self.server.pool.retry_failed(exchange, self.server):
             exchange.client.fail(exchange, errors.BadBackendResponse("retries exhausted"))
 

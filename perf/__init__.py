@@ -1,0 +1,1 @@
+"""The rproxyd benchmark harness: `make bench` / `perf/run --help`."""

@@ -1,0 +1,426 @@
+"""The benchmark driver behind perf/run: scenarios, repeats, CPU accounting, medians and ratios."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import load, proxies, report
+from .tools import (
+    CpuPlan,
+    Service,
+    cpu_seconds_between,
+    cpu_ticks,
+    ensure_tools,
+    log,
+    machine_info,
+    plan_cpus,
+)
+
+PERF = Path(__file__).resolve().parent
+ROOT = PERF.parent
+PROXIES = ("direct", "nginx", "haproxy", "rproxyd")
+COMPETITORS = ("nginx", "haproxy")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    kind: str  # wrk | rate | tls | idle
+    metric: str  # req | bytes | p99 | rss
+    path: str = "/small"
+    conns: int = 64
+    body: int = 0
+    close: bool = False
+    tls_key: str = ""  # tls_ecdsa | tls_rsa
+    resumed: bool = False
+    target: float | None = None  # minimum ratio vs nginx (req/bytes), maximum (p99), or KiB (rss)
+    target_text: str = ""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric in ("req", "bytes")
+
+
+MIB = 1 << 20
+SCENARIOS = [
+    Scenario("small_get", "Small GET (128 B), keep-alive", "wrk", "req", "/small", 64,
+             target=1.0, target_text="req/CPU-s >= 1.0x nginx"),
+    Scenario("get_1m", "1 MiB GET", "wrk", "bytes", "/1m", 16,
+             target=1.5, target_text="bytes/CPU-s >= 1.5x nginx"),
+    Scenario("get_100m", "100 MiB GET", "wrk", "bytes", "/100m", 4,
+             target=1.5, target_text="bytes/CPU-s >= 1.5x nginx"),
+    Scenario("upload_1m", "1 MiB upload (POST)", "wrk", "bytes", "/upload", 16, body=MIB,
+             target=1.5, target_text="bytes/CPU-s >= 1.5x nginx"),
+    Scenario("new_conn", "New connection per request", "wrk", "req", "/small", 32, close=True),
+    Scenario("latency", "Latency at fixed offered load", "rate", "p99", "/small", 32,
+             target=1.2, target_text="p99 <= 1.2x nginx"),
+    Scenario("idle_10k", "10k idle keep-alive connections", "idle", "rss", "/small",
+             target=4.0, target_text="<= 4 KiB RSS per connection"),
+    Scenario("tls_full_ecdsa", "TLS full handshake, ECDSA P-256", "tls", "req", tls_key="tls_ecdsa",
+             target=1.0, target_text="handshakes/CPU-s >= 1.0x nginx"),
+    Scenario("tls_full_rsa", "TLS full handshake, RSA-2048", "tls", "req", tls_key="tls_rsa",
+             target=1.0, target_text="handshakes/CPU-s >= 1.0x nginx"),
+    Scenario("tls_resumed_ecdsa", "TLS resumed handshake, ECDSA P-256", "tls", "req", tls_key="tls_ecdsa",
+             resumed=True, target=0.9, target_text="handshakes/CPU-s >= 0.9x nginx, 100% resumed"),
+    Scenario("tls_resumed_rsa", "TLS resumed handshake, RSA-2048", "tls", "req", tls_key="tls_rsa",
+             resumed=True, target=0.9, target_text="handshakes/CPU-s >= 0.9x nginx, 100% resumed"),
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+QUICK = ["small_get", "get_1m"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="perf/run", description=__doc__)
+    p.add_argument("--scenarios", default="all",
+                   help=f"comma-separated scenarios or 'all' (default); known: {', '.join(BY_NAME)}")
+    p.add_argument("--proxies", default=",".join(PROXIES),
+                   help="comma-separated proxies to drive (default: all of direct,nginx,haproxy,rproxyd)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="measured runs per scenario per proxy; the median "
+                   "is reported (default 3)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before the runs "
+                   "of a throughput scenario (default 1; 0 disables)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes/threads of every proxy (default 1)")
+    p.add_argument("--latency-rate", type=int, default=5000,
+                   help="offered requests/s in the latency scenario, the same for every proxy (default 5000)")
+    p.add_argument("--tls-clients", type=int, default=3, help="parallel openssl s_time clients (default 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: small_get and get_1m, 2 repeats of 3 s; output in perf/work/quick/")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for RESULTS.md, results.json, results.png (default perf/, or "
+                   "perf/work/quick/ with --quick)")
+    p.add_argument("--rproxyd-ref", default=None, metavar="GITREF",
+                   help="benchmark rproxyd's appliance/ as of this git ref (exported with git archive into "
+                   "the scratch directory) instead of the working tree; for before/after figures")
+    p.add_argument("--work", type=Path, default=PERF / "work", help="scratch directory (default perf/work)")
+    a = p.parse_args(argv)
+    if a.quick:
+        if a.scenarios == "all":
+            a.scenarios = ",".join(QUICK)
+        a.repeats = min(a.repeats, 2)
+        a.duration = min(a.duration, 3.0)
+        a.out = a.out or a.work / "quick"
+    a.out = a.out or PERF
+    names = (list(BY_NAME) if a.scenarios == "all"
+             else [s.strip() for s in a.scenarios.split(",") if s.strip()])
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        p.error(f"unknown scenario(s): {', '.join(unknown)}")
+    a.scenario_list = [BY_NAME[n] for n in names]
+    a.proxy_list = [x.strip() for x in a.proxies.split(",") if x.strip()]
+    bad = [x for x in a.proxy_list if x not in PROXIES]
+    if bad:
+        p.error(f"unknown proxy: {', '.join(bad)}")
+    if a.repeats < 1 or a.repeats > 15 or a.duration <= 0 or a.duration > 120:
+        p.error("--repeats must be 1..15 and --duration 0..120 s (runs are bounded)")
+    return a
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.a = args
+        args.work.mkdir(parents=True, exist_ok=True)
+        # One benchmark at a time per machine: two would skew each other and share perf/work/run.
+        self._lock = open(args.work / ".lock", "w")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SystemExit(f"bench: another benchmark holds {args.work / '.lock'}") from None
+        self.work = args.work / "run"
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        (self.work / "logs").mkdir(parents=True)
+        self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"])
+        self.cpus: CpuPlan = plan_cpus(args.workers)
+        log(self.cpus.note)
+        self.notes: dict[str, str] = {}
+        self.www = proxies.make_docroot(args.work)
+        self.certs = proxies.make_certs(self.work)
+        rp = Path(sys.executable).with_name("rproxyd")
+        self.rproxyd = [str(rp)] if rp.exists() else [sys.executable, "-m", "appliance"]
+        self.rproxyd_env: dict | None = None
+        if args.rproxyd_ref:
+            src = args.work / "rproxyd-ref"
+            if src.exists():
+                shutil.rmtree(src)
+            src.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.rproxyd_ref, "appliance"],
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+            self.rproxyd = [sys.executable, "-m", "appliance"]
+            self.rproxyd_env = dict(os.environ, PYTHONPATH=str(src), PYTHONSAFEPATH="1")
+            self.notes["rproxyd_source"] = f"appliance/ from git ref {args.rproxyd_ref}"
+            log(f"rproxyd from git ref {args.rproxyd_ref} ({src})")
+        self.origin: Service | None = None
+        self.results: list[dict] = []
+        self.failures: list[str] = []
+
+    # ------------------------------------------------------------ services
+
+    def start_origin(self) -> None:
+        # The origin gets the same worker count; it shares the load generator's CPU(s).
+        self.origin = proxies.origin_service(self.work, self.www, self.cpus, self.paths["nginx"],
+                                             self.a.workers)
+        self.origin.start()
+        log(f"origin nginx on 127.0.0.1:{self.origin.port}")
+
+    def start_proxies(self) -> dict[str, Service]:
+        assert self.origin is not None
+        w, o, c, n = self.work, self.origin.port, self.certs, self.a.workers
+        svcs: dict[str, Service] = {}
+        if "nginx" in self.a.proxy_list:
+            svcs["nginx"] = proxies.nginx_service(w, o, c, self.cpus, self.paths["nginx"], n)
+        if "haproxy" in self.a.proxy_list:
+            svcs["haproxy"] = proxies.haproxy_service(w, o, c, self.cpus, self.paths["haproxy"], n)
+        if "rproxyd" in self.a.proxy_list:
+            svcs["rproxyd"], notes = proxies.rproxyd_service(w, o, c, self.cpus, self.rproxyd, n,
+                                                             self.rproxyd_env)
+            self.notes.update({f"rproxyd_{k}": v for k, v in notes.items()})
+        for name, svc in list(svcs.items()):
+            try:
+                svc.start()
+            except RuntimeError as exc:
+                self.failures.append(f"{name} did not start: {exc}\n{svc.log_tail()}")
+                log(f"{name} did not start: {exc}")
+                del svcs[name]
+        return svcs
+
+    # ------------------------------------------------------------ runs
+
+    def measure(self, sc: Scenario, proxy: str, svc: Service, seconds: float) -> dict:
+        assert self.origin is not None
+        port = svc.port
+        pids = svc.pids()
+        opids = self.origin.pids()
+        before, obefore = cpu_ticks(pids), cpu_ticks(opids)
+        url = f"http://127.0.0.1:{port}{sc.path}"
+        if sc.kind == "wrk":
+            script = load.wrk_script(self.work, sc.body, sc.close)
+            res = load.run_wrk(self.cpus, url, sc.conns, seconds, script, sc.body)
+        elif sc.kind == "rate":
+            res = load.run_h2load_rate(self.cpus, url, self.a.latency_rate, sc.conns, seconds,
+                                       self.work / f"h2load-{proxy}.log")
+        elif sc.kind == "tls":
+            res = load.run_s_time(self.cpus, svc.extra_ports[sc.tls_key], seconds, sc.resumed,
+                                  self.a.tls_clients, sc.path)
+        elif sc.kind == "idle":
+            res = load.run_idle(self.cpus, port, proxies.idle_connections(),
+                                lambda: _rss(svc.pids()))
+        else:  # pragma: no cover
+            raise ValueError(sc.kind)
+        after, oafter = cpu_ticks(svc.pids() or pids), cpu_ticks(opids)
+        res["cpu_s"] = cpu_seconds_between(before, after)
+        res["origin_cpu_s"] = cpu_seconds_between(obefore, oafter)
+        if proxy == "direct":
+            res["origin_cpu_s"] = 0.0
+        return res
+
+    def run_scenario(self, sc: Scenario) -> None:
+        log(f"scenario {sc.name}: {sc.title}")
+        svcs = self.start_proxies()
+        assert self.origin is not None
+        if "direct" in self.a.proxy_list:
+            svcs = {"direct": self.origin, **svcs}
+        order = [p for p in self.a.proxy_list if p in svcs]
+        runs: dict[str, list[dict]] = {p: [] for p in self.a.proxy_list}
+        status: dict[str, str] = {}
+        notes: dict[str, str] = {}
+        for p in self.a.proxy_list:
+            if p not in svcs:
+                status[p], notes[p] = "failed", "did not start"
+            elif sc.kind == "tls" and p == "direct":
+                status[p], notes[p] = "n/a", "origin is plain HTTP"
+            elif sc.kind == "tls" and sc.tls_key not in svcs[p].extra_ports:
+                status[p] = "unsupported"
+                notes[p] = self.notes.get(f"{p}_tls", "no TLS listener")
+        active = [p for p in order if p not in status]
+        try:
+            if self.a.warmup > 0 and sc.kind in ("wrk", "rate"):
+                for p in active:
+                    with contextlib.suppress(Exception):
+                        load.run_wrk(self.cpus, f"http://127.0.0.1:{svcs[p].port}{sc.path}", sc.conns,
+                                     self.a.warmup, load.wrk_script(self.work, sc.body, sc.close), sc.body)
+            # Repeats are interleaved across proxies so drift on the machine hits all of them alike.
+            for rep in range(self.a.repeats):
+                if sc.kind == "idle" and rep:
+                    # RSS growth is only meaningful in a fresh process: the allocator keeps what
+                    # the previous run's connections freed. Restart the proxies for every run.
+                    for p in active:
+                        if p != "direct" and p not in status:
+                            svcs[p].stop()
+                            svcs[p].start()
+                for p in active:
+                    if p in status:
+                        continue
+                    svc = svcs[p]
+                    try:
+                        res = self.measure(sc, p, svc, self.a.duration)
+                    except Exception as exc:
+                        res = {"exception": f"{type(exc).__name__}: {exc}"}
+                    if not svc.alive():
+                        status[p] = "failed"
+                        notes[p] = (f"{p} exited (status {svc.proc.returncode if svc.proc else '?'}) during "
+                                    f"run {rep + 1}; log tail: {svc.log_tail(6)}")
+                        self.failures.append(f"{sc.name}/{p}: {notes[p]}")
+                        log(f"  {p}: CRASHED: {notes[p]}")
+                        continue
+                    if "exception" in res:
+                        status[p], notes[p] = "failed", res["exception"]
+                        self.failures.append(f"{sc.name}/{p}: {res['exception']}")
+                        log(f"  {p}: FAILED: {res['exception']}")
+                        continue
+                    runs[p].append(res)
+                    log(f"  {p} run {rep + 1}: {_brief(sc, res)}")
+        finally:
+            for p, svc in svcs.items():
+                if p != "direct":
+                    svc.stop()
+        self.results.extend(summarise(sc, runs, status, notes, self.a.proxy_list))
+
+    def run(self) -> int:
+        t0 = time.monotonic()
+        info = machine_info(self.paths)
+        self.start_origin()
+        try:
+            for sc in self.a.scenario_list:
+                self.run_scenario(sc)
+                assert self.origin is not None
+                if not self.origin.alive():
+                    log("origin died; restarting it")
+                    self.start_origin()
+        finally:
+            if self.origin is not None:
+                self.origin.stop()
+        elapsed = time.monotonic() - t0
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": info,
+            "settings": {
+                "workers": self.a.workers,
+                "cpu_plan": self.cpus.note,
+                "duration_s": self.a.duration,
+                "repeats": self.a.repeats,
+                "warmup_s": self.a.warmup,
+                "latency_rate_rps": self.a.latency_rate,
+                "tls_clients": self.a.tls_clients,
+                "idle_connections": proxies.idle_connections(),
+                "pool": proxies.POOL,
+                "access_logs": "off for all",
+                "quick": self.a.quick,
+                "elapsed_s": round(elapsed, 1),
+            },
+            "notes": self.notes,
+            "failures": self.failures,
+        }
+        out = self.a.out
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_all(out, meta, self.results, SCENARIOS)
+        log(f"done in {elapsed:.0f}s: {out / 'RESULTS.md'}, {out / 'results.json'}, {out / 'results.png'}")
+        print((out / "RESULTS.md").read_text())
+        return 0
+
+
+def _rss(pids: list[int]) -> int:
+    from .tools import rss_kib
+
+    return rss_kib(pids)
+
+
+def _brief(sc: Scenario, r: dict) -> str:
+    rps = r["requests"] / r["seconds"] if r["seconds"] else 0
+    s = f"{rps:,.0f} req/s, {r['bytes'] / r['seconds'] / 1e6:,.1f} MB/s, cpu {r['cpu_s']:.2f}s"
+    if r.get("p99_ms") is not None:
+        s += f", p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+    if r.get("rss_per_conn_kib") is not None:
+        s += f", {r['idle_conns']} idle, {r['rss_per_conn_kib']:.2f} KiB/conn"
+    if "resumed_pct" in r:
+        s += f", resumed {r['resumed_pct']}%"
+    if r["errors"]:
+        s += f", ERRORS {r['errors']}"
+    return s
+
+
+def _median(vals: list) -> float | None:
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(vals) if vals else None
+
+
+def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str], notes: dict[str, str],
+              proxies_order: list[str]) -> list[dict]:
+    rows = []
+    for p in proxies_order:
+        rs = runs.get(p, [])
+        per_run = []
+        for r in rs:
+            work = r["requests"] if sc.metric in ("req", "p99", "rss") else r["bytes"]
+            per_run.append({
+                "rps": r["requests"] / r["seconds"] if r["seconds"] else None,
+                "bytes_per_s": r["bytes"] / r["seconds"] if r["seconds"] else None,
+                "cpu_s": r["cpu_s"],
+                "per_cpu_s": work / r["cpu_s"] if r["cpu_s"] > 0 else None,
+                **{k: v for k, v in r.items() if k not in ("requests", "bytes", "seconds", "cpu_s")},
+            })
+        row: dict = {
+            "scenario": sc.name,
+            "proxy": p,
+            "status": status.get(p, "ok" if rs else "failed"),
+            "metric": {"req": "requests per CPU-second", "bytes": "bytes per CPU-second",
+                       "p99": "p99 latency (ms) at fixed offered load",
+                       "rss": "RSS KiB per idle keep-alive connection"}[sc.metric],
+            "runs": len(rs),
+        }
+        for k in ("rps", "bytes_per_s", "cpu_s", "per_cpu_s", "p50_ms", "p99_ms", "origin_cpu_s"):
+            row[k] = _median([r.get(k) for r in per_run])
+        for k in ("offered_rps", "resumed_pct", "idle_conns", "rss_per_conn_kib", "rss_before_kib",
+                  "rss_after_kib"):
+            if any(k in r for r in per_run):
+                row[k] = _median([r.get(k) for r in per_run])
+        errs: dict[str, int] = {}
+        for r in per_run:
+            for k, v in r.get("errors", {}).items():
+                errs[k] = errs.get(k, 0) + v
+        row["errors"] = errs
+        if sc.kind == "tls":
+            row["p50_ms"] = row["p99_ms"] = None
+        if p == "direct":
+            row["note"] = "no proxy: cpu_s is the origin's own CPU"
+        if p in notes:
+            row["note"] = notes[p]
+        if row["status"] != "ok":
+            for k in ("rps", "bytes_per_s", "cpu_s", "per_cpu_s", "p50_ms", "p99_ms"):
+                row[k] = None if not rs else row[k]
+        rows.append(row)
+    # Ratios against nginx and HAProxy measured in this run, on the scenario's primary figure.
+    key = {"req": "per_cpu_s", "bytes": "per_cpu_s", "p99": "p99_ms", "rss": "rss_per_conn_kib"}[sc.metric]
+    ref = {r["proxy"]: r.get(key) for r in rows if r["status"] == "ok"}
+    for r in rows:
+        for comp in COMPETITORS:
+            mine, theirs = r.get(key), ref.get(comp)
+            ok = r["status"] == "ok" and r["proxy"] != "direct" and mine is not None and theirs
+            r[f"vs_{comp}"] = round(mine / theirs, 3) if ok else None
+        r["ratio_of"] = key
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    return bench.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

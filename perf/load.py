@@ -1,0 +1,195 @@
+"""Load generators: wrk (throughput), h2load (fixed offered rate), openssl s_time (TLS), idle client.
+
+Each returns a dict of raw figures for one run: requests, bytes, seconds, errors, p50_ms, p99_ms,
+plus generator-specific extras. The harness wraps every call with /proc CPU snapshots.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .tools import CpuPlan, run_capture
+
+WRK_REPORT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests":%d,"bytes":%d,"duration_us":%d,"connect":%d,"read":%d,' ..
+    '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.bytes, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk_script(work: Path, body_bytes: int = 0, close: bool = False) -> Path:
+    lua = work / f"wrk-{body_bytes}-{int(close)}.lua"
+    pre = ""
+    if body_bytes:
+        pre += f'wrk.method = "POST"\nwrk.body = string.rep("u", {body_bytes})\n'
+        pre += 'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    if close:
+        pre += 'wrk.headers["Connection"] = "close"\n'
+    lua.write_text(pre + WRK_REPORT)
+    return lua
+
+
+def run_wrk(cpus: CpuPlan, url: str, conns: int, seconds: float, script: Path, body_bytes: int = 0) -> dict:
+    argv = cpus.wrap_load(["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                           "-s", str(script), url])
+    r = run_capture(argv, timeout=seconds + 60)
+    m = re.search(r"WRKJSON (\{.*\})", r.stdout)
+    if not m:
+        raise RuntimeError(f"wrk gave no report (rc {r.returncode}): {r.stderr.strip()[:300]}")
+    d = json.loads(m.group(1))
+    secs = d["duration_us"] / 1e6
+    errors = {k: d[k] for k in ("connect", "read", "write", "timeout") if d[k]}
+    if d["status"]:
+        errors["non_2xx"] = d["status"]
+    return {
+        "requests": d["requests"],
+        # Upload scenarios count the request bodies sent as the work done.
+        "bytes": d["bytes"] + d["requests"] * body_bytes,
+        "seconds": secs,
+        "errors": errors,
+        "p50_ms": d["p50_us"] / 1000,
+        "p99_ms": d["p99_us"] / 1000,
+    }
+
+
+def run_h2load_rate(cpus: CpuPlan, url: str, rate: int, clients: int, seconds: float, log: Path) -> dict:
+    """Fixed offered load: `clients` HTTP/1.1 connections, each at rate/clients requests per second."""
+    per_client = max(1, rate // clients)
+    log.unlink(missing_ok=True)
+    argv = cpus.wrap_load(["h2load", "--h1", "-t1", f"-c{clients}", f"--rps={per_client}",
+                           f"-D{max(1, round(seconds))}", "--warm-up-time=1", f"--log-file={log}", url])
+    r = run_capture(argv, timeout=seconds + 60)
+    durations, bad = [], 0
+    if log.exists():
+        for line in log.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) < 3:
+                continue
+            if not parts[1].startswith("2"):
+                bad += 1
+            durations.append(int(parts[2]) / 1000)
+    if not durations:
+        raise RuntimeError(f"h2load recorded no requests (rc {r.returncode}): {r.stdout[-300:]}")
+    durations.sort()
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", r.stdout)
+    errors = {}
+    if bad:
+        errors["non_2xx"] = bad
+    if m and int(m.group(5)):
+        errors["failed"] = int(m.group(5))
+    tm = re.search(r"traffic: .*?\((\d+)\) total", r.stdout)
+    total_bytes = int(tm.group(1)) if tm else 0
+    return {
+        "requests": len(durations),
+        "bytes": total_bytes,
+        "seconds": float(max(1, round(seconds))),
+        "errors": errors,
+        "p50_ms": _pct(durations, 50),
+        "p99_ms": _pct(durations, 99),
+        "offered_rps": per_client * clients,
+    }
+
+
+def _pct(sorted_vals: list[float], p: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    k = min(len(sorted_vals) - 1, max(0, round(p / 100 * len(sorted_vals)) - 1))
+    return sorted_vals[k]
+
+
+def run_s_time(cpus: CpuPlan, port: int, seconds: float, resumed: bool, parallel: int, path: str) -> dict:
+    """TLS handshakes (each with one small GET) with `parallel` openssl s_time clients.
+
+    Full handshakes: s_time -new. Resumed: s_time -reuse, which resumes the session (TLS 1.3
+    tickets) of its first connection; each resumed connection prints 'r', each full one '*'.
+    """
+    secs = max(1, round(seconds))
+    argv = cpus.wrap_load(["openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+                           "-reuse" if resumed else "-new", "-time", str(secs), "-www", path])
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(parallel)]
+    outs = [p.communicate(timeout=secs + 60)[0] for p in procs]
+    wall = time.monotonic() - t0
+    conns = reused = full = 0
+    for out in outs:
+        m = re.search(r"(\d+) connections in [\d.]+s;", out)
+        if not m:
+            raise RuntimeError(f"s_time gave no result: {out[-300:]}")
+        conns += int(m.group(1))
+        marks = out.split("Now timing with session id reuse.")[-1] if resumed else out
+        lines = [ln for ln in marks.splitlines() if ln and set(ln) <= {"r", "*"}]
+        reused += sum(ln.count("r") for ln in lines)
+        full += sum(ln.count("*") for ln in lines)
+    res = {
+        "requests": conns,
+        "bytes": 0,
+        "seconds": wall,
+        "errors": {},
+        "p50_ms": None,
+        "p99_ms": None,
+        "handshakes": conns,
+    }
+    if resumed:
+        res["resumed_pct"] = round(100 * reused / max(1, reused + full), 2)
+    return res
+
+
+def run_idle(cpus: CpuPlan, port: int, count: int, rss_of, settle_s: float = 1.0) -> dict:
+    """Hold `count` idle keep-alive connections (each served one request); RSS growth per connection.
+
+    rss_of() returns the proxy's total RSS in KiB; it is read before and while the connections are held.
+    """
+    script = Path(__file__).with_name("idle_client.py")
+    time.sleep(0.3)
+    before = rss_of()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cpus.wrap_load([sys.executable, str(script), str(port), str(count), "/small"]),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        opened = time.monotonic() - t0
+        if not line:
+            raise RuntimeError(f"idle client failed: {proc.stderr.read()[-300:] if proc.stderr else ''}")
+        stats = json.loads(line)
+        time.sleep(settle_s)
+        samples = [rss_of()]
+        time.sleep(0.3)
+        samples.append(rss_of())
+        after = statistics.median(samples)
+        proc.stdin.close()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ready = stats["ready"]
+    errors = {}
+    if stats["failed"]:
+        errors["failed"] = stats["failed"]
+    if stats["non_2xx"]:
+        errors["non_2xx"] = stats["non_2xx"]
+    return {
+        "requests": ready,
+        "bytes": 0,
+        "seconds": opened,
+        "errors": errors,
+        "p50_ms": None,
+        "p99_ms": None,
+        "idle_conns": ready,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_per_conn_kib": round((after - before) / ready, 3) if ready else None,
+    }

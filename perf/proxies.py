@@ -1,0 +1,345 @@
+"""Configurations and launchers: nginx as the origin; nginx, HAProxy and rproxyd as proxies.
+
+Every proxy is set up the same way: `workers` processes/threads, access logs off, a
+keep-alive pool of POOL connections to the one origin, streamed (unbuffered-to-disk) bodies,
+75 s client keep-alive, no request-count limit per connection, and the same three listeners:
+plain HTTP, TLS with an ECDSA P-256 certificate and TLS with an RSA-2048 certificate.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tools import CpuPlan, Service, free_port, log
+
+POOL = 64  # keep-alive connections to the origin, per worker (>= the highest load concurrency)
+KEEPALIVE_S = 75
+SMALL_BYTES = 128
+ONE_MIB = 1 << 20
+FILES = {"small": SMALL_BYTES, "1m": ONE_MIB, "100m": 100 * ONE_MIB}
+
+
+@dataclass
+class Certs:
+    ec_cert: Path
+    ec_key: Path
+    ec_pem: Path  # cert + key, for HAProxy
+    rsa_cert: Path
+    rsa_key: Path
+    rsa_pem: Path
+
+
+def make_docroot(work: Path) -> Path:
+    www = work / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    for name, size in FILES.items():
+        p = www / name
+        if not p.exists() or p.stat().st_size != size:
+            block = (b"0123456789abcdef" * 4096)[: min(size, 65536)]
+            with open(p, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, len(block))
+                    f.write(block[:n])
+                    left -= n
+    (www / "upload").touch()  # POST /upload: the static handler needs a file to answer 405 for
+    return www
+
+
+def make_certs(work: Path) -> Certs:
+    """Self-signed ECDSA P-256 and RSA-2048 certificates for 127.0.0.1, made with openssl at run time."""
+    d = work / "certs"
+    d.mkdir(parents=True, exist_ok=True)
+    subj = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    for kind, newkey in (("ec", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]),
+                         ("rsa", ["-newkey", "rsa:2048"])):
+        crt, key = d / f"{kind}.crt", d / f"{kind}.key"
+        subprocess.run(["openssl", "req", "-x509", "-nodes", *newkey, "-keyout", str(key), "-out", str(crt),
+                        "-days", "2", *subj], check=True, capture_output=True)
+        (d / f"{kind}.pem").write_bytes(crt.read_bytes() + key.read_bytes())
+    return Certs(d / "ec.crt", d / "ec.key", d / "ec.pem", d / "rsa.crt", d / "rsa.key", d / "rsa.pem")
+
+
+def _nofile() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _conn_limit() -> int:
+    """Connections each proxy may hold: the 10k idle clients plus headroom, within the fd limit.
+
+    HAProxy refuses to start unless 2 fds per maxconn (+16) fit under the fd limit, so with a
+    20000 hard limit (common in containers) no proxy is given more than ~9,980.
+    """
+    return max(1024, min(10_500, (_nofile() - 32) // 2))
+
+
+def idle_connections() -> int:
+    """How many idle keep-alive connections the idle scenario opens: 10k, or what the fd limit allows."""
+    return min(10_000, _conn_limit() - 40)
+
+
+def _nginx_common(work: Path, name: str, workers: int) -> str:
+    tmp = work / "tmp" / name
+    tmp.mkdir(parents=True, exist_ok=True)
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temps = "\n".join(f"    {k}_temp_path {tmp}/{k};" for k in
+                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""{user}worker_processes {workers};
+daemon off;
+master_process on;
+pid {work}/{name}.pid;
+error_log {work}/logs/{name}-error.log warn;
+events {{ worker_connections {_conn_limit() + 200}; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    types {{ }}
+    keepalive_timeout {KEEPALIVE_S}s;
+    keepalive_requests 100000000;
+    tcp_nodelay on;
+    server_tokens off;
+{temps}
+"""
+
+
+def origin_service(work: Path, www: Path, cpus: CpuPlan, nginx: str, workers: int) -> Service:
+    """nginx serving static files: /small (128 B), /1m, /100m; POST /upload reads the body and answers 200."""
+    port = free_port()
+    conf = work / "origin.conf"
+    conf.write_text(_nginx_common(work, "origin", workers) + f"""
+    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096 reuseport;
+        root {www};
+        # The mirror module reads the whole request body before the content phase; the static
+        # handler then refuses POST with 405, which error_page turns into GET /small with 200.
+        location = /upload {{
+            client_max_body_size 0;
+            client_body_buffer_size 2m;
+            mirror /_sink;
+            mirror_request_body on;
+            error_page 405 =200 /small;
+        }}
+        location = /_sink {{ internal; return 204; }}
+    }}
+}}
+""")
+    return Service("origin", cpus.wrap_load([nginx, "-c", str(conf)]), port, work / "logs" / "origin.log")
+
+
+def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, nginx: str,
+                  workers: int) -> Service:
+    port, ec_port, rsa_port = free_port(), free_port(), free_port()
+    conf = work / "nginx-proxy.conf"
+    location = """
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            proxy_buffering on;
+            proxy_buffer_size 16k;
+            proxy_buffers 16 16k;
+            proxy_busy_buffers_size 64k;
+            proxy_max_temp_file_size 0;
+            proxy_connect_timeout 5s;
+            proxy_read_timeout 60s;
+            proxy_send_timeout 60s;
+        }"""
+    conf.write_text(_nginx_common(work, "nginx-proxy", workers) + f"""
+    client_max_body_size 0;
+    client_header_timeout 10s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 1h;
+    ssl_session_tickets on;
+    upstream origin {{
+        server 127.0.0.1:{origin_port};
+        keepalive {POOL};
+        keepalive_requests 100000000;
+        keepalive_timeout {KEEPALIVE_S}s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+{location}
+    }}
+    server {{
+        listen 127.0.0.1:{ec_port} ssl backlog=1024;
+        ssl_certificate {certs.ec_cert};
+        ssl_certificate_key {certs.ec_key};
+{location}
+    }}
+    server {{
+        listen 127.0.0.1:{rsa_port} ssl backlog=1024;
+        ssl_certificate {certs.rsa_cert};
+        ssl_certificate_key {certs.rsa_key};
+{location}
+    }}
+}}
+""")
+    return Service("nginx", cpus.wrap_proxy([nginx, "-c", str(conf)]), port, work / "logs" / "nginx.log",
+                   extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port})
+
+
+def haproxy_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, haproxy: str,
+                    workers: int) -> Service:
+    port, ec_port, rsa_port = free_port(), free_port(), free_port()
+    conf = work / "haproxy.cfg"
+    conf.write_text(f"""global
+    nbthread {workers}
+    maxconn {_conn_limit()}
+    tune.ssl.cachesize 100000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive {KEEPALIVE_S}s
+    timeout client-fin 5s
+
+frontend fe
+    bind 127.0.0.1:{port} backlog 1024
+    bind 127.0.0.1:{ec_port} ssl crt {certs.ec_pem} backlog 1024
+    bind 127.0.0.1:{rsa_port} ssl crt {certs.rsa_pem} backlog 1024
+    default_backend be
+
+backend be
+    server origin 127.0.0.1:{origin_port} pool-max-conn {POOL}
+""")
+    # -db: foreground, no daemon; no `log` lines anywhere, so no access log.
+    return Service("haproxy", cpus.wrap_proxy([haproxy, "-f", str(conf), "-db"]), port,
+                   work / "logs" / "haproxy.log", extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port})
+
+
+# ----------------------------------------------------------------------------------------------
+# >>> rproxyd TLS hook. rproxyd has no TLS listener yet (TLS issue). Each template below is a
+# candidate shape for a TLS [[listener]]; the first one `rproxyd -t` accepts is used, and the
+# TLS scenarios then run against rproxyd like the others. When the TLS issue lands, put its
+# real shape FIRST here. Until one is accepted, rproxyd's TLS rows are reported as
+# "not supported yet" with null figures.
+RPROXYD_TLS_LISTENER_TEMPLATES = [
+    """
+[[listener]]
+name = "{name}"
+bind = "127.0.0.1:{port}"
+tls = true
+certificate = "{cert}"
+key = "{key}"
+""",
+    """
+[[listener]]
+name = "{name}"
+bind = "127.0.0.1:{port}"
+[listener.tls]
+certificate = "{cert}"
+key = "{key}"
+""",
+    """
+[[listener]]
+name = "{name}"
+bind = "127.0.0.1:{port}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+""",
+]
+# >>> rproxyd process hook: the supervisor's [process] table (workers, CPU pinning, runtime dir),
+# tried in this order; None = an rproxyd without it (single worker in the foreground).
+RPROXYD_PROCESS_TEMPLATES = [
+    '\n[process]\nworkers = {workers}\ncpus = [{cpus}]\nruntime_dir = "{rundir}"\n',
+    "\n[process]\nworkers = {workers}\n",
+    None,
+]
+# ----------------------------------------------------------------------------------------------
+
+
+def _rproxyd_base(port: int, origin_port: int) -> str:
+    return f"""
+[[listener]]
+name = "http"
+bind = "127.0.0.1:{port}"
+backlog = 1024
+
+[backend.origin]
+servers = ["127.0.0.1:{origin_port}"]
+connections = {POOL}
+
+[[vhost]]
+name = "default"
+hosts = ["*"]
+
+[[vhost.route]]
+path = "/"
+backend = "origin"
+
+[limits]
+keepalive_timeout = "{KEEPALIVE_S}s"
+header_timeout = "10s"
+max_body_bytes = 0
+"""
+
+
+def _config_ok(rproxyd: list[str], path: Path, text: str, env: dict | None) -> tuple[bool, str]:
+    path.write_text(text)
+    r = subprocess.run([*rproxyd, "-t", "-c", str(path)], capture_output=True, text=True, check=False,
+                       timeout=30, env=env)
+    return r.returncode == 0, (r.stdout + r.stderr).strip()
+
+
+def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, rproxyd: list[str],
+                    workers: int, env: dict | None = None) -> tuple[Service, dict[str, str]]:
+    """rproxyd with the HTTP listener, plus TLS listeners if its configuration accepts them.
+
+    Returns the service and notes (keys "tls", "workers") explaining what was not supported.
+    """
+    port, ec_port, rsa_port = free_port(), free_port(), free_port()
+    conf = work / "rproxyd.toml"
+    probe = work / "rproxyd-probe.toml"
+    base = _rproxyd_base(port, origin_port)
+    notes: dict[str, str] = {}
+
+    tail = ""
+    for tmpl in RPROXYD_PROCESS_TEMPLATES:
+        if tmpl is None:
+            if workers > 1:
+                notes["workers"] = f"rproxyd has no workers setting: ran 1 worker, the others {workers}"
+            break
+        rundir = work / "rproxyd-run"
+        rundir.mkdir(exist_ok=True)
+        cand = tmpl.format(workers=workers, cpus=", ".join(map(str, cpus.proxy)), rundir=rundir)
+        if _config_ok(rproxyd, probe, base + cand, env)[0]:
+            tail = cand
+            break
+    head = ""
+    tls = ""
+    error = ""
+    for tmpl in RPROXYD_TLS_LISTENER_TEMPLATES:
+        cand = (tmpl.format(name="tls_ecdsa", port=ec_port, cert=certs.ec_cert, key=certs.ec_key)
+                + tmpl.format(name="tls_rsa", port=rsa_port, cert=certs.rsa_cert, key=certs.rsa_key))
+        ok, out = _config_ok(rproxyd, probe, head + base + cand + tail, env)
+        if ok:
+            tls = cand
+            break
+        error = error or (out.splitlines()[0].split(": ", 2)[-1] if out else "rejected")
+    extra = {}
+    if tls:
+        extra = {"tls_ecdsa": ec_port, "tls_rsa": rsa_port}
+    else:
+        notes["tls"] = f"not supported yet: rproxyd's configuration has no TLS listener ({error})"
+    conf.write_text(head + base + tls + tail)
+    ok, out = _config_ok(rproxyd, probe, head + base + tls + tail, env)
+    if not ok:
+        raise RuntimeError(f"rproxyd rejects the benchmark configuration: {out}")
+    log(f"rproxyd config {conf}" + (" with TLS listeners" if tls else " (no TLS listeners)"))
+    svc = Service("rproxyd", cpus.wrap_proxy([*rproxyd, "-c", str(conf)]), port,
+                  work / "logs" / "rproxyd.log", extra_ports=extra, env=env)
+    return svc, notes

@@ -1,0 +1,198 @@
+"""Writes perf/RESULTS.md, perf/results.json and perf/results.png from one run's rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PROXY_NAMES = {"direct": "direct (no proxy)", "nginx": "nginx", "haproxy": "HAProxy", "rproxyd": "rproxyd"}
+
+
+def write_all(out: Path, meta: dict, rows: list[dict], scenarios: list) -> None:
+    titles = {s.name: s for s in scenarios}
+    (out / "results.json").write_text(json.dumps({**meta, "results": rows}, indent=2, default=str) + "\n")
+    chart = write_chart(out / "results.png", rows, titles)
+    (out / "RESULTS.md").write_text(markdown(meta, rows, titles, chart))
+
+
+def _num(v: float | None, fmt: str = "{:,.0f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _work(row: dict) -> str:
+    v = row.get("per_cpu_s")
+    if v is None:
+        return "-"
+    if row["metric"].startswith("bytes"):
+        return f"{v / 1e6:,.0f} MB"
+    return f"{v:,.0f} req"
+
+
+def _target_row(sc, rows: list[dict]) -> tuple[str, str, str, str, str]:
+    r = next((x for x in rows if x["proxy"] == "rproxyd"), None)
+    if r is None:
+        return sc.target_text, "-", "-", "-", "not run"
+    if r["status"] != "ok":
+        return sc.target_text, "-", "-", "-", f"**{r['status']}**: {r.get('note', '')}"
+    if sc.metric == "rss":
+        v = r.get("rss_per_conn_kib")
+        nginx = next((x.get("rss_per_conn_kib") for x in rows if x["proxy"] == "nginx"), None)
+        met = v is not None and v <= sc.target
+        return (sc.target_text, _num(v, "{:.2f} KiB"), _num(nginx, "{:.2f} KiB"), _ratio(r.get("vs_nginx")),
+                "yes" if met else "**no**")
+    v = r.get("vs_nginx")
+    if v is None:
+        return sc.target_text, "-", "-", "-", "no nginx figure"
+    met = v >= sc.target if sc.higher_is_better else v <= sc.target
+    extra = ""
+    if "resumed_pct" in r:
+        extra = f", resumed {r['resumed_pct']:.0f}%"
+        met = met and r["resumed_pct"] >= 100
+    need = f"{'>=' if sc.higher_is_better else '<='} {sc.target:.1f}x"
+    return (sc.target_text, _ratio(v) + extra, need, _ratio(r.get("vs_haproxy")),
+            "yes" if met else f"**no** (gap {v / sc.target:.2f} of target)" if sc.higher_is_better
+            else f"**no** ({v / sc.target:.2f}x the limit)")
+
+
+def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
+    m, s = meta["machine"], meta["settings"]
+    out = [
+        "# rproxyd benchmark results",
+        "",
+        f"Written by `{'make bench-quick' if s['quick'] else 'make bench'}` (`perf/run`) on "
+        f"{meta['date']}; every run rewrites this file. How it works: [README.md](README.md).",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu_model']}, {m['cores']} cores ({m['usable_cpus']} usable), {m['mem_gib']} GiB RAM",
+        f"- OS: {m['os']}, kernel {m['kernel']}",
+        f"- rproxyd {m['rproxyd']}, Python {m['python']}, uvloop {m['uvloop']}, httptools {m['httptools']}",
+        f"- nginx {m['nginx']}, HAProxy {m['haproxy']}, {m['wrk']}, {m['h2load']}, {m['openssl']}",
+        "",
+        "## Setup",
+        "",
+        f"- {s['workers']} worker per proxy (nginx `worker_processes`, HAProxy `nbthread`, rproxyd's single "
+        f"worker); {s['cpu_plan']}.",
+        f"- Origin: nginx ({s['workers']} worker, static files, sendfile). Every proxy keeps a pool of "
+        f"{s['pool']} keep-alive connections to it, streams bodies without disk buffering, and has access "
+        f"logs {s['access_logs'].replace(' for all', '')} (all of them).",
+        f"- Each scenario: {s['repeats']} runs of {s['duration_s']:g} s per proxy, interleaved across "
+        f"proxies after {s['warmup_s']:g} s of warm-up; the table shows the median. Whole run: "
+        f"{s['elapsed_s']:.0f} s.",
+        f"- Latency scenario: {s['latency_rate_rps']:,} requests/s offered to every proxy (h2load, 32 "
+        f"connections). Idle scenario: {s['idle_connections']:,} connections. TLS: {s['tls_clients']} "
+        "parallel `openssl s_time` clients, TLS 1.3, one small GET per connection.",
+        "- **Work per CPU-second** is the primary figure: requests (or bytes) divided by the utime+stime "
+        "of the proxy's own processes, read from /proc/PID/stat before and after each run. "
+        "Ratios compare it with nginx and HAProxy measured in the same run (for p99 and RSS, lower "
+        "is better and the ratio is rproxyd's figure over theirs).",
+        "",
+        "## Targets",
+        "",
+        "| Scenario | Target | rproxyd vs nginx | needed | rproxyd vs HAProxy | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, sc in titles.items():
+        srows = [r for r in rows if r["scenario"] == name]
+        if not srows or sc.target is None:
+            continue
+        text, got, need, vh, met = _target_row(sc, srows)
+        out.append(f"| {sc.title} | {text} | {got} | {need} | {vh} | {met} |")
+    out += [
+        "",
+        "TLS targets come from the TLS issue; resumption must be 100% across workers.",
+        "",
+        "## Results",
+        "",
+        "| Scenario | Proxy | req/s | MB/s | proxy CPU s | work per CPU-s | p50 ms | p99 ms "
+        "| vs nginx | vs HAProxy | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, sc in titles.items():
+        for r in (x for x in rows if x["scenario"] == name):
+            notes = []
+            if r["status"] not in ("ok",):
+                notes.append(f"**{r['status']}**")
+            if r.get("note"):
+                notes.append(r["note"].replace("|", "/").replace("\n", " ")[:220])
+            if r.get("errors"):
+                notes.append("errors: " + ", ".join(f"{k} {v}" for k, v in r["errors"].items()))
+            if r.get("rss_per_conn_kib") is not None:
+                notes.append(f"{r['rss_per_conn_kib']:.2f} KiB RSS/conn over {r.get('idle_conns', 0):,.0f}")
+            if r.get("resumed_pct") is not None:
+                notes.append(f"resumed {r['resumed_pct']:.0f}%")
+            if r.get("offered_rps"):
+                notes.append(f"offered {r['offered_rps']:,.0f}/s")
+            work = _work(r) if r["status"] == "ok" or r.get("per_cpu_s") else "-"
+            mbs = None if r.get("bytes_per_s") is None else r["bytes_per_s"] / 1e6
+            out.append(
+                f"| {sc.title} | {PROXY_NAMES[r['proxy']]} | {_num(r.get('rps'))} | {_num(mbs, '{:,.1f}')} "
+                f"| {_num(r.get('cpu_s'), '{:.2f}')} | {work} | {_num(r.get('p50_ms'), '{:.2f}')} "
+                f"| {_num(r.get('p99_ms'), '{:.2f}')} | {_ratio(r.get('vs_nginx'))} "
+                f"| {_ratio(r.get('vs_haproxy'))} | {'; '.join(notes)} |"
+            )
+    if meta.get("failures"):
+        out += ["", "## Failures", ""]
+        out += [f"- {f.splitlines()[0][:400]}" for f in meta["failures"]]
+    if meta.get("notes"):
+        out += ["", "## Notes", ""]
+        out += [f"- {k}: {v}" for k, v in meta["notes"].items()]
+    if chart:
+        out += ["", "## Chart", "", "![rproxyd and HAProxy relative to nginx](results.png)"]
+    out += ["", "Raw figures, every run's median and the settings: [results.json](results.json).", ""]
+    return "\n".join(out)
+
+
+def write_chart(path: Path, rows: list[dict], titles: dict) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing (pip install -e '.[bench]'): no chart", flush=True)
+        return False
+    labels, series = [], {"rproxyd vs nginx": [], "rproxyd vs HAProxy": [], "HAProxy vs nginx": []}
+    targets = []
+    for name, sc in titles.items():
+        srows = {r["proxy"]: r for r in rows if r["scenario"] == name}
+        if not srows:
+            continue
+        rp, hp = srows.get("rproxyd", {}), srows.get("haproxy", {})
+        suffix = "" if sc.higher_is_better else "\n(lower is better)"
+        labels.append(sc.title + suffix)
+        series["rproxyd vs nginx"].append(rp.get("vs_nginx"))
+        series["rproxyd vs HAProxy"].append(rp.get("vs_haproxy"))
+        series["HAProxy vs nginx"].append(hp.get("vs_nginx"))
+        targets.append(sc.target if sc.metric != "rss" else None)
+    if not labels:
+        return False
+    fig, ax = plt.subplots(figsize=(12, 0.75 * len(labels) + 1.8))
+    h = 0.26
+    colors = {"rproxyd vs nginx": "#d62728", "rproxyd vs HAProxy": "#ff9896", "HAProxy vs nginx": "#7f7f7f"}
+    for i, (name, vals) in enumerate(series.items()):
+        ys = [j + (i - 1) * h for j in range(len(labels))]
+        xs = [v if v is not None else 0 for v in vals]
+        bars = ax.barh(ys, xs, height=h, label=name, color=colors[name])
+        for b, v in zip(bars, vals, strict=True):
+            ax.text(b.get_width() + 0.02, b.get_y() + h / 2, "n/a" if v is None else f"{v:.2f}",
+                    va="center", fontsize=7)
+    for j, t in enumerate(targets):
+        if t is not None:
+            ax.plot([t, t], [j - 1.5 * h, j + 1.5 * h], color="black", lw=2)
+    ax.plot([], [], color="black", lw=2, label="rproxyd target vs nginx")
+    ax.axvline(1.0, color="#333", lw=0.8, ls="--")
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio of work per CPU-second of the proxy's processes (p99 and RSS: ratio of the figure)")
+    ax.set_title("rproxyd relative to nginx and HAProxy (same run, same machine)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
