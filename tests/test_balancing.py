@@ -34,7 +34,11 @@ def tally(url: str, count: int, headers: dict | None = None) -> collections.Coun
 
 
 def balanced_proxy(make_proxy, servers: list[str], method: str, options: str = ""):
-    return make_proxy(backends={"pool": servers}, backend_options=f'balance = "{method}"\n{options}')
+    proxy = make_proxy(backends={"pool": servers}, backend_options=f'balance = "{method}"\n{options}')
+    # Let every server's warm-up connection open: until then a request the balancer sends
+    # to a server still connecting is served by whichever connection is ready first.
+    time.sleep(0.3)
+    return proxy
 
 
 def test_round_robin_is_even(origins, make_proxy):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from enum import Enum
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import httptools
@@ -35,11 +35,11 @@ _S = ExchangeState
 log = logging.getLogger("rproxyd.client")
 
 
-class ClientState(Enum):
-    IDLE = "idle"  # no request in progress; keep-alive timer armed
-    BUSY = "busy"  # at least one exchange in progress
-    CLOSING = "closing"  # no further requests; close once the current ones finish
-    CLOSED = "closed"
+class ClientState(IntEnum):  # IntEnum: hashed in C, for the transition checks
+    IDLE = 1  # no request in progress; keep-alive timer armed
+    BUSY = 2  # at least one exchange in progress
+    CLOSING = 3  # no further requests; close once the current ones finish
+    CLOSED = 4
 
 
 _CLIENT_TRANSITIONS: frozenset[tuple[ClientState, ClientState]] = frozenset(
@@ -67,7 +67,9 @@ class ClientConnection(asyncio.Protocol):
         "ctx",
         "deadline",
         "exchanges",
+        "forwarded_tail",
         "head_raw",
+        "held_head",
         "parser",
         "parsing",
         "peer_ip",
@@ -92,17 +94,20 @@ class ClientConnection(asyncio.Protocol):
         # Raw bytes received since the current request head began (for max_header_bytes).
         self.head_raw = 0
         self.response_framing = FRAME_RAW
+        # A response head waiting to go out with the first body bytes: one send, not two.
+        self.held_head: bytes | None = None
         self.write_paused = False
         self._read_pauses = 0
         self.peer_ip = b""
         self.trusted = True  # the peer is a trusted proxy: its X-Forwarded-For is kept
+        self.forwarded_tail = b""
         self.deadline = Deadline(ctx.loop, self._on_read_timeout)
         self.send_deadline = Deadline(ctx.loop, self._on_send_timeout)
 
     # ----------------------------------------------------------------- state
     def _transition(self, new: ClientState) -> None:
         if (self.state, new) not in _CLIENT_TRANSITIONS:
-            raise RuntimeError(f"client cannot go from {self.state.value} to {new.value}")
+            raise RuntimeError(f"client cannot go from {self.state.name} to {new.name}")
         self.state = new
 
     # --------------------------------------------------------- asyncio hooks
@@ -113,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b""
         self.trusted = self.ctx.is_trusted(peer[0] if peer else "")
+        self.forwarded_tail = b"%s\r\nX-Forwarded-Proto: %s\r\n" % (self.peer_ip, self.proto)
         self.ctx.clients.add(self)
         # A new connection gets the header timeout for its first request.
         self.deadline.set(limits.header_timeout)
@@ -420,8 +426,16 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------ response side
     def start_response(self, exchange: Exchange, head: bytes) -> None:
+        """Hold the response head; the first body bytes or flush_head() send it."""
         exchange.response_started = True
-        self.transport.write(head)
+        self.held_head = head
+
+    def flush_head(self) -> None:
+        """Send a held response head now (no body bytes came with it in this read)."""
+        head = self.held_head
+        if head is not None:
+            self.held_head = None
+            self.transport.write(head)
 
     def response_keep_alive(self, exchange: Exchange) -> bool:
         """Decide, at response-head time, whether the connection survives this exchange."""
@@ -434,20 +448,36 @@ class ClientConnection(asyncio.Protocol):
 
     def send_body(self, data: bytes) -> None:
         framing = self.response_framing
+        head = self.held_head
+        if head is None:
+            if framing == FRAME_RAW:
+                self.transport.write(data)
+            elif framing == FRAME_CHUNKED:
+                self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
+            return
+        self.held_head = None
         if framing == FRAME_RAW:
-            self.transport.write(data)
+            self.transport.writelines((head, data))
         elif framing == FRAME_CHUNKED:
-            self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
+            self.transport.writelines((head, hdr.chunk_header(len(data)), data, b"\r\n"))
+        else:
+            self.transport.write(head)
 
     def finish_response(self, exchange: Exchange, trailers: list[tuple[bytes, bytes]] | None,
                         keep_alive: bool) -> None:
         """The backend's response is complete: end the framing and move to the next request."""
+        head = self.held_head
+        self.held_head = None
         if self.response_framing == FRAME_CHUNKED:
-            self.transport.write(hdr.last_chunk(trailers))
+            ending = hdr.last_chunk(trailers)
+            self.transport.write(ending if head is None else head + ending)
+        elif head is not None:
+            self.transport.write(head)
         self._finish(exchange, keep_alive)
 
     def abort_response(self, exchange: Exchange) -> None:
         """The response broke after it started: the client can only see a cut connection."""
+        self.flush_head()
         exchange.transition(_S.FINISHED)
         exchange.upstream = None
         log.warning("response to %s %s cut: the backend connection broke",

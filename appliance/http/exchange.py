@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -10,12 +10,12 @@ if TYPE_CHECKING:
     from appliance.upstream.connection import BackendConnection
 
 
-class ExchangeState(Enum):
-    HEAD = "head"  # request head being parsed
-    WAITING_TURN = "waiting-turn"  # parsed, pipelined behind an earlier request
-    PENDING = "pending"  # in a backend's pending queue, waiting for a connection
-    PROXYING = "proxying"  # attached to a backend connection
-    FINISHED = "finished"  # response complete, failed, or abandoned
+class ExchangeState(IntEnum):  # IntEnum: hashed in C, for the transition checks
+    HEAD = 1  # request head being parsed
+    WAITING_TURN = 2  # parsed, pipelined behind an earlier request
+    PENDING = 3  # in a backend's pending queue, waiting for a connection
+    PROXYING = 4  # attached to a backend connection
+    FINISHED = 5  # response complete, failed, or abandoned
 
 
 _S = ExchangeState
@@ -130,7 +130,7 @@ class Exchange:
     def transition(self, new: ExchangeState) -> None:
         """The only place that changes `state`; refuses moves the table does not allow."""
         if (self.state, new) not in _ALLOWED:
-            raise RuntimeError(f"exchange cannot go from {self.state.value} to {new.value}")
+            raise RuntimeError(f"exchange cannot go from {self.state.name} to {new.name}")
         self.state = new
 
     @property

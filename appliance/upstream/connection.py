@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from enum import Enum
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import httptools
@@ -36,11 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("rproxyd.backend")
 
 
-class ConnState(Enum):
-    CONNECTING = "connecting"
-    IDLE = "idle"
-    ACTIVE = "active"
-    DOWN = "down"
+class ConnState(IntEnum):  # IntEnum: hashed in C, for the transition checks
+    CONNECTING = 1
+    IDLE = 2
+    ACTIVE = 3
+    DOWN = 4
 
 
 _TRANSITIONS: frozenset[tuple[ConnState, ConnState]] = frozenset(
@@ -76,6 +76,7 @@ class BackendConnection(asyncio.Protocol):
         "informational",
         "keep_alive_client",
         "parser",
+        "parser_clean",
         "read_deadline",
         "reading_paused",
         "requests_served",
@@ -100,6 +101,9 @@ class BackendConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
+        # True when the last response ended inside the parser (not skipped past it), so the
+        # same parser can read the next one.
+        self.parser_clean = False
         self.requests_served = 0
         self.reading_paused = False
         self.sent_at = 0.0
@@ -132,7 +136,7 @@ class BackendConnection(asyncio.Protocol):
     def _transition(self, new: ConnState) -> None:
         old = self.state
         if (old, new) not in _TRANSITIONS:
-            raise RuntimeError(f"backend connection cannot go from {old.value} to {new.value}")
+            raise RuntimeError(f"backend connection cannot go from {old.name} to {new.name}")
         self.state = new
         # The server's in-flight count feeds least-conn balancing.
         if new is ConnState.ACTIVE:
@@ -230,12 +234,16 @@ class BackendConnection(asyncio.Protocol):
         self.exchange = exchange
         exchange.upstream = self
         self._reset_response()
-        self.parser = httptools.HttpResponseParser(self)
+        if not self.parser_clean:
+            self.parser = httptools.HttpResponseParser(self)
+        self.parser_clean = False
         self.sent_at = self.server.pool.loop.time()
         transport = self.transport
-        transport.write(self.server.pool.request_head(exchange))
-        if exchange.body_buffer:
-            transport.writelines(self._framed_buffer(exchange))
+        head = self.server.pool.request_head(exchange)
+        if not exchange.body_buffer:
+            transport.write(head)
+        else:
+            transport.writelines([head, *self._framed_buffer(exchange)])
             if exchange.request_done:
                 # Kept until the response arrives, so the request can be replayed.
                 exchange.body_buffered = 0
@@ -330,8 +338,8 @@ class BackendConnection(asyncio.Protocol):
         if self.informational:
             self.informational = False
             return
-        if self.complete:
-            return
+        # HEAD responses end at their head, which llhttp does not know: its state is stale.
+        self.parser_clean = not self.exchange.is_head and not self.extra_bytes
         self.complete = True
 
     def on_message_begin(self) -> None:
@@ -428,8 +436,11 @@ class BackendConnection(asyncio.Protocol):
             return
         if self.complete:
             self._complete_response()
-        elif self.head_done and self.body_mode == BODY_LENGTH:
-            self.bypass_remaining = self.resp_content_length - self.body_seen
+            return
+        if self.head_done:
+            self.exchange.client.flush_head()
+            if self.body_mode == BODY_LENGTH:
+                self.bypass_remaining = self.resp_content_length - self.body_seen
 
     def _forward_length_body(self, data: bytes) -> None:
         remaining = self.bypass_remaining

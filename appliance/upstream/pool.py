@@ -223,6 +223,8 @@ class BackendPool:
         "retry_statuses",
         "servers",
         "via",
+        "via_line_10",
+        "via_line_11",
     )
 
     def __init__(self, name: str, config: BackendConfig, limits: LimitsConfig,
@@ -232,6 +234,9 @@ class BackendPool:
         self.loop = loop
         self.limits = limits
         self.via = via
+        # The Via line (and the blank line ending the head) for requests that carry no Via.
+        self.via_line_11 = b"Via: 1.1 " + via + b"\r\n\r\n"
+        self.via_line_10 = b"Via: 1.0 " + via + b"\r\n\r\n"
         self.redirect_status = redirect_status
         self.retry_statuses = frozenset(config.retry_on_status)
         self.pending = PendingQueue(loop, limits.pending_timeout, self.on_pending_expired)
@@ -267,8 +272,14 @@ class BackendPool:
         self._dispatch(exchange, front=False)
 
     def _dispatch(self, exchange: Exchange, front: bool) -> None:
-        now = self.loop.time()
         servers = self.servers
+        if len(servers) == 1 and not exchange.tried:
+            # The common case, kept short: one server with a warm connection ready.
+            server = servers[0]
+            if server.idle and server.healthy(self.loop.time()):
+                server.idle.pop().attach(exchange)
+                return
+        now = self.loop.time()
         if len(servers) == 1:
             usable = servers if servers[0].usable(now) else []
         else:
@@ -423,22 +434,25 @@ class BackendPool:
     def request_head(self, exchange: Exchange) -> bytes:
         """Re-serialize the request head for the backend (never the client's raw bytes)."""
         client = exchange.client
-        lines = [exchange.method + b" " + exchange.target + b" HTTP/1.1\r\n"]
         policy = exchange.route.request_policy
         headers = exchange.headers if policy is None else policy.apply(exchange.headers)
-        for name, value in headers:
-            lines.append(name + b": " + value + b"\r\n")
+        lines = [name + b": " + value + b"\r\n" for name, value in headers]
+        lines.insert(0, exchange.method + b" " + exchange.target + b" HTTP/1.1\r\n")
         if exchange.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         forwarded = exchange.forwarded_for if client.trusted else None
-        lines.append(
-            b"X-Forwarded-For: " + (forwarded + b", " if forwarded else b"") + client.peer_ip + b"\r\n"
-        )
-        lines.append(b"X-Forwarded-Proto: " + client.proto + b"\r\n")
+        if forwarded:
+            lines.append(b"X-Forwarded-For: " + forwarded + b", " + client.forwarded_tail)
+        else:
+            # "X-Forwarded-For: <peer>\r\nX-Forwarded-Proto: <proto>\r\n", built once per connection.
+            lines.append(b"X-Forwarded-For: " + client.forwarded_tail)
         if exchange.host is not None:
             lines.append(b"X-Forwarded-Host: " + exchange.host + b"\r\n")
-        if self.via:
-            prior = exchange.via + b", " if exchange.via else b""
-            lines.append(b"Via: %s%s %s\r\n" % (prior, exchange.version.encode(), self.via))
-        lines.append(b"\r\n")
+        if exchange.via:
+            lines.append(b"Via: %s, %s %s\r\n\r\n" % (exchange.via, exchange.version.encode(), self.via)
+                         if self.via else b"Via: " + exchange.via + b"\r\n\r\n")
+        elif self.via:
+            lines.append(self.via_line_11 if exchange.version == "1.1" else self.via_line_10)
+        else:
+            lines.append(b"\r\n")
         return b"".join(lines)
