@@ -17,6 +17,15 @@ def origin() -> Iterator[Origin]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def origins() -> Iterator[dict[str, Origin]]:
+    """Three demo origins named a, b and c (their X-Origin header says which answered)."""
+    servers = {name: Origin(name) for name in ("a", "b", "c")}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
 @pytest.fixture
 def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     """Start rproxyd with proxy_config(**options); every proxy is stopped after the test."""

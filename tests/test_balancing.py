@@ -13,19 +13,7 @@ import pytest
 
 from appliance.config.values import Address
 from appliance.upstream.balance import ConsistentHash
-from tests.support import Origin, ScriptedBackend, free_port
-
-
-@pytest.fixture(scope="module")
-def origins():
-    servers = {name: Origin(name) for name in ("a", "b", "c")}
-    yield servers
-    for server in servers.values():
-        server.stop()
-
-
-def served_by(response: httpx.Response) -> str:
-    return response.headers.get("x-origin", f"proxy:{response.status_code}")
+from tests.support import Origin, ScriptedBackend, free_port, served_by
 
 
 def tally(url: str, count: int, headers: dict | None = None) -> collections.Counter:

@@ -7,20 +7,7 @@ import socket
 import httpx
 import pytest
 
-from tests.support import Origin, ScriptedBackend, read_all
-
-
-@pytest.fixture(scope="module")
-def origins():
-    servers = {name: Origin(name) for name in ("a", "b", "c")}
-    yield servers
-    for server in servers.values():
-        server.stop()
-
-
-def served_by(response: httpx.Response) -> str:
-    return response.headers.get("x-origin", f"proxy:{response.status_code}")
-
+from tests.support import ScriptedBackend, read_all, served_by
 
 VHOSTS = """
 [[vhost]]

@@ -22,6 +22,7 @@ from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
 from appliance.http.exchange import Exchange, ExchangeState
+from appliance.observe.observer import CLIENT_CLOSED
 
 if TYPE_CHECKING:
     from appliance.worker import WorkerContext
@@ -76,6 +77,7 @@ class ClientConnection(asyncio.Protocol):
         "proto",
         "response_framing",
         "send_deadline",
+        "sent",
         "state",
         "transport",
         "trusted",
@@ -96,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self.response_framing = FRAME_RAW
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
+        self.sent = 0  # response bytes written for the exchange now answering
         self.write_paused = False
         self._read_pauses = 0
         self.peer_ip = b""
@@ -203,6 +206,7 @@ class ClientConnection(asyncio.Protocol):
     # ----------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
         exchange = Exchange(self)
+        exchange.started = self.ctx.loop.time()
         self.parsing = exchange
         self.exchanges.append(exchange)
         if self.state is ClientState.IDLE:
@@ -429,6 +433,7 @@ class ClientConnection(asyncio.Protocol):
         """Hold the response head; the first body bytes or flush_head() send it."""
         exchange.response_started = True
         self.held_head = head
+        self.sent += len(head)
 
     def flush_head(self) -> None:
         """Send a held response head now (no body bytes came with it in this read)."""
@@ -447,6 +452,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def send_body(self, data: bytes) -> None:
+        self.sent += len(data)
         framing = self.response_framing
         head = self.held_head
         if head is None:
@@ -482,6 +488,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.upstream = None
         log.warning("response to %s %s cut: the backend connection broke",
                     exchange.method.decode(), exchange.url.decode(errors="replace"))
+        self._report(exchange)
         self.close(force=True)
 
     def fail(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
@@ -496,14 +503,23 @@ class ClientConnection(asyncio.Protocol):
             and self.response_keep_alive(exchange)
         )
         exchange.response_started = True
-        self.transport.write(errors.error_response(failure, keep_alive, exchange.is_head))
+        exchange.status = failure.status
+        response = errors.error_response(failure, keep_alive, exchange.is_head)
+        self.sent += len(response)
+        self.transport.write(response)
         exchange.upstream = None
         self._finish(exchange, keep_alive)
+
+    def _report(self, exchange: Exchange) -> None:
+        exchange.bytes_out = self.sent
+        self.sent = 0
+        self.ctx.observer.exchange_done(exchange)
 
     def _finish(self, exchange: Exchange, keep_alive: bool) -> None:
         if not exchange.finished:
             exchange.transition(_S.FINISHED)
         exchange.upstream = None
+        self._report(exchange)
         if self.state is ClientState.CLOSED:
             return
         if self.exchanges and self.exchanges[0] is exchange:
@@ -570,10 +586,14 @@ class ClientConnection(asyncio.Protocol):
             return
         self._detach_pending(exchange)
         upstream = exchange.upstream
+        had_head = exchange.state is not _S.HEAD  # a request line and headers arrived
         exchange.transition(_S.FINISHED)
         exchange.upstream = None
         if upstream is not None:
             upstream.abandon()
+        if had_head:
+            exchange.status = exchange.status or CLIENT_CLOSED
+            self._report(exchange)
 
     def _stop_reading_requests(self) -> None:
         if self.state in (ClientState.IDLE, ClientState.BUSY):

@@ -52,14 +52,17 @@ class Exchange:
         "body_buffered",
         "body_received",
         "body_streamed",
+        "bytes_out",
         "chunked",
         "client",
         "close_after",
         "conn_close",
         "conn_keep_alive",
+        "connect_time",
         "content_length",
         "expect_continue",
         "failure",
+        "first_byte",
         "forwarded_for",
         "head_bytes",
         "headers",
@@ -69,17 +72,22 @@ class Exchange:
         "keep_alive",
         "method",
         "pending_since",
+        "queue_wait",
         "redirects",
         "request_done",
         "response_started",
         "retries",
         "route",
+        "server",
         "stale_retries",
+        "started",
         "state",
+        "status",
         "target",
         "trailers",
         "tried",
         "upstream",
+        "upstream_time",
         "url",
         "version",
         "via",
@@ -126,6 +134,16 @@ class Exchange:
         self.tried: list[Any] = []  # servers that failed this request
         self.target = b""  # request target for the backend: url after the rule's rewrite
         self.pending_since = 0.0
+        # What observers read when the exchange ends (appliance/observe). Times are loop
+        # seconds: `started` is when the request began, the rest are durations.
+        self.started = 0.0
+        self.status = 0  # the status the client got; 0 if no response head went out
+        self.bytes_out = 0  # bytes written to the client for this exchange
+        self.server: Any = None  # the backend Server that answered (the last one tried)
+        self.queue_wait = 0.0  # time spent in pending queues
+        self.connect_time = 0.0  # time to open the backend connection, if opened for this request
+        self.first_byte = 0.0  # request sent → response head received
+        self.upstream_time = 0.0  # request sent → response complete
 
     def transition(self, new: ExchangeState) -> None:
         """The only place that changes `state`; refuses moves the table does not allow."""

@@ -69,6 +69,7 @@ class BackendConnection(asyncio.Protocol):
         "body_seen",
         "bypass_remaining",
         "complete",
+        "connect_time",
         "discard",
         "exchange",
         "extra_bytes",
@@ -105,6 +106,7 @@ class BackendConnection(asyncio.Protocol):
         # same parser can read the next one.
         self.parser_clean = False
         self.requests_served = 0
+        self.connect_time = 0.0  # how long opening this connection took (set by the pool)
         self.reading_paused = False
         self.sent_at = 0.0
         loop = server.pool.loop
@@ -237,7 +239,13 @@ class BackendConnection(asyncio.Protocol):
         if not self.parser_clean:
             self.parser = httptools.HttpResponseParser(self)
         self.parser_clean = False
-        self.sent_at = self.server.pool.loop.time()
+        now = self.server.pool.loop.time()
+        self.sent_at = now
+        exchange.server = self.server
+        if exchange.pending_since:
+            exchange.queue_wait += now - exchange.pending_since
+            exchange.pending_since = 0.0
+        exchange.connect_time = self.connect_time if not self.requests_served else 0.0
         transport = self.transport
         head = self.server.pool.request_head(exchange)
         if not exchange.body_buffer:
@@ -371,7 +379,9 @@ class BackendConnection(asyncio.Protocol):
         parser = self.parser
         server = self.server
         loop = server.pool.loop
-        server.note_rtt(loop.time() - self.sent_at)
+        exchange.first_byte = loop.time() - self.sent_at
+        exchange.status = status
+        server.note_rtt(exchange.first_byte)
         if status >= 500 and server.config.fail_on_5xx:
             server.note_failure(loop.time())
         self.discard = self._consume_instead(exchange, status)
@@ -457,6 +467,7 @@ class BackendConnection(asyncio.Protocol):
     def _complete_response(self) -> None:
         exchange = self.exchange
         reusable = self.resp_keep_alive and not self.extra_bytes and exchange.request_done
+        exchange.upstream_time = self.server.pool.loop.time() - self.sent_at
         self.exchange = None
         self.read_deadline.clear()
         self.requests_served += 1

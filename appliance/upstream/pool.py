@@ -151,6 +151,7 @@ class Server:
 
     async def _connect(self, conn: BackendConnection) -> None:
         loop = self.pool.loop
+        started = loop.time()
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: conn, self.address.host, self.address.port),
@@ -162,6 +163,7 @@ class Server:
             reason = exc.strerror or exc.__class__.__name__
             self._connect_failed(conn, errors.BackendRefused(f"connect to {self.address}: {reason}"))
         else:
+            conn.connect_time = loop.time() - started
             conn.connected()
 
     def _connect_failed(self, conn: BackendConnection, failure: errors.ProxyFailure) -> None:

@@ -249,5 +249,10 @@ def running(*things: Origin | Proxy | ScriptedBackend) -> Iterator[None]:
             thing.stop()
 
 
+def served_by(response: object) -> str:
+    """Which demo origin answered an httpx response (its X-Origin), or "proxy:STATUS"."""
+    return response.headers.get("x-origin", f"proxy:{response.status_code}")
+
+
 def curl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)

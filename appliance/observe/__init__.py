@@ -1,0 +1,1 @@
+"""Observability: what the data path reports about each exchange, and where it goes."""

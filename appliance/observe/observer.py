@@ -1,0 +1,24 @@
+"""The one hook the data path calls when an exchange ends.
+
+ClientConnection calls `exchange_done` exactly once per exchange that got as far as
+a request line: answered, failed with a proxy error, cut mid-response, or abandoned
+by the client (status 499, as nginx logs it). Everything an access log or a metric
+needs is on the Exchange by then (see the timing fields in appliance/http/exchange.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.http.exchange import Exchange
+
+# Status recorded for an exchange whose client went away before it was answered.
+CLIENT_CLOSED = 499
+
+
+class Observer:
+    """Base observer: records nothing. Subclasses log and count."""
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """Called once per exchange, after its last byte was written (or it was given up)."""
