@@ -19,6 +19,7 @@ import uvloop
 from appliance.config.schema import Config, LimitsConfig
 from appliance.http.downstream import ClientConnection, ClientState
 from appliance.listeners import open_listener
+from appliance.observe.observer import Observer
 from appliance.process import heartbeat, logs
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
@@ -47,6 +48,7 @@ class WorkerContext:
     router: Router
     pools: dict[str, BackendPool]
     trusted: TrustedProxies
+    observer: Observer = field(default_factory=Observer)
     clients: set[ClientConnection] = field(default_factory=set)
 
     def is_trusted(self, address: str) -> bool:
