@@ -108,3 +108,17 @@ def test_durations(raw, seconds):
 @pytest.mark.parametrize(("raw", "size"), [(8192, 8192), ("16k", 16384), ("1m", 1048576), ("1g", 1024**3)])
 def test_sizes(raw, size):
     assert parse_size(raw) == size
+
+
+def test_address_already_in_use_is_refused(tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        main = tmp_path / "rproxy.toml"
+        main.write_text(MINIMAL.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+        result = rproxyd("-c", str(main))
+    assert result.returncode != 0
+    assert f"listener http: cannot bind 127.0.0.1:{port}: Address already in use" in result.stderr

@@ -43,7 +43,7 @@ class ListenerSockets:
             # Every further socket joins the reuseport group of the first one's port.
             resolved = ListenerConfig(name=listener.name, bind=Address(self.bind.host, self.port),
                                       backlog=listener.backlog)
-            sock = open_listener(resolved if self.sockets else listener)
+            sock = open_listener(resolved if self.sockets else listener, exclusive=not self.sockets)
             self.port = sock.getsockname()[1]
             self.sockets.append(sock)
 
