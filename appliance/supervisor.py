@@ -39,6 +39,7 @@ from appliance.process.heartbeat import HeartbeatBoard, HeartbeatCell
 from appliance.process.slots import Generation, ProcState, Slot, SlotState, Transitions, WorkerProc
 from appliance.process.sockets import ListenerSet
 from appliance.systemd import Notifier
+from appliance.tls import ring
 from appliance.worker import EXIT_BOOT_FAILURE
 
 log = logging.getLogger("rproxyd.supervisor")
@@ -50,6 +51,7 @@ ABORT_GRACE = 2.0  # SIGABRT → SIGKILL: time for faulthandler to write its tra
 STOP_GRACE = 2.0  # beyond drain_timeout before a draining worker is killed
 BOOTING_TICK = 0.01  # loop period while a worker boots: readiness is polled from shared memory
 IDLE_TICK = 1.0
+UPGRADE_CHECK_TIMEOUT = 10.0  # `python -m appliance -t` with the new code, before re-exec
 
 
 class Phase(enum.Enum):
@@ -96,6 +98,7 @@ class Supervisor:
         self.listeners = ListenerSet()
         self.shared = shm.SharedMemory()
         self.board: HeartbeatBoard | None = None
+        self.tickets: ring.TicketRotation | None = None  # TLS session-ticket keys, rotated here
         self.notifier = Notifier()
         self._wakeup_r = self._wakeup_w = -1
         self._dirty = True
@@ -105,7 +108,12 @@ class Supervisor:
         """Start (or, after an in-place upgrade, resume from `inherited`) and serve until stopped."""
         self._init_signals()
         if inherited is None:
-            self._start_fresh()
+            try:
+                self._start_fresh()
+            except (OSError, ValueError) as exc:
+                log.error("cannot start: %s", exc)
+                self.listeners.close(list(self.listeners.by_key))
+                return 1
         else:
             self._resume(inherited)
         try:
@@ -119,24 +127,27 @@ class Supervisor:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for sig in HANDLED:
             signal.signal(sig, self._on_signal)
-        # After an upgrade these arrive blocked (see _exec_upgrade); pending ones fire now.
+        # After an upgrade these arrive blocked (see _upgrade); pending ones fire now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        # Only queue: the loop acts. A short queue is enough; repeats of a signal coalesce.
-        if len(self.signals) < 16:
+        # Only queue: the loop acts. A signal already queued is not queued twice (the kernel
+        # coalesces pending signals the same way), so the queue holds at most one of each.
+        if signum not in self.signals:
             self.signals.append(signum)
         with contextlib.suppress(BlockingIOError):
             os.write(self._wakeup_w, b".")
 
     def regions(self) -> dict[str, int]:
         """Shared-memory regions by name and size, created before the first fork."""
-        return {"heartbeat": heartbeat.REGION_SIZE}
+        return {"heartbeat": heartbeat.REGION_SIZE, ring.REGION_NAME: ring.REGION_SIZE}
 
     def _start_fresh(self) -> None:
         for name, size in self.regions().items():
             self.shared.region(name, size)
         self.board = HeartbeatBoard(self.shared.regions["heartbeat"])
+        self.tickets = ring.TicketRotation(self.shared.regions[ring.REGION_NAME])
+        self.tickets.configure(self.config.tls)
         cpus = plan.slot_cpus(self.config.process)
         self.listeners.prepare(self.config.listener, len(cpus))
         self.current = Generation(1, self.config, [Slot(i, cpu) for i, cpu in enumerate(cpus)])
@@ -152,6 +163,8 @@ class Supervisor:
             self._reap(now)
             self._observe(now)
             self._manage(now)
+            if self.tickets is not None:
+                self.tickets.tick(now)
             self.notifier.watchdog(now)
             if self._dirty:
                 self._publish()
@@ -250,7 +263,8 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                run_worker(config, sockets, slot.index, slot.cpu, beat, os.getppid(), close_fds)
+                run_worker(config, sockets, slot.index, slot.cpu, beat, os.getppid(), close_fds,
+                           self.shared.regions[ring.REGION_NAME])
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         proc = WorkerProc(pid, slot.index, gen.number, cell, now)
@@ -428,6 +442,11 @@ class Supervisor:
         self.listeners.close(self.listeners.unused(new.config.listener))
         if new.config.log != self.config.log:
             logs.setup(new.config.log)
+        if self.tickets is not None:
+            try:
+                self.tickets.configure(new.config.tls)  # key files re-read: rotation by replace + HUP
+            except ValueError as exc:
+                log.error("ticket keys unchanged: %s", exc)
         self.config = new.config
         self.reload.update(covers=self.pending_covers, ok=True, error="", generation=new.number)
         self._transition(Phase.RUNNING)
@@ -437,8 +456,9 @@ class Supervisor:
     def _abort_rollout(self, error: str, now: float) -> None:
         assert self.pending is not None
         for slot in self.pending.slots:
+            # Graceful: a new worker that already accepts may be serving real requests.
             if slot.worker is not None and slot.worker.alive:
-                self._drain(slot.worker, now, graceful=False)
+                self._drain(slot.worker, now)
             slot.transition(SlotState.RETIRED)
         self.pending = None
         self.listeners.close(self.pending_opened)
@@ -484,12 +504,18 @@ class Supervisor:
     # ----------------------------------------------------------- upgrade
     def _upgrade(self) -> None:
         """Re-exec this PID with the code now on disk; sockets, memory and workers carry over."""
-        check = subprocess.run(
-            [sys.executable, "-m", "appliance", "-t", "-c", str(self.config_path)],
-            capture_output=True, text=True, timeout=120, check=False,
-        )
-        if check.returncode != 0:
-            error = (check.stderr or check.stdout).strip().replace("\n", "; ")
+        try:
+            # Blocks the loop (workers keep serving meanwhile); bounded well below a
+            # sensible WatchdogSec, since no ping goes out while we wait.
+            check = subprocess.run(
+                [sys.executable, "-m", "appliance", "-t", "-c", str(self.config_path)],
+                capture_output=True, text=True, timeout=UPGRADE_CHECK_TIMEOUT, check=False,
+            )
+            failed, output = check.returncode != 0, check.stderr or check.stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failed, output = True, str(exc)
+        if failed:
+            error = output.strip().replace("\n", "; ")
             log.error("upgrade refused: the new version fails its check: %s", error)
             self.notifier.status(f"{self._status_line()}; upgrade refused: {error}")
             return
@@ -540,6 +566,10 @@ class Supervisor:
         """Take over from the previous image: adopt everything, then replace its workers."""
         self.shared = shm.SharedMemory.adopt(state["shm"])
         self.board = HeartbeatBoard(self.shared.regions["heartbeat"])
+        if ring.REGION_NAME not in self.shared.regions:  # upgrading from an image without TLS
+            self.shared.region(ring.REGION_NAME, ring.REGION_SIZE)
+        self.tickets = ring.TicketRotation(self.shared.regions[ring.REGION_NAME])
+        self.tickets.configure(self.config.tls, adopted=True)
         self.listeners = ListenerSet.adopt(state["listeners"])
         self.runtime_dir = Path(state["runtime_dir"])
         self.reload = state["reload"]
@@ -554,7 +584,7 @@ class Supervisor:
                 slots[slot].started(proc)
                 if proc.state is ProcState.ACCEPTING:
                     slots[slot].transition(SlotState.SERVING)
-        self.phase = Phase.UPGRADING
+        self.phase = Phase.UPGRADING  # the state we exec'd in, carried over (not a transition)
         log.info("supervisor %d upgraded in place; adopted %d workers", os.getpid(), len(self.procs))
         self._start_reload(upgrade=True)
         if self.pending is None:

@@ -17,12 +17,21 @@ def monotonic_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
+SEND_TIMEOUT = 0.5
+
+
 class Notifier:
     """Sends state changes to systemd and keeps its watchdog fed."""
 
     def __init__(self) -> None:
         self._enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self._enabled else None
+        if self._notifier is not None and self._notifier.socket is not None:
+            # The queue of a datagram socket is short (net.unix.max_dgram_qlen, 10 by default):
+            # wait a little for room, but never let a reader that stopped reading block
+            # the supervisor's loop for good (sdnotify swallows the timeout).
+            self._notifier.socket.settimeout(SEND_TIMEOUT)
+        self._last_status = ""
         self.watchdog_interval = self._watchdog_interval()
         self._last_ping = 0.0
 
@@ -49,7 +58,10 @@ class Notifier:
         self.send("STOPPING=1", f"STATUS={status}")
 
     def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
+        """STATUS= alone, sent only when it changed."""
+        if status != self._last_status:
+            self._last_status = status
+            self.send(f"STATUS={status}")
 
     def watchdog(self, now: float) -> None:
         """Ping if WATCHDOG_USEC asks for it and half its period has passed."""

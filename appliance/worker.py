@@ -23,6 +23,8 @@ from appliance.observe.observer import Observer
 from appliance.process import heartbeat, logs
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
+from appliance.shm import SharedRegion
+from appliance.tls.contexts import build_worker_tls
 from appliance.upstream.pool import BackendPool
 
 log = logging.getLogger("rproxyd.worker")
@@ -50,6 +52,9 @@ class WorkerContext:
     trusted: TrustedProxies
     observer: Observer = field(default_factory=Observer)
     clients: set[ClientConnection] = field(default_factory=set)
+    # Set when the worker starts draining; the data path may read it to answer every
+    # further response with Connection: close (see _drain).
+    draining: bool = False
 
     def is_trusted(self, address: str) -> bool:
         return address in self.trusted
@@ -64,8 +69,11 @@ class Worker:
         sockets: Mapping[str, socket.socket | list[socket.socket]],
         slot: int = 0,
         beat: heartbeat.HeartbeatCell | None = None,
+        ticket_ring: SharedRegion | None = None,
     ) -> None:
         self.config = config
+        # The supervisor's shared ticket-key ring (appliance/tls/ring.py), mapped before fork.
+        self.ticket_ring = ticket_ring
         # One socket per listener, or several when a supervisor with fewer slots than
         # sockets hands this worker the surplus ones (see appliance.process.sockets).
         self.sockets = {name: s if isinstance(s, list) else [s] for name, s in sockets.items()}
@@ -112,10 +120,18 @@ class Worker:
         if self.beat is not None:
             self.beat.start(loop)
         servers = []
+        tls = build_worker_tls(self.config, ctx.router.vhost_name, self.ticket_ring)
         for listener in self.config.listener:
+            site = tls.get(listener.name)
+            if site is None:
+                factory = lambda: ClientConnection(ctx)  # noqa: E731 - the protocol factory
+            else:
+                factory = lambda fallback=site.sites[""]: ClientConnection(ctx, b"https", fallback)  # noqa: E731
             for sock in self.sockets[listener.name]:
                 servers.append(await loop.create_server(
-                    lambda: ClientConnection(ctx), sock=sock, backlog=listener.backlog))
+                    factory, sock=sock, backlog=listener.backlog,
+                    ssl=site.context if site is not None else None,
+                    ssl_handshake_timeout=self.config.limits.header_timeout if site is not None else None))
         for pool in ctx.pools.values():
             pool.start()
         self._accepting = True
@@ -150,19 +166,27 @@ class Worker:
     async def _drain(self, ctx: WorkerContext) -> None:
         """Finish in-flight requests (answered with Connection: close), then close.
 
-        An idle connection is not closed at once: one accepted just before we stopped
-        accepting has often not sent its first request yet, and closing it would fail a
-        request that no client may retry. Idle connections get DRAIN_IDLE_GRACE to send
-        one; a connection seen busy is shut down (close after its current response).
+        For DRAIN_IDLE_GRACE nothing is closed: a connection accepted just before we
+        stopped accepting may not have sent its first request yet (no client retries
+        that), and closing a connection right after a response that promised keep-alive
+        races the client's next request. Instead every request whose response has not
+        started is marked to be answered with Connection: close, so busy clients leave on
+        their own. After the grace, idle connections close and busy ones close after
+        their current response.
         """
         loop = ctx.loop
+        ctx.draining = True
         deadline = loop.time() + self.config.proxy.drain_timeout
-        idle_close_at = loop.time() + min(DRAIN_IDLE_GRACE, self.config.proxy.drain_timeout)
+        grace_end = loop.time() + min(DRAIN_IDLE_GRACE, self.config.proxy.drain_timeout)
         while ctx.clients and loop.time() < deadline and self._graceful:
-            close_idle = loop.time() >= idle_close_at
+            in_grace = loop.time() < grace_end
             for client in list(ctx.clients):
-                if client.state is ClientState.BUSY or (close_idle and client.state is ClientState.IDLE):
+                if not in_grace:
                     client.shutdown()
+                elif client.state is ClientState.BUSY:
+                    for exchange in client.exchanges:
+                        if not exchange.response_started:
+                            exchange.close_after = True
             await asyncio.sleep(DRAIN_POLL)
         if ctx.clients:
             log.warning("drain timeout: cutting %d connections", len(ctx.clients))

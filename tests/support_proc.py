@@ -76,7 +76,11 @@ file = "{run_dir}/rproxyd.log"
 
 
 class NotifySocket:
-    """A stand-in for systemd's NOTIFY_SOCKET that records every datagram."""
+    """A stand-in for systemd's NOTIFY_SOCKET that records every datagram.
+
+    A thread reads continuously, as systemd does: the supervisor's notify socket is
+    non-blocking, so datagrams a reader leaves queued past the queue limit are dropped.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -84,15 +88,27 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.05)
         self.messages: list[dict[str, str]] = []
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(65536).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
 
     def poll(self) -> list[dict[str, str]]:
-        with contextlib.suppress(TimeoutError):
-            while True:
-                data = self.sock.recv(65536).decode()
-                self.messages.append(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
-        return self.messages
+        time.sleep(0.1)  # let the reader catch up with what was just sent
+        return list(self.messages)
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(5)
         self.sock.close()
 
 

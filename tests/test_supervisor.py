@@ -18,6 +18,7 @@ import pytest
 from tests.support_proc import (
     GREETING,
     Load,
+    LoadResult,
     NotifySocket,
     Rproxyd,
     config_text,
@@ -56,8 +57,8 @@ def _rewrite(proxy: Rproxyd, origin: int, extra: str = "", listeners: int = 1, p
     proxy.config_path.write_text(config_text(origin, proxy.run_dir, extra, listeners, process))
 
 
-def _no_failures(result: object) -> None:
-    assert not result.failures, f"failed requests: {dict(result.failures)}"  # type: ignore[attr-defined]
+def _no_failures(result: LoadResult) -> None:
+    assert not result.failures, f"failed requests: {dict(result.failures)}"
 
 
 def test_twenty_reloads_under_load_lose_nothing(start: StartFn) -> None:
@@ -106,8 +107,7 @@ def test_sigkill_worker_fails_only_its_own_requests_and_slot_recovers(start: Sta
     print(f"slot back in {recovered_after * 1000:.0f} ms; failures {dict(result.failures)}")
 
 
-def test_invalid_config_on_reload_keeps_old_generation(start: StartFn, origin: int,
-                                                       tmp_path: Path) -> None:
+def test_invalid_config_on_reload_keeps_old_generation(start: StartFn, tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify")
     proxy = start(env={"NOTIFY_SOCKET": str(notify.path)})
     before = proxy.current_workers()

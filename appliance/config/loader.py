@@ -251,6 +251,15 @@ def _integer_list(raw: Any) -> list[int]:
     return [_integer(item) for item in raw]
 
 
+def _path_list(raw: Any) -> list[str]:
+    """One path as a string, or several as a list of strings."""
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
+        raise ValueError(f"expected a path or a list of paths, got {raw!r}")
+    return list(raw)
+
+
 def _string_map(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise ValueError(f"expected a table of strings such as {{ X-Name = \"value\" }}, got {raw!r}")
@@ -272,6 +281,7 @@ _SCALARS: dict[str, Callable[[Any], Any]] = {
     schema.STR_MAP: _string_map,
     schema.WORKER_COUNT: parse_worker_count,
     schema.CPU_LIST: parse_cpu_list,
+    schema.PATH_LIST: _path_list,
 }
 
 
@@ -385,6 +395,13 @@ def load(path: Path = DEFAULT_PATH) -> schema.Config:
     config = builder.table(schema.Config, merged, (), extra={"sources": tuple(files)})
     if config is not _INVALID:
         _cross_check(config, builder)
+        if not builder.problems:
+            # Certificates, keys, CAs and ticket-key files are read and checked here, so
+            # `rproxyd -t`, a reload and an upgrade refuse a broken file before any worker starts.
+            from appliance.tls.check import check_tls
+
+            for path, message in check_tls(config):
+                builder.problem(path, message)
     if builder.problems:
         raise ConfigError(builder.problems)
     return config

@@ -36,6 +36,10 @@ TABLE_ARRAY = "array of tables"
 TABLE_MAP = "table of named tables"
 WORKER_COUNT = "\"auto\" or count"
 CPU_LIST = "CPU list"
+PATH_LIST = "path or list of paths"
+
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+CLIENT_VERIFY = ("off", "optional", "required")
 
 REQUIRED = object()
 
@@ -68,6 +72,34 @@ def key(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerTlsConfig:
+    """TLS termination on a listener, as [listener.tls]. See docs/tls.md."""
+
+    enabled: bool = key(
+        False, kind=BOOL,
+        doc="Terminate TLS on this listener (X-Forwarded-Proto becomes https).",
+    )
+    certificate: list[str] = key(
+        [], kind=PATH_LIST,
+        doc="Default certificate chain(s) in PEM, leaf first, for clients whose SNI names no "
+        "vhost with its own certificate. Give an ECDSA and an RSA chain to serve both.",
+    )
+    certificate_key: list[str] = key(
+        [], kind=PATH_LIST,
+        doc="Private key file for each `certificate`, in the same order; empty: the key is in "
+        "the certificate file.",
+    )
+    min_version: str = key("TLSv1.2", kind=STR, choices=TLS_VERSIONS, doc="Oldest protocol accepted.")
+    max_version: str = key("TLSv1.3", kind=STR, choices=TLS_VERSIONS, doc="Newest protocol accepted.")
+    ciphers: str = key(
+        "", kind=STR,
+        doc="OpenSSL cipher list for TLS 1.2 and older; empty: Python's secure default.",
+    )
+    ciphersuites: str = key("", kind=STR, doc="TLS 1.3 cipher suites; empty: OpenSSL's default.")
+    alpn: list[str] = key(["http/1.1"], kind=STR_LIST, doc="ALPN protocols offered.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerConfig:
     """A socket the proxy accepts client connections on."""
 
@@ -76,6 +108,10 @@ class ListenerConfig:
     backlog: int = key(
         1024, kind=INT, minimum=1, maximum=65535,
         doc="Accept queue length per worker socket (capped by net.core.somaxconn).",
+    )
+    tls: ListenerTlsConfig = key(
+        ListenerTlsConfig(), kind=TABLE, item=ListenerTlsConfig,
+        doc="TLS termination, as [listener.tls].",
     )
 
 
@@ -185,6 +221,20 @@ class BackendConfig:
         HealthConfig(), kind=TABLE, item=HealthConfig,
         doc="Active health probe, as [backend.NAME.health].",
     )
+    tls: bool = key(False, kind=BOOL, doc="Speak TLS to this backend's servers.")
+    tls_verify: bool = key(
+        True, kind=BOOL,
+        doc="Verify the server's certificate against tls_ca and its name against tls_sni (or "
+        "the server address).",
+    )
+    tls_ca: str = key("", kind=STR, doc="CA file or directory for tls_verify; empty: the system's CAs.")
+    tls_sni: str = key(
+        "", kind=STR, doc="Server name sent (SNI) and verified; empty: the server's host when it is a name.",
+    )
+    tls_certificate: str = key(
+        "", kind=STR, doc="Client certificate chain (PEM) presented to the servers; empty: none.",
+    )
+    tls_key: str = key("", kind=STR, doc="Key of tls_certificate; empty: in the certificate file.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,6 +285,35 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SslHeadersConfig:
+    """X-SSL-* request headers describing the client's TLS session, as [vhost.ssl_headers].
+
+    Client-sent X-SSL-* headers are always removed, whether these are on or not.
+    Certificate headers are only sent when the client presented a verified certificate.
+    """
+
+    subject: bool = key(False, kind=BOOL, doc="X-SSL-Subject: the certificate subject (RFC 4514).")
+    issuer: bool = key(False, kind=BOOL, doc="X-SSL-Issuer: the certificate issuer (RFC 4514).")
+    not_before: bool = key(False, kind=BOOL, doc="X-SSL-NotBefore: start of validity (GMT).")
+    not_after: bool = key(False, kind=BOOL, doc="X-SSL-NotAfter: end of validity (GMT).")
+    serial: bool = key(False, kind=BOOL, doc="X-SSL-Serial: the serial number in hex.")
+    sha1: bool = key(False, kind=BOOL, doc="X-SSL-Sha1: SHA-1 fingerprint of the certificate, hex.")
+    sha256: bool = key(False, kind=BOOL, doc="X-SSL-Sha256: SHA-256 fingerprint of the certificate, hex.")
+    certificate: bool = key(
+        False, kind=BOOL, doc="X-SSL-Certificate: the PEM certificate, URL-encoded (as nginx's "
+        "$ssl_client_escaped_cert).",
+    )
+    cipher: bool = key(False, kind=BOOL, doc="X-SSL-Cipher: the negotiated cipher.")
+    protocol: bool = key(False, kind=BOOL, doc="X-SSL-Protocol: TLSv1.2 or TLSv1.3.")
+    sni: bool = key(False, kind=BOOL, doc="X-SSL-SNI: the server name the client asked for.")
+    extensions: dict[str, str] = key(
+        {}, kind=STR_MAP,
+        doc="Certificate extensions to send, as { Header-Name = \"OID\" }: string values as text, "
+        "others as hex DER.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VhostConfig:
     """A virtual host: the Host names it answers for and its routes."""
 
@@ -259,6 +338,32 @@ class VhostConfig:
     route: list[RouteConfig] = key(
         kind=TABLE_ARRAY, item=RouteConfig,
         doc="Rules of this vhost, as [[vhost.route]], tried in file order.",
+    )
+    certificate: list[str] = key(
+        [], kind=PATH_LIST,
+        doc="Certificate chain(s) (PEM) served when the client's SNI names one of `hosts`; "
+        "empty: the listener's. An ECDSA and an RSA chain may both be given.",
+    )
+    certificate_key: list[str] = key(
+        [], kind=PATH_LIST, doc="Private key file for each `certificate`; empty: in the certificate file.",
+    )
+    client_verify: str = key(
+        "off", kind=STR, choices=CLIENT_VERIFY,
+        doc="Client certificates: off, optional (verified when sent), or required. A request "
+        "for a vhost with `required` never reaches a backend without a verified certificate.",
+    )
+    client_ca: str = key("", kind=STR, doc="CA file or directory client certificates are verified against.")
+    client_verify_depth: int = key(
+        1, kind=INT, minimum=0, maximum=100,
+        doc="Most intermediate certificates allowed between a client certificate and client_ca.",
+    )
+    client_crl: str = key(
+        "", kind=STR,
+        doc="CRL file (PEM); client certificates it revokes are refused. Reloaded when it changes.",
+    )
+    ssl_headers: SslHeadersConfig = key(
+        SslHeadersConfig(), kind=TABLE, item=SslHeadersConfig,
+        doc="X-SSL-* headers sent to the backend, as [vhost.ssl_headers].",
     )
 
 
@@ -358,7 +463,7 @@ class ProcessConfig:
     heartbeat_timeout: float = key(
         30.0, kind=DURATION, minimum=0.2,
         doc="A worker stamps a heartbeat every half of this; one silent for longer is sent "
-        "SIGABRT (a Python traceback lands in the log), then SIGKILL, and replaced.",
+        "SIGABRT (its Python traceback goes to standard error), then SIGKILL, and replaced.",
     )
     boot_timeout: float = key(
         30.0, kind=DURATION, minimum=0.1,
@@ -397,6 +502,28 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """Session resumption across workers, reloads and upgrades; see docs/tls.md."""
+
+    session_tickets: bool = key(True, kind=BOOL, doc="Issue and accept session tickets.")
+    ticket_lifetime: float = key(
+        7200.0, kind=DURATION, minimum=1, maximum=604800,
+        doc="How long a ticket (and a cached session) may be resumed.",
+    )
+    ticket_rotation: float = key(
+        3600.0, kind=DURATION, minimum=1,
+        doc="A new random ticket key every this long; ticket_lifetime/ticket_rotation + 1 keys "
+        "(at most 64) are kept so every live ticket still decrypts.",
+    )
+    ticket_key_files: list[str] = key(
+        [], kind=STR_LIST,
+        doc="Ticket keys from files instead of random ones (e.g. in /etc/rproxy, shared by a "
+        "fleet): nginx's 48- or 80-byte files or HAProxy's base64 lines. The first file's key "
+        "encrypts, all decrypt. Rotate by replacing the files and sending HUP.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration of one generation."""
 
@@ -422,5 +549,8 @@ class Config:
         doc="Supervisor and worker processes, as [process].",
     )
     log: LogConfig = key(LogConfig(), kind=TABLE, item=LogConfig, doc="Logging, as [log].")
+    tls: TlsConfig = key(
+        TlsConfig(), kind=TABLE, item=TlsConfig, doc="Session tickets shared by all workers, as [tls].",
+    )
     # Where this generation was read from; set by the loader, not a config key.
     sources: tuple[Path, ...] = field(default=(), compare=False)

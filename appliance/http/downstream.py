@@ -23,8 +23,10 @@ from appliance.http import errors
 from appliance.http import headers as hdr
 from appliance.http.exchange import Exchange, ExchangeState
 from appliance.observe.observer import CLIENT_CLOSED
+from appliance.tls.session import TlsConnection
 
 if TYPE_CHECKING:
+    from appliance.tls.contexts import TlsSite
     from appliance.worker import WorkerContext
 
 # Reasons reading from the client is paused; reading resumes when none is left.
@@ -79,14 +81,18 @@ class ClientConnection(asyncio.Protocol):
         "send_deadline",
         "sent",
         "state",
+        "tls",
         "transport",
         "trusted",
         "write_paused",
     )
 
-    def __init__(self, ctx: WorkerContext, proto: bytes = b"http") -> None:
+    def __init__(self, ctx: WorkerContext, proto: bytes = b"http", tls: TlsSite | None = None) -> None:
         self.ctx = ctx
         self.proto = proto
+        # On a TLS listener: the listener's fallback site until connection_made replaces it
+        # with what the handshake established (TlsConnection). None on plain HTTP.
+        self.tls: TlsSite | TlsConnection | None = tls
         self.state = ClientState.IDLE
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -122,6 +128,10 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0].encode() if peer else b""
         self.trusted = self.ctx.is_trusted(peer[0] if peer else "")
         self.forwarded_tail = b"%s\r\nX-Forwarded-Proto: %s\r\n" % (self.peer_ip, self.proto)
+        if self.tls is not None:
+            self.tls = TlsConnection(transport, self.tls)
+            # The X-SSL-* lines ride on the per-connection tail every request head ends with.
+            self.forwarded_tail += self.tls.lines
         self.ctx.clients.add(self)
         # A new connection gets the header timeout for its first request.
         self.deadline.set(limits.header_timeout)
@@ -185,7 +195,8 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         else:
             self._stop_reading_requests()
-        return True
+        # TLS has no half-close: the SSL transport closes whatever we return (and warns on True).
+        return self.tls is None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -356,6 +367,12 @@ class ClientConnection(asyncio.Protocol):
         query = url.find(b"?")
         path = url if query < 0 else url[:query]
         router = self.ctx.router
+        tls = self.tls
+        if tls is not None:
+            refusal = tls.refusal(router.vhost_name(host))
+            if refusal is not None:
+                self.fail(exchange, refusal)
+                return
         route = router.match(host, exchange.method, path)
         if route is None:
             allowed = router.allowed_methods(host, path)
@@ -449,6 +466,9 @@ class ClientConnection(asyncio.Protocol):
             and not exchange.close_after
             and exchange.request_done
             and self.state is ClientState.BUSY
+            # A draining worker closes after each response: saying keep-alive and then
+            # closing would race the client's next request.
+            and not self.ctx.draining
         )
 
     def send_body(self, data: bytes) -> None:

@@ -48,6 +48,18 @@ class UnsupportedVersion(ClientFault):
     status = 505
 
 
+class MisdirectedRequest(ClientFault):
+    """TLS: the Host names another vhost than the one the handshake was for (SNI)."""
+
+    status = 421
+
+
+class CertificateRequired(ClientFault):
+    """TLS: the vhost requires a verified client certificate and the session has none."""
+
+    status = 403
+
+
 class NoRoute(ProxyFailure):
     status = 404
 
@@ -100,7 +112,7 @@ def _build(status: int, keep_alive: bool, extra: str = "") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-_STATUSES = (400, 404, 405, 408, 413, 417, 431, 502, 503, 504, 505)
+_STATUSES = (400, 403, 404, 405, 408, 413, 417, 421, 431, 502, 503, 504, 505)
 _RESPONSES = {(s, ka): _build(s, ka) for s in _STATUSES for ka in (True, False)}
 _HEAD_RESPONSES = {key: raw[: raw.index(b"\r\n\r\n") + 4] for key, raw in _RESPONSES.items()}
 

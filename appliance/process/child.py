@@ -16,7 +16,9 @@ import socket
 from typing import NoReturn
 
 from appliance.config.schema import Config
+from appliance.process import logs
 from appliance.process.heartbeat import HeartbeatCell
+from appliance.shm import SharedRegion
 from appliance.worker import EXIT_BOOT_FAILURE, Worker
 
 log = logging.getLogger("rproxyd.worker")
@@ -44,6 +46,7 @@ def run_worker(
     beat: HeartbeatCell,
     parent: int,
     close_fds: set[int],
+    ticket_ring: SharedRegion | None = None,
 ) -> NoReturn:
     """Become worker `slot` and never return (os._exit keeps the parent's atexit and buffers out)."""
     status = EXIT_BOOT_FAILURE
@@ -68,9 +71,12 @@ def run_worker(
         for fd in close_fds - keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        # This generation's [log] settings, which a reload may have changed before the
+        # supervisor itself switches over (at commit).
+        logs.setup(config.log)
         faulthandler.enable()  # SIGABRT from the heartbeat check dumps a Python traceback
         booted = True
-        status = Worker(config, sockets, slot, beat).run()
+        status = Worker(config, sockets, slot, beat, ticket_ring).run()
     except BaseException:
         log.exception("worker %d crashed", slot)
         status = 1 if booted else EXIT_BOOT_FAILURE

@@ -172,6 +172,17 @@ class Router:
         vhost = self._exact.get(host) or self._find_vhost(host)
         return vhost.methods_for(path) if vhost is not None else None
 
+    def vhost_name(self, host: bytes | None) -> str:
+        """The name of the vhost a Host (or TLS SNI) selects; "" when none does.
+
+        The TLS layer uses it to pick a vhost's certificate by SNI and to check that a
+        request's Host names the vhost its handshake was for. No SNI selects like an
+        empty Host: the default (or catch-all) vhost.
+        """
+        host = host or b""
+        vhost = self._exact.get(host) or self._find_vhost(host)
+        return vhost.name if vhost is not None else ""
+
     def _find_vhost(self, host: bytes) -> _Vhost | None:
         try:
             return self._memo[host]

@@ -105,7 +105,8 @@ class ActiveProbe:
         writer = None
         try:
             async with asyncio.timeout(config.timeout):
-                reader, writer = await asyncio.open_connection(address.host, address.port)
+                reader, writer = await asyncio.open_connection(
+                    address.host, address.port, ssl=self._server.tls, server_hostname=self._server.tls_name)
                 writer.write(request)
                 status_line = await reader.readline()
             parts = status_line.split(None, 2)

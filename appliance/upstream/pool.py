@@ -23,6 +23,7 @@ from appliance.config.schema import BackendConfig, LimitsConfig
 from appliance.config.values import ServerSpec
 from appliance.http import errors
 from appliance.http.exchange import ExchangeState
+from appliance.tls.contexts import backend_peer
 from appliance.upstream.balance import Balancer, make_balancer
 from appliance.upstream.connection import BackendConnection, ConnState
 from appliance.upstream.health import ActiveProbe, PassiveHealth
@@ -115,12 +116,17 @@ class Server:
         "probe",
         "retry_at",
         "rtt",
+        "tls",
+        "tls_name",
         "weight",
     )
 
     def __init__(self, pool: BackendPool, spec: ServerSpec, config: BackendConfig) -> None:
         self.pool = pool
         self.address = spec.address
+        # TLS to this server (None: plain TCP). A Server is one (address, TLS peer settings):
+        # its pooled connections all share them.
+        self.tls, self.tls_name = backend_peer(config, spec.address.host)
         self.weight = spec.weight
         self.config = config
         self.idle: list[BackendConnection] = []  # a stack: the warmest connection is reused
@@ -154,7 +160,8 @@ class Server:
         started = loop.time()
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: conn, self.address.host, self.address.port),
+                loop.create_connection(lambda: conn, self.address.host, self.address.port,
+                                       ssl=self.tls, server_hostname=self.tls_name),
                 self.config.connect_timeout,
             )
         except TimeoutError:

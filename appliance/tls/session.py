@@ -1,0 +1,43 @@
+"""What the data path knows about one TLS client connection, read once after the handshake."""
+
+from __future__ import annotations
+
+import asyncio
+
+from appliance.http import errors
+from appliance.tls import libssl
+from appliance.tls.contexts import TlsSite
+
+
+class TlsConnection:
+    """The vhost the handshake was for, whether the client certificate verified, X-SSL lines."""
+
+    __slots__ = ("lines", "sites", "sni", "verified", "vhost")
+
+    def __init__(self, transport: asyncio.BaseTransport, fallback: TlsSite) -> None:
+        sslobj = transport.get_extra_info("ssl_object")
+        site: TlsSite = getattr(sslobj, "rproxy_site", None) or fallback
+        self.sni: str | None = getattr(sslobj, "rproxy_sni", None)
+        self.vhost = site.vhost
+        self.sites = site.sites
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        # A resumed session keeps its certificate and the result of its verification.
+        self.verified = der is not None and libssl.SSL_get_verify_result(
+            libssl.ssl_pointer(sslobj)) == libssl.X509_V_OK
+        cipher = sslobj.cipher() if sslobj is not None else None
+        self.lines = site.headers.lines(
+            cipher[0] if cipher else None, sslobj.version() if sslobj is not None else None,
+            self.sni, der if self.verified else None)
+
+    def refusal(self, vhost: str) -> errors.ProxyFailure | None:
+        """Why a request for `vhost` (from its Host) must not be served on this connection."""
+        if vhost == self.vhost:
+            if self.sites[vhost].requires_cert and not self.verified:
+                return errors.CertificateRequired("a verified client certificate is required")
+            return None
+        if not vhost:
+            return None  # no vhost answers this Host: routing says 404
+        if self.sni is not None or self.sites[vhost].verify:
+            # The certificate, client verification and resumption were for another vhost.
+            return errors.MisdirectedRequest(f"Host is for vhost {vhost}, TLS for {self.vhost or '-'}")
+        return None

@@ -1,0 +1,127 @@
+"""The worker's session-ticket callback over the shared key ring (ctypes, no C extension).
+
+Installed with SSL_CTX_set_tlsext_ticket_key_evp_cb on each TLS listener's initial
+context; OpenSSL keeps using it after the SNI callback switches to a vhost context.
+
+- Encrypt: the newest key, a random IV, AES-CBC and HMAC-SHA256 (RFC 5077 layout, as nginx).
+- Decrypt: unknown key name → 0 (full handshake). Known → 2 ("renew") when the key is not
+  the newest, or always on TLS 1.3: with 1, OpenSSL 3.0 sends no new ticket on a TLS 1.3
+  resumption, and TLS 1.3 clients use each ticket once.
+- The key name on the wire is derived from the ring key's name and the vhost the client
+  asked for (SNI), so a ticket only resumes on the vhost it was issued for: a TLS 1.3
+  client cannot carry a session (and its verified certificate, or its lack of one) from
+  one vhost to another. TLS 1.2 resumptions keep the original session's SNI anyway.
+
+No exception may cross into C: every failure is logged once and returns 0.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+
+from appliance.tls import libssl
+from appliance.tls.keyfiles import TicketKey
+from appliance.tls.ring import TicketRing
+
+log = logging.getLogger("rproxyd.tls")
+
+_CIPHERS = {16: libssl.EVP_aes_128_cbc(), 32: libssl.EVP_aes_256_cbc()}
+_DIGEST = b"SHA256"
+
+
+class _Key:
+    """One ring key prepared for OpenSSL: cipher, AES key, and OSSL_PARAMs holding the HMAC key."""
+
+    __slots__ = ("aes", "cipher", "hmac", "newest", "params")
+
+    def __init__(self, key: TicketKey, newest: bool) -> None:
+        self.newest = newest
+        self.cipher = _CIPHERS[len(key.aes)]
+        self.aes = key.aes
+        self.hmac = ctypes.create_string_buffer(key.hmac, len(key.hmac))  # kept alive with params
+        digest = ctypes.c_char_p(_DIGEST)
+        self.params = (libssl.OSSLParam * 3)(
+            libssl.OSSLParam(b"key", libssl.OSSL_PARAM_OCTET_STRING,
+                             ctypes.cast(self.hmac, ctypes.c_void_p), len(key.hmac),
+                             libssl.OSSL_PARAM_UNMODIFIED),
+            libssl.OSSLParam(b"digest", libssl.OSSL_PARAM_UTF8_STRING,
+                             ctypes.cast(digest, ctypes.c_void_p), len(_DIGEST),
+                             libssl.OSSL_PARAM_UNMODIFIED),
+            libssl.OSSLParam(None, 0, None, 0, 0),
+        )
+
+
+def wire_name(name: bytes, vhost: str) -> bytes:
+    """The 16-byte key name sent in tickets of `vhost` encrypted with ring key `name`."""
+    return hashlib.sha256(name + b"\0" + vhost.encode()).digest()[:16]
+
+
+class TicketKeyCallback:
+    """Holds the ctypes callback (it must outlive every context it is installed on)."""
+
+    def __init__(self, ring: TicketRing, vhosts: Iterable[str],
+                 vhost_of: Callable[[bytes | None], str]) -> None:
+        self.ring = ring
+        self.vhosts = [*vhosts, ""]
+        self.vhost_of = vhost_of
+        self.seq = -1
+        self.encrypt: dict[str, tuple[bytes, _Key]] = {}
+        self.decrypt: dict[bytes, tuple[_Key, str]] = {}
+        self.failed = False
+        self.c_callback = libssl.TICKET_CB(self._callback)
+
+    def install(self, ctx_pointer: int) -> None:
+        if libssl.SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx_pointer, self.c_callback) != 1:
+            raise RuntimeError("SSL_CTX_set_tlsext_ticket_key_evp_cb failed")
+
+    def _refresh(self) -> None:
+        seq, keys, _ = self.ring.read()
+        encrypt: dict[str, tuple[bytes, _Key]] = {}
+        decrypt: dict[bytes, tuple[_Key, str]] = {}
+        for index, key in enumerate(keys):
+            prepared = _Key(key, newest=index == 0)
+            for vhost in self.vhosts:
+                name = wire_name(key.name, vhost)
+                decrypt[name] = (prepared, vhost)
+                if index == 0:
+                    encrypt[vhost] = (name, prepared)
+        self.encrypt, self.decrypt, self.seq = encrypt, decrypt, seq
+
+    def _callback(self, ssl_ptr: int, key_name: int, iv: int, cipher_ctx: int, mac_ctx: int,
+                  enc: int) -> int:
+        try:
+            if self.ring.seq() != self.seq:
+                self._refresh()
+            vhost = self.vhost_of(libssl.SSL_get_servername(ssl_ptr, libssl.TLSEXT_NAMETYPE_host_name))
+            if enc:
+                entry = self.encrypt.get(vhost)
+                if entry is None:
+                    return 0  # no key yet: no ticket
+                name, key = entry
+                ctypes.memmove(key_name, name, 16)
+                if libssl.RAND_bytes(iv, 16) != 1:
+                    return -1
+                if not libssl.EVP_EncryptInit_ex(cipher_ctx, key.cipher, None, key.aes, iv):
+                    return -1
+                if not libssl.EVP_MAC_CTX_set_params(mac_ctx, key.params):
+                    return -1
+                return 1
+            found = self.decrypt.get(ctypes.string_at(key_name, 16))
+            if found is None or found[1] != vhost:
+                return 0  # unknown, expired or another vhost's ticket: full handshake
+            key = found[0]
+            if not libssl.EVP_DecryptInit_ex(cipher_ctx, key.cipher, None, key.aes, iv):
+                return -1
+            if not libssl.EVP_MAC_CTX_set_params(mac_ctx, key.params):
+                return -1
+            if not key.newest or libssl.SSL_version(ssl_ptr) == libssl.TLS1_3_VERSION:
+                return 2  # resume and issue a fresh ticket
+            return 1
+        except BaseException:
+            if not self.failed:
+                self.failed = True
+                log.exception("session-ticket callback failed; handshakes fall back to full ones")
+            return 0
