@@ -37,6 +37,9 @@ PAUSE_BUFFER_FULL = 4  # body buffered while waiting for a backend connection
 _S = ExchangeState
 log = logging.getLogger("rproxyd.client")
 
+# How long a closed client connection keeps reading (and dropping) input after our FIN.
+LINGER_SECONDS = 2.0
+
 
 class ClientState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     IDLE = 1  # no request in progress; keep-alive timer armed
@@ -185,6 +188,8 @@ class ClientConnection(asyncio.Protocol):
             self.bypass_remaining = exchange.content_length - exchange.body_received
 
     def eof_received(self) -> bool | None:
+        if self.state is ClientState.CLOSED:
+            return False  # the client finished its side of a lingering close
         exchange = self.parsing
         if exchange is not None and not exchange.request_done and exchange.state is not _S.HEAD:
             # The body was cut short: the backend must not take it as complete.
@@ -622,6 +627,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _on_read_timeout(self) -> None:
+        if self.state is ClientState.CLOSED:
+            self.transport.close()  # the lingering close is over
+            return
         exchange = self.parsing
         if exchange is None:
             self.close()  # idle keep-alive or silent new connection: close quietly, like nginx
@@ -666,8 +674,18 @@ class ClientConnection(asyncio.Protocol):
         for exchange in self.exchanges:
             self._abandon(exchange)
         self.exchanges.clear()
-        if self.transport is not None:
-            if force:
-                self.transport.abort()
-            else:
-                self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if force:
+            transport.abort()
+        elif transport.can_write_eof():
+            # Lingering close (nginx's lingering_close): send FIN once our output is flushed,
+            # then read and drop what the client still sends until it closes or LINGER_SECONDS
+            # pass. Closing with unread input would send a reset, which can destroy a response
+            # the client has not read yet, or turn a keep-alive race into an error.
+            transport.write_eof()
+            transport.resume_reading()
+            self.deadline.set(LINGER_SECONDS)
+        else:
+            transport.close()
