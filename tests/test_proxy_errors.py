@@ -274,3 +274,34 @@ def test_random_garbage_never_crashes_the_worker(proxy):
         raw_exchange(proxy.port, bytes(data), timeout=2, shut_write=True)
     assert proxy.alive()
     assert httpx.get(proxy.url + "/").status_code == 200
+
+
+def test_client_silent_mid_body_gets_408(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        started = time.monotonic()
+        raw = read_all(sock, 5)
+    assert status_codes(raw) == [408]
+    assert 0.8 < time.monotonic() - started < 3  # body_timeout is 1 s
+
+
+def _never_reads(conn: socket.socket, backend: ScriptedBackend) -> None:
+    backend.read_head(conn)
+    time.sleep(5)
+
+
+def test_backend_not_reading_the_body_gets_504(make_proxy):
+    backend = ScriptedBackend(_never_reads)
+    proxy = make_proxy(backends={"b": [backend.address]}, backend_options='write_timeout = "500ms"')
+
+    def body():
+        block = b"u" * (1024 * 1024)
+        for _ in range(256):  # far beyond what the socket buffers hold
+            yield block
+
+    started = time.monotonic()
+    response = httpx.post(proxy.url + "/upload", content=body(), timeout=10)
+    assert response.status_code == 504
+    assert time.monotonic() - started < 4
+    assert proxy.alive()
+    backend.stop()
