@@ -33,6 +33,8 @@ from typing import Any
 
 from appliance import shm
 from appliance.config import Config, ConfigError, load
+from appliance.observe import metrics
+from appliance.observe.hub import ObserveHub
 from appliance.process import heartbeat, logs, plan, status
 from appliance.process.child import run_worker
 from appliance.process.heartbeat import HeartbeatBoard, HeartbeatCell
@@ -99,6 +101,7 @@ class Supervisor:
         self.shared = shm.SharedMemory()
         self.board: HeartbeatBoard | None = None
         self.tickets: ring.TicketRotation | None = None  # TLS session-ticket keys, rotated here
+        self.observe: ObserveHub | None = None  # metrics slots and the admin listener
         self.notifier = Notifier()
         self._wakeup_r = self._wakeup_w = -1
         self._dirty = True
@@ -120,6 +123,8 @@ class Supervisor:
             self._loop()
         finally:
             self.listeners.close(list(self.listeners.by_key))
+            if self.observe is not None:
+                self.observe.close()
         log.info("supervisor %d exiting with status %d", os.getpid(), self.exit_status)
         return self.exit_status
 
@@ -140,7 +145,8 @@ class Supervisor:
 
     def regions(self) -> dict[str, int]:
         """Shared-memory regions by name and size, created before the first fork."""
-        return {"heartbeat": heartbeat.REGION_SIZE, ring.REGION_NAME: ring.REGION_SIZE}
+        return {"heartbeat": heartbeat.REGION_SIZE, ring.REGION_NAME: ring.REGION_SIZE,
+                metrics.REGION_NAME: metrics.REGION_SIZE}
 
     def _start_fresh(self) -> None:
         for name, size in self.regions().items():
@@ -148,6 +154,7 @@ class Supervisor:
         self.board = HeartbeatBoard(self.shared.regions["heartbeat"])
         self.tickets = ring.TicketRotation(self.shared.regions[ring.REGION_NAME])
         self.tickets.configure(self.config.tls)
+        self.observe = ObserveHub(self.shared.regions[metrics.REGION_NAME], self.config, self.snapshot)
         cpus = plan.slot_cpus(self.config.process)
         self.listeners.prepare(self.config.listener, len(cpus))
         self.current = Generation(1, self.config, [Slot(i, cpu) for i, cpu in enumerate(cpus)])
@@ -190,11 +197,14 @@ class Supervisor:
                     timeout = min(timeout, max(0.0, slot.respawn_at - time.monotonic()))
         if self.signals:
             timeout = 0.0
+        readers, writers = self.observe.fds() if self.observe is not None else ([], [])
         try:
-            ready, _, _ = select.select([self._wakeup_r], [], [], timeout)
+            ready, writable, _ = select.select([self._wakeup_r, *readers], writers, [], timeout)
         except InterruptedError:
             return
-        if ready:
+        if self.observe is not None:
+            self.observe.serve(ready, writable)  # bounded: never blocks the loop
+        if self._wakeup_r in ready:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wakeup_r, 4096):
                     pass
@@ -256,6 +266,8 @@ class Supervisor:
         sockets = self.listeners.for_slot(config.listener, slot.index, len(gen.slots))
         close_fds = self.listeners.all_fds() | {self._wakeup_r, self._wakeup_w}
         close_fds |= {region.fd for region in self.shared.regions.values()}
+        close_fds |= self.observe.all_fds() if self.observe is not None else set()
+        counting = self.observe.worker_slot(config, cell) if self.observe is not None else None
         for handler in logging.getLogger().handlers:
             handler.flush()
         # Blocked across fork so that no signal runs our handler in the child (see child.py).
@@ -264,7 +276,7 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 run_worker(config, sockets, slot.index, slot.cpu, beat, os.getppid(), close_fds,
-                           self.shared.regions[ring.REGION_NAME])
+                           self.shared.regions[ring.REGION_NAME], counting)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         proc = WorkerProc(pid, slot.index, gen.number, cell, now)
@@ -316,6 +328,8 @@ class Supervisor:
         proc.exit_status = wait_status
         del self.procs[proc.pid]
         self.board.release(proc.cell)
+        if self.observe is not None:
+            self.observe.worker_exited(proc.cell, restarted=was is not ProcState.DRAINING)
         self._dirty = True
         how = _describe_exit(wait_status)
         owner = self._owner(proc)
@@ -424,6 +438,8 @@ class Supervisor:
         log.error("reload failed, generation %s keeps serving: %s",
                   self.current.number if self.current else "-", error)
         self.reload.update(covers=self.pending_covers, ok=False, error=error)
+        if self.observe is not None:
+            self.observe.reload_done(ok=False)
         if self.phase in (Phase.RELOADING, Phase.UPGRADING):
             self._transition(Phase.RUNNING)
         self._dirty = True
@@ -449,6 +465,8 @@ class Supervisor:
                 log.error("ticket keys unchanged: %s", exc)
         self.config = new.config
         self.reload.update(covers=self.pending_covers, ok=True, error="", generation=new.number)
+        if self.observe is not None:
+            self.observe.reload_done(ok=True, config=new.config)
         self._transition(Phase.RUNNING)
         log.info("generation %d serving; generation %d draining", new.number, old.number)
         self.notifier.ready(self._status_line())
@@ -480,6 +498,22 @@ class Supervisor:
                 self._drain(proc, now, graceful)
 
     # ------------------------------------------------------------ status
+    def snapshot(self) -> dict[str, Any]:
+        """Phase, generation and workers, for the admin endpoints (appliance/observe/hub.py)."""
+        cpus = {(gen.number, s.index): s.cpu for gen in self._generations() for s in gen.slots}
+        return {
+            "pid": os.getpid(),
+            "phase": self.phase.value,
+            "generation": self.current.number if self.current else 0,
+            "reload": dict(self.reload),
+            "workers": [
+                {"pid": p.pid, "slot": p.slot, "cpu": cpus.get((p.generation, p.slot)),
+                 "generation": p.generation, "state": p.state.value, "started": p.started,
+                 "cell": p.cell}
+                for p in sorted(self.procs.values(), key=lambda p: (p.generation, p.slot))
+            ],
+        }
+
     def _publish(self) -> None:
         self._dirty = False
         gen = self.current
@@ -494,6 +528,8 @@ class Supervisor:
                 for p in sorted(self.procs.values(), key=lambda p: (p.generation, p.slot))
             ],
         }
+        if self.observe is not None:
+            state["admin"] = self.observe.published(state["generation"], len(self.procs))
         try:
             status.write_status(self.runtime_dir, state)
         except OSError as exc:
@@ -570,6 +606,9 @@ class Supervisor:
             self.shared.region(ring.REGION_NAME, ring.REGION_SIZE)
         self.tickets = ring.TicketRotation(self.shared.regions[ring.REGION_NAME])
         self.tickets.configure(self.config.tls, adopted=True)
+        if metrics.REGION_NAME not in self.shared.regions:  # upgrading from an image without metrics
+            self.shared.region(metrics.REGION_NAME, metrics.REGION_SIZE)
+        self.observe = ObserveHub(self.shared.regions[metrics.REGION_NAME], self.config, self.snapshot)
         self.listeners = ListenerSet.adopt(state["listeners"])
         self.runtime_dir = Path(state["runtime_dir"])
         self.reload = state["reload"]

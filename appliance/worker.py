@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import uvloop
@@ -19,7 +19,11 @@ import uvloop
 from appliance.config.schema import Config, LimitsConfig
 from appliance.http.downstream import ClientConnection, ClientState
 from appliance.listeners import open_listener
+from appliance.observe import request_id
+from appliance.observe.accesslog import AccessLog
+from appliance.observe.metrics import WorkerSlot
 from appliance.observe.observer import Observer
+from appliance.observe.recorder import Recorder
 from appliance.process import heartbeat, logs
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
@@ -51,6 +55,8 @@ class WorkerContext:
     pools: dict[str, BackendPool]
     trusted: TrustedProxies
     observer: Observer = field(default_factory=Observer)
+    # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
+    new_request_id: Callable[[], bytes | None] = request_id.never
     clients: set[ClientConnection] = field(default_factory=set)
     # Set when the worker starts draining; the data path may read it to answer every
     # further response with Connection: close (see _drain).
@@ -70,8 +76,11 @@ class Worker:
         slot: int = 0,
         beat: heartbeat.HeartbeatCell | None = None,
         ticket_ring: SharedRegion | None = None,
+        metrics: WorkerSlot | None = None,
     ) -> None:
         self.config = config
+        # This worker's slot in the supervisor's metrics region (appliance/observe/metrics.py).
+        self.metrics = metrics
         # The supervisor's shared ticket-key ring (appliance/tls/ring.py), mapped before fork.
         self.ticket_ring = ticket_ring
         # One socket per listener, or several when a supervisor with fewer slots than
@@ -106,16 +115,26 @@ class Worker:
         }
         router = Router(config, pools.__getitem__)
         return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools,
-                             trusted=TrustedProxies(config.proxy.trusted_proxies))
+                             trusted=TrustedProxies(config.proxy.trusted_proxies),
+                             new_request_id=request_id.generator() if config.proxy.request_id
+                             else request_id.never)
+
+    def build_recorder(self, ctx: WorkerContext) -> Recorder:
+        """Metrics into this worker's slot, and the access log if enabled."""
+        slot = self.metrics or WorkerSlot.private(self.config)
+        access = AccessLog(self.config, ctx.loop) if self.config.access_log.enabled else None
+        return Recorder(slot.cells(), slot.layout, ctx.pools, ctx.loop, access, ctx.clients)
 
     async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
         ctx = self.build_context(loop)
+        recorder = self.build_recorder(ctx)
+        ctx.observer = recorder
         self._stopping = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, self.stop, True)
         loop.add_signal_handler(signal.SIGINT, self.stop, False)
         loop.add_signal_handler(signal.SIGQUIT, self.stop, False)
-        loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs, recorder)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
         if self.beat is not None:
             self.beat.start(loop)
@@ -126,7 +145,7 @@ class Worker:
             if site is None:
                 factory = lambda: ClientConnection(ctx)  # noqa: E731 - the protocol factory
             else:
-                factory = lambda fallback=site.sites[""]: ClientConnection(ctx, b"https", fallback)  # noqa: E731
+                factory = lambda fallback=site.fallback: ClientConnection(ctx, b"https", fallback)  # noqa: E731
             for sock in self.sockets[listener.name]:
                 servers.append(await loop.create_server(
                     factory, sock=sock, backlog=listener.backlog,
@@ -134,6 +153,7 @@ class Worker:
                     ssl_handshake_timeout=self.config.limits.header_timeout if site is not None else None))
         for pool in ctx.pools.values():
             pool.start()
+        recorder.start()
         self._accepting = True
         if self.beat is not None:
             self.beat.set_phase(heartbeat.ACCEPTING)
@@ -155,7 +175,14 @@ class Worker:
             await self._drain(ctx)
         for client in list(ctx.clients):
             client.close(force=True)
+        recorder.close()
         return 0
+
+    @staticmethod
+    def _reopen_logs(recorder: Recorder) -> None:
+        """SIGUSR1: logrotate moved the files away."""
+        logs.reopen()
+        recorder.reopen()
 
     def stop(self, graceful: bool = True) -> None:
         """Stop accepting; graceful waits for in-flight requests up to drain_timeout."""

@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=int, default=5000,
                    help="offered requests/s in the latency scenario, the same for every proxy (default 5000)")
     p.add_argument("--tls-clients", type=int, default=3, help="parallel openssl s_time clients (default 3)")
+    p.add_argument("--access-log", action="store_true",
+                   help="every proxy writes an access log (default: all off); for the logging cost")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: small_get and get_1m, 2 repeats of 3 s; output in perf/work/quick/")
     p.add_argument("--out", type=Path, default=None,
@@ -148,6 +150,9 @@ class Bench:
         log(self.cpus.note)
         self.notes: dict[str, str] = {}
         self.www = proxies.make_docroot(args.work)
+        if args.access_log:
+            proxies.ACCESS_LOG_DIR = self.work / "logs"
+            self.notes["access_log"] = "on for every proxy (perf/run --access-log)"
         self.certs = proxies.make_certs(self.work)
         rp = Path(sys.executable).with_name("rproxyd")
         self.rproxyd = [str(rp)] if rp.exists() else [sys.executable, "-m", "appliance"]
@@ -318,7 +323,7 @@ class Bench:
                 "tls_clients": self.a.tls_clients,
                 "idle_connections": proxies.idle_connections(),
                 "pool": proxies.POOL,
-                "access_logs": "off for all",
+                "access_logs": "on for all" if self.a.access_log else "off for all",
                 "quick": self.a.quick,
                 "elapsed_s": round(elapsed, 1),
             },

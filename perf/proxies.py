@@ -21,6 +21,9 @@ KEEPALIVE_S = 75
 SMALL_BYTES = 128
 ONE_MIB = 1 << 20
 FILES = {"small": SMALL_BYTES, "1m": ONE_MIB, "100m": 100 * ONE_MIB}
+# Set by `perf/run --access-log`: every proxy writes an access log into this directory, each in
+# its usual production shape (nginx buffered JSON, HAProxy httplog lines, rproxyd JSON batches).
+ACCESS_LOG_DIR: Path | None = None
 
 
 @dataclass
@@ -151,7 +154,18 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
             proxy_read_timeout 60s;
             proxy_send_timeout 60s;
         }"""
-    conf.write_text(_nginx_common(work, "nginx-proxy", workers) + f"""
+    access = ""
+    if ACCESS_LOG_DIR is not None:
+        access = f"""
+    log_format json escape=json '{{"time":"$time_iso8601","client":"$remote_addr:$remote_port",'
+        '"method":"$request_method","path":"$request_uri","protocol":"$server_protocol",'
+        '"status":$status,"bytes_in":$request_length,"bytes_out":$bytes_sent,'
+        '"server":"$upstream_addr","connect_time":"$upstream_connect_time",'
+        '"first_byte_time":"$upstream_header_time","upstream_time":"$upstream_response_time",'
+        '"duration":$request_time,"tls_version":"$ssl_protocol","tls_cipher":"$ssl_cipher",'
+        '"tls_resumed":"$ssl_session_reused","request_id":"$request_id"}}';
+    access_log {ACCESS_LOG_DIR}/nginx-access.log json buffer=64k flush=100ms;"""
+    conf.write_text(_nginx_common(work, "nginx-proxy", workers) + access + f"""
     client_max_body_size 0;
     client_header_timeout 10s;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -190,14 +204,20 @@ def haproxy_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, h
                     workers: int) -> Service:
     port, ec_port, rsa_port = free_port(), free_port(), free_port()
     conf = work / "haproxy.cfg"
+    # With --access-log: httplog lines to standard output (the service's log file); HAProxy
+    # writes no log files itself and has no buffered file logging.
+    global_log = defaults_log = ""
+    if ACCESS_LOG_DIR is not None:
+        global_log = "    log stdout format raw local0\n"
+        defaults_log = "    log global\n    option httplog\n"
     conf.write_text(f"""global
-    nbthread {workers}
+{global_log}    nbthread {workers}
     maxconn {_conn_limit()}
     tune.ssl.cachesize 100000
     ssl-default-bind-options ssl-min-ver TLSv1.2
 
 defaults
-    mode http
+{defaults_log}    mode http
     option http-keep-alive
     http-reuse always
     timeout connect 5s
@@ -216,7 +236,7 @@ frontend fe
 backend be
     server origin 127.0.0.1:{origin_port} pool-max-conn {POOL}
 """)
-    # -db: foreground, no daemon; no `log` lines anywhere, so no access log.
+    # -db: foreground, no daemon; without --access-log no `log` lines anywhere, so no access log.
     return Service("haproxy", cpus.wrap_proxy([haproxy, "-f", str(conf), "-db"]), port,
                    work / "logs" / "haproxy.log", extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port})
 
@@ -228,6 +248,16 @@ backend be
 # real shape FIRST here. Until one is accepted, rproxyd's TLS rows are reported as
 # "not supported yet" with null figures.
 RPROXYD_TLS_LISTENER_TEMPLATES = [
+    """
+[[listener]]
+name = "{name}"
+bind = "127.0.0.1:{port}"
+backlog = 1024
+[listener.tls]
+enabled = true
+certificate = "{cert}"
+certificate_key = "{key}"
+""",
     """
 [[listener]]
 name = "{name}"
@@ -285,7 +315,11 @@ backend = "origin"
 keepalive_timeout = "{KEEPALIVE_S}s"
 header_timeout = "10s"
 max_body_bytes = 0
-"""
+""" + (f"""
+[access_log]
+enabled = true
+file = "{ACCESS_LOG_DIR}/rproxyd-access.log"
+""" if ACCESS_LOG_DIR is not None else "")
 
 
 def _config_ok(rproxyd: list[str], path: Path, text: str, env: dict | None) -> tuple[bool, str]:

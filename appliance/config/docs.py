@@ -59,15 +59,20 @@ max_body_bytes = "100m"
 
 _SECTIONS: list[tuple[str, type]] = [
     ("[[listener]]", schema.ListenerConfig),
+    ("[listener.tls]", schema.ListenerTlsConfig),
     ("[backend.NAME]", schema.BackendConfig),
     ("[backend.NAME.health]", schema.HealthConfig),
     ("[[vhost]]", schema.VhostConfig),
     ("[[vhost.route]]", schema.RouteConfig),
+    ("[vhost.ssl_headers]", schema.SslHeadersConfig),
     ("request_headers / response_headers (in [[vhost]] and [[vhost.route]])", schema.HeaderPolicyConfig),
     ("[limits]", schema.LimitsConfig),
     ("[proxy]", schema.ProxyConfig),
     ("[process]", schema.ProcessConfig),
     ("[log]", schema.LogConfig),
+    ("[tls]", schema.TlsConfig),
+    ("[access_log]", schema.AccessLogConfig),
+    ("[admin]", schema.AdminConfig),
 ]
 
 

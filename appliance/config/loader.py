@@ -326,6 +326,10 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
         if backend.retry_delay_max < backend.retry_delay:
             builder.problem(("backend", name, "retry_delay_max"),
                             "must not be smaller than retry_delay")
+    unknown = [f for f in config.access_log.fields if f not in schema.ACCESS_LOG_FIELDS]
+    if unknown:
+        builder.problem(("access_log", "fields"), f"unknown fields {', '.join(unknown)} (known: "
+                        f"{', '.join(schema.ACCESS_LOG_FIELDS)})")
     limits = config.limits
     if limits.write_low_watermark >= limits.write_high_watermark:
         builder.problem(("limits", "write_low_watermark"),

@@ -365,6 +365,9 @@ class VhostConfig:
         SslHeadersConfig(), kind=TABLE, item=SslHeadersConfig,
         doc="X-SSL-* headers sent to the backend, as [vhost.ssl_headers].",
     )
+    access_log: bool = key(
+        True, kind=BOOL, doc="Write this vhost's requests to the access log (when [access_log] is enabled).",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -444,6 +447,12 @@ class ProxyConfig:
         30.0, kind=DURATION, minimum=0.0,
         doc="On graceful stop, how long in-flight requests may run before being cut.",
     )
+    request_id: bool = key(
+        True, kind=BOOL,
+        doc="Give every request an X-Request-Id (sent to the backend, logged) when it has none. A "
+        "client's own X-Request-Id is kept only from trusted_proxies; from anyone else it is "
+        "replaced (or, with this off, removed).",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -499,6 +508,11 @@ class LogConfig:
         "info", kind=STR, choices=("debug", "info", "warning", "error"),
         doc="Least severe level written.",
     )
+    format: str = key(
+        "text", kind=STR, choices=("text", "json"),
+        doc="text: one plain line per event; json: one JSON object per line (python-json-logger). "
+        "Either way, lines about a request carry its request id.",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -515,11 +529,81 @@ class TlsConfig:
         doc="A new random ticket key every this long; ticket_lifetime/ticket_rotation + 1 keys "
         "(at most 64) are kept so every live ticket still decrypts.",
     )
+    ticket_count: int = key(
+        1, kind=INT, minimum=1, maximum=10,
+        doc="TLS 1.3 tickets sent per handshake. A client resumes with one; each further "
+        "ticket costs an encryption per handshake and serves one more parallel resumption.",
+    )
     ticket_key_files: list[str] = key(
         [], kind=STR_LIST,
         doc="Ticket keys from files instead of random ones (e.g. in /etc/rproxy, shared by a "
         "fleet): nginx's 48- or 80-byte files or HAProxy's base64 lines. The first file's key "
         "encrypts, all decrypt. Rotate by replacing the files and sending HUP.",
+    )
+
+
+ACCESS_LOG_FIELDS = (
+    "time", "client", "vhost", "rule", "method", "path", "protocol", "host", "status", "bytes_in",
+    "bytes_out", "backend", "server", "connect_time", "first_byte_time", "upstream_time", "duration",
+    "queue_wait", "tls_version", "tls_cipher", "tls_resumed", "request_id",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessLogConfig:
+    """One JSON record per request, written in batches by each worker; see docs/observability.md."""
+
+    enabled: bool = key(
+        False, kind=BOOL,
+        doc="Write the access log. Off by default so a bare configuration writes nowhere "
+        "unexpected; the packaged /etc/rproxy/rproxy.toml turns it on.",
+    )
+    destination: str = key(
+        "file", kind=STR, choices=("file", "stdout", "syslog"),
+        doc="file: `file`, reopened on SIGUSR1; stdout: standard output (the journal under "
+        "systemd); syslog: one datagram per record to `syslog_address`.",
+    )
+    file: str = key("/var/log/rproxy/access.log", kind=STR, doc="Access log path for destination = \"file\".")
+    fields: list[str] = key(
+        list(ACCESS_LOG_FIELDS), kind=STR_LIST,
+        doc="Fields of each record, in this order: " + ", ".join(ACCESS_LOG_FIELDS) + ".",
+    )
+    syslog_address: str = key(
+        "/dev/log", kind=STR, doc="Unix socket path, or host:port (UDP), for destination = \"syslog\".",
+    )
+    syslog_facility: str = key(
+        "local0", kind=STR,
+        choices=("user", "daemon", "local0", "local1", "local2", "local3", "local4", "local5",
+                 "local6", "local7"),
+        doc="Syslog facility of the records.",
+    )
+    flush_interval: float = key(
+        0.1, kind=DURATION, minimum=0.001, maximum=10,
+        doc="Records are formatted and written in batches at least this often.",
+    )
+    batch: int = key(
+        256, kind=INT, minimum=1,
+        doc="A batch is written early once it holds this many records (bounds the pause "
+        "formatting a batch costs the worker: about 10 µs per record).",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The admin listener (/metrics, /status, /healthz), served by the supervisor."""
+
+    enabled: bool = key(
+        False, kind=BOOL,
+        doc="Serve the admin endpoints. Off by default, so two instances on one host do not "
+        "compete for the port; the packaged /etc/rproxy/rproxy.toml turns it on.",
+    )
+    bind: Address = key(
+        Address("127.0.0.1", 9180), kind=ADDRESS, doc="Address of the admin listener; port 0 picks one "
+        "(status.json shows it).",
+    )
+    allow: list[IPv4Network | IPv6Network] = key(
+        [IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")], kind=NETWORK_LIST,
+        doc="Clients allowed to use the admin endpoints; others get 403. Loopback only by default.",
     )
 
 
@@ -551,6 +635,12 @@ class Config:
     log: LogConfig = key(LogConfig(), kind=TABLE, item=LogConfig, doc="Logging, as [log].")
     tls: TlsConfig = key(
         TlsConfig(), kind=TABLE, item=TlsConfig, doc="Session tickets shared by all workers, as [tls].",
+    )
+    access_log: AccessLogConfig = key(
+        AccessLogConfig(), kind=TABLE, item=AccessLogConfig, doc="The access log, as [access_log].",
+    )
+    admin: AdminConfig = key(
+        AdminConfig(), kind=TABLE, item=AdminConfig, doc="The admin listener, as [admin].",
     )
     # Where this generation was read from; set by the loader, not a config key.
     sources: tuple[Path, ...] = field(default=(), compare=False)

@@ -22,6 +22,7 @@ from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
 from appliance.http.exchange import Exchange, ExchangeState
+from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.tls.session import TlsConnection
 
@@ -277,6 +278,9 @@ class ClientConnection(asyncio.Protocol):
             )
         elif action == hdr.REQ_VIA:
             exchange.via = value if exchange.via is None else exchange.via + b", " + value
+        elif action == hdr.REQ_REQUEST_ID and self.trusted and exchange.request_id is None:
+            # Only a trusted proxy's id is kept; anyone else's could collide or inject into logs.
+            exchange.request_id = value
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing
@@ -512,7 +516,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.transition(_S.FINISHED)
         exchange.upstream = None
         log.warning("response to %s %s cut: the backend connection broke",
-                    exchange.method.decode(), exchange.url.decode(errors="replace"))
+                    exchange.method.decode(), exchange.url.decode(errors="replace"), extra=about(exchange))
         self._report(exchange)
         self.close(force=True)
 
@@ -523,10 +527,12 @@ class ClientConnection(asyncio.Protocol):
         if exchange.response_started:
             self.abort_response(exchange)
             return
-        keep_alive = (
-            not isinstance(failure, errors.ClientFault)
-            and self.response_keep_alive(exchange)
-        )
+        blame_client = isinstance(failure, errors.ClientFault)
+        if not blame_client:
+            # The proxy-side error line for this request; client faults are logged where found.
+            log.warning("%s %s: %d %s", exchange.method.decode(), exchange.url.decode(errors="replace"),
+                        failure.status, failure, extra=about(exchange))
+        keep_alive = not blame_client and self.response_keep_alive(exchange)
         exchange.response_started = True
         exchange.status = failure.status
         response = errors.error_response(failure, keep_alive, exchange.is_head)
@@ -575,8 +581,9 @@ class ClientConnection(asyncio.Protocol):
     # ----------------------------------------------------- errors & close
     def _reject(self, failure: errors.ProxyFailure) -> None:
         """A client-side protocol error: answer it (if we still can) and close."""
-        log.info("client %s: %d %s", self.peer_ip.decode(), failure.status, failure)
         exchange = self.parsing
+        log.info("client %s: %d %s", self.peer_ip.decode(), failure.status, failure,
+                 extra=about(exchange) if exchange is not None else None)
         self.bypass_remaining = 0
         self._stop_reading_requests()
         if exchange is None:

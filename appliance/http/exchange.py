@@ -75,6 +75,7 @@ class Exchange:
         "queue_wait",
         "redirects",
         "request_done",
+        "request_id",
         "response_started",
         "retries",
         "route",
@@ -144,6 +145,9 @@ class Exchange:
         self.connect_time = 0.0  # time to open the backend connection, if opened for this request
         self.first_byte = 0.0  # request sent → response head received
         self.upstream_time = 0.0  # request sent → response complete
+        # X-Request-Id: a trusted client's own, else made when the head goes to a backend
+        # (or when a log line needs it first); see appliance/observe/request_id.py.
+        self.request_id: bytes | None = None
 
     def transition(self, new: ExchangeState) -> None:
         """The only place that changes `state`; refuses moves the table does not allow."""

@@ -16,6 +16,7 @@ REQ_DROP = 5  # hop-by-hop, or a header the proxy sets itself
 REQ_EXPECT = 6
 REQ_FORWARDED_FOR = 7
 REQ_VIA = 8
+REQ_REQUEST_ID = 9
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the pre-standard Proxy-Connection.
 HOP_BY_HOP = frozenset(
@@ -39,6 +40,8 @@ REQUEST_ACTIONS: dict[bytes, int] = {
     b"x-forwarded-proto": REQ_DROP,
     b"x-forwarded-host": REQ_DROP,
     b"via": REQ_VIA,
+    # Kept only from trusted proxies, then sent again by the proxy (appliance/observe/request_id.py).
+    b"x-request-id": REQ_REQUEST_ID,
 }
 
 # What to do with a response header on its way to the client.

@@ -22,3 +22,6 @@ class Observer:
 
     def exchange_done(self, exchange: Exchange) -> None:
         """Called once per exchange, after its last byte was written (or it was given up)."""
+
+    def tls_handshake(self, resumed: bool) -> None:
+        """Called once per completed client TLS handshake; `resumed` from ssl_object.session_reused."""

@@ -16,6 +16,7 @@ import socket
 from typing import NoReturn
 
 from appliance.config.schema import Config
+from appliance.observe.metrics import WorkerSlot
 from appliance.process import logs
 from appliance.process.heartbeat import HeartbeatCell
 from appliance.shm import SharedRegion
@@ -47,6 +48,7 @@ def run_worker(
     parent: int,
     close_fds: set[int],
     ticket_ring: SharedRegion | None = None,
+    metrics: WorkerSlot | None = None,
 ) -> NoReturn:
     """Become worker `slot` and never return (os._exit keeps the parent's atexit and buffers out)."""
     status = EXIT_BOOT_FAILURE
@@ -76,7 +78,7 @@ def run_worker(
         logs.setup(config.log)
         faulthandler.enable()  # SIGABRT from the heartbeat check dumps a Python traceback
         booted = True
-        status = Worker(config, sockets, slot, beat, ticket_ring).run()
+        status = Worker(config, sockets, slot, beat, ticket_ring, metrics).run()
     except BaseException:
         log.exception("worker %d crashed", slot)
         status = 1 if booted else EXIT_BOOT_FAILURE

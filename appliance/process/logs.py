@@ -11,8 +11,7 @@ import logging
 import sys
 
 from appliance.config.schema import LogConfig
-
-_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+from appliance.observe.errorlog import formatter
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -37,7 +36,7 @@ def setup(config: LogConfig) -> None:
         handler = ReopenableFileHandler(config.file, delay=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(formatter(config.format))
     root.addHandler(handler)
     root.setLevel(config.level.upper())
 

@@ -53,6 +53,9 @@ def _server_context(tls: ListenerTlsConfig, certs: list[str], keys: list[str]) -
     if tls.alpn:
         ctx.set_alpn_protocols(tls.alpn)
     _load_certificates(ctx, certs, keys)
+    # Send the chain as configured (checked by `rproxyd -t`) instead of OpenSSL building one
+    # from the trust store on every handshake, as nginx does.
+    libssl.SSL_CTX_ctrl(libssl.ctx_pointer(ctx), libssl.SSL_CTRL_MODE, libssl.SSL_MODE_NO_AUTO_CHAIN, None)
     return ctx
 
 
@@ -83,6 +86,8 @@ class TlsListener:
     # Referenced here because OpenSSL holds only a C pointer to its ctypes thunk: once
     # collected, the next handshake would jump into freed memory.
     tickets: TicketKeyCallback | None = None
+    # The site of connections whose handshake did not choose one (no SNI callback ran).
+    fallback: TlsSite | None = None
     vhost_of: Callable[[bytes | None], str] = str  # SNI → vhost name (set by build_listener)
 
 
@@ -126,8 +131,13 @@ def build_listener(tls: ListenerTlsConfig, config: Config, vhost_of: Callable[[b
     pointer = libssl.ctx_pointer(ctx)
     if tls.ciphersuites and libssl.SSL_CTX_set_ciphersuites(pointer, tls.ciphersuites.encode()) != 1:
         raise ValueError(f"OpenSSL knows no TLS 1.3 cipher suite in {tls.ciphersuites!r}")
+    # No per-process session-ID cache: it would not resume across workers, and every
+    # resumption going through the ticket callback is what lets session.py tell which
+    # vhost a resumed session belongs to.
+    libssl.SSL_CTX_ctrl(pointer, libssl.SSL_CTRL_SET_SESS_CACHE_MODE, libssl.SSL_SESS_CACHE_OFF, None)
     if tickets is not None:
         tickets.install(pointer)
+        ctx.num_tickets = config.tls.ticket_count
         libssl.SSL_CTX_set_timeout(pointer, int(config.tls.ticket_lifetime))
     else:
         ctx.options |= ssl.OP_NO_TICKET
@@ -138,8 +148,14 @@ def build_listener(tls: ListenerTlsConfig, config: Config, vhost_of: Callable[[b
     # Clients whose SNI (or Host) names no vhost.
     listener.sites.setdefault("", TlsSite("", None, libssl.SSL_VERIFY_NONE, 0, False,
                                           SslHeaders(SslHeadersConfig())))
+    listener.fallback = listener.sites[""]
     for site in listener.sites.values():
         site.sites = listener.sites
+    if len(config.vhost) == 1 and not any(site.context for site in listener.sites.values()):
+        # One vhost and nothing to switch: every name selects it, so the SNI callback (a
+        # Python call per handshake) has nothing to decide.
+        listener.fallback = listener.sites[config.vhost[0].name]
+        return listener
     ctx.sni_callback = lambda sslobj, name, _ctx: select_site(listener, sslobj, name)
     return listener
 
@@ -155,6 +171,9 @@ def select_site(listener: TlsListener, sslobj: ssl.SSLObject, server_name: str |
         site = listener.sites.get(vhost) or listener.sites[""]
         sslobj.rproxy_site = site
         sslobj.rproxy_sni = server_name
+        tickets = listener.tickets
+        if tickets is not None and tickets.issued_for:
+            sslobj.rproxy_ticket_vhost = tickets.issued_for.pop(libssl.ssl_pointer(sslobj), None)
         if site.context is None:
             return None
         if site.config is not None and site.config.client_crl:

@@ -40,8 +40,8 @@ TICKET_CB = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_vo
 SSL_CTX_set_tlsext_ticket_key_evp_cb = _bind(
     libssl, "SSL_CTX_set_tlsext_ticket_key_evp_cb", c_int, c_void_p, TICKET_CB)
 RAND_bytes = _bind(libcrypto, "RAND_bytes", c_int, c_void_p, c_int)
-EVP_aes_128_cbc = _bind(libcrypto, "EVP_aes_128_cbc", c_void_p)
-EVP_aes_256_cbc = _bind(libcrypto, "EVP_aes_256_cbc", c_void_p)
+# Fetched once: the legacy EVP_aes_*_cbc() objects make every EVP_EncryptInit_ex fetch again.
+EVP_CIPHER_fetch = _bind(libcrypto, "EVP_CIPHER_fetch", c_void_p, c_void_p, c_char_p, c_char_p)
 EVP_EncryptInit_ex = _bind(libcrypto, "EVP_EncryptInit_ex", c_int, c_void_p, c_void_p, c_void_p,
                            c_char_p, c_void_p)
 EVP_DecryptInit_ex = _bind(libcrypto, "EVP_DecryptInit_ex", c_int, c_void_p, c_void_p, c_void_p,
@@ -55,6 +55,10 @@ SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 2
 X509_V_FLAG_CRL_CHECK = 0x4
 X509_V_OK = 0
 TLSEXT_NAMETYPE_host_name = 0
+SSL_CTRL_MODE = 33
+SSL_MODE_NO_AUTO_CHAIN = 0x8
+SSL_CTRL_SET_SESS_CACHE_MODE = 44
+SSL_SESS_CACHE_OFF = 0
 
 # The C pointer sits right after PyObject_HEAD in `_ssl._SSLContext`, and after
 # PyObject_HEAD plus the socket reference in `_ssl._SSLSocket` (CPython 3.11 `_ssl.c`).

@@ -20,14 +20,23 @@ class TlsConnection:
         self.sni: str | None = getattr(sslobj, "rproxy_sni", None)
         self.vhost = site.vhost
         self.sites = site.sites
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        # A resumed session keeps its certificate and the result of its verification.
-        self.verified = der is not None and libssl.SSL_get_verify_result(
-            libssl.ssl_pointer(sslobj)) == libssl.X509_V_OK
-        cipher = sslobj.cipher() if sslobj is not None else None
-        self.lines = site.headers.lines(
-            cipher[0] if cipher else None, sslobj.version() if sslobj is not None else None,
-            self.sni, der if self.verified else None)
+        self.verified = False
+        self.lines = b""
+        if not site.verify and not site.headers.enabled:
+            return  # nothing to read from the session: the common case costs nothing more
+        der = sslobj.getpeercert(binary_form=True) if site.verify else None
+        # A resumed session keeps its certificate and the result of its verification, but
+        # that verification was against the CA of the vhost that issued the ticket: a TLS 1.3
+        # client may resume it under another vhost's SNI (see appliance/tls/tickets.py).
+        self.verified = (
+            der is not None
+            and (not sslobj.session_reused or getattr(sslobj, "rproxy_ticket_vhost", None) == site.vhost)
+            and libssl.SSL_get_verify_result(libssl.ssl_pointer(sslobj)) == libssl.X509_V_OK
+        )
+        if site.headers.enabled:
+            cipher = sslobj.cipher()
+            self.lines = site.headers.lines(cipher[0] if cipher else None, sslobj.version(), self.sni,
+                                            der if self.verified else None)
 
     def refusal(self, vhost: str) -> errors.ProxyFailure | None:
         """Why a request for `vhost` (from its Host) must not be served on this connection."""

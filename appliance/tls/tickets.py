@@ -7,10 +7,13 @@ context; OpenSSL keeps using it after the SNI callback switches to a vhost conte
 - Decrypt: unknown key name → 0 (full handshake). Known → 2 ("renew") when the key is not
   the newest, or always on TLS 1.3: with 1, OpenSSL 3.0 sends no new ticket on a TLS 1.3
   resumption, and TLS 1.3 clients use each ticket once.
-- The key name on the wire is derived from the ring key's name and the vhost the client
-  asked for (SNI), so a ticket only resumes on the vhost it was issued for: a TLS 1.3
-  client cannot carry a session (and its verified certificate, or its lack of one) from
-  one vhost to another. TLS 1.2 resumptions keep the original session's SNI anyway.
+- The key name on the wire is derived from the ring key's name and the vhost the ticket
+  was issued for, so decryption learns that vhost. The client's new SNI is not known yet
+  at that point (SSL_get_servername is still empty), so the resumption cannot be refused
+  here; the vhost is recorded in `issued_for` by SSL* and the SNI callback, which runs
+  next, hands it to the connection. A TLS 1.3 session resumed on another vhost than its
+  own then never counts as carrying a verified client certificate (appliance/tls/session.py).
+  TLS 1.2 resumptions keep the original session's SNI, so they land on their own vhost.
 
 No exception may cross into C: every failure is logged once and returns 0.
 """
@@ -28,7 +31,8 @@ from appliance.tls.ring import TicketRing
 
 log = logging.getLogger("rproxyd.tls")
 
-_CIPHERS = {16: libssl.EVP_aes_128_cbc(), 32: libssl.EVP_aes_256_cbc()}
+_CIPHERS = {16: libssl.EVP_CIPHER_fetch(None, b"AES-128-CBC", None),
+            32: libssl.EVP_CIPHER_fetch(None, b"AES-256-CBC", None)}
 _DIGEST = b"SHA256"
 
 
@@ -70,6 +74,8 @@ class TicketKeyCallback:
         self.seq = -1
         self.encrypt: dict[str, tuple[bytes, _Key]] = {}
         self.decrypt: dict[bytes, tuple[_Key, str]] = {}
+        # SSL* → vhost a resumed ticket was issued for; popped by the SNI callback.
+        self.issued_for: dict[int, str] = {}
         self.failed = False
         self.c_callback = libssl.TICKET_CB(self._callback)
 
@@ -95,9 +101,10 @@ class TicketKeyCallback:
         try:
             if self.ring.seq() != self.seq:
                 self._refresh()
-            vhost = self.vhost_of(libssl.SSL_get_servername(ssl_ptr, libssl.TLSEXT_NAMETYPE_host_name))
             if enc:
-                entry = self.encrypt.get(vhost)
+                # After the SNI callback: the name is the one this session is for.
+                entry = self.encrypt.get(
+                    self.vhost_of(libssl.SSL_get_servername(ssl_ptr, libssl.TLSEXT_NAMETYPE_host_name)))
                 if entry is None:
                     return 0  # no key yet: no ticket
                 name, key = entry
@@ -110,9 +117,9 @@ class TicketKeyCallback:
                     return -1
                 return 1
             found = self.decrypt.get(ctypes.string_at(key_name, 16))
-            if found is None or found[1] != vhost:
-                return 0  # unknown, expired or another vhost's ticket: full handshake
-            key = found[0]
+            if found is None:
+                return 0  # unknown or expired key: full handshake
+            key, self.issued_for[ssl_ptr] = found
             if not libssl.EVP_DecryptInit_ex(cipher_ctx, key.cipher, None, key.aes, iv):
                 return -1
             if not libssl.EVP_MAC_CTX_set_params(mac_ctx, key.params):

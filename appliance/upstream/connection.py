@@ -28,6 +28,7 @@ from appliance.http.downstream import (
     PAUSE_UPSTREAM_FULL,
 )
 from appliance.http.exchange import ExchangeState
+from appliance.observe.errorlog import about
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -512,7 +513,8 @@ class BackendConnection(asyncio.Protocol):
         pool = self.server.pool
         if unanswered and self.requests_served and pool.retry_stale(exchange):
             # A reused connection the backend closed as we sent: not the client's problem.
-            log.info("backend %s closed a reused connection; request sent again", self.server.address)
+            log.info("backend %s closed a reused connection; request sent again", self.server.address,
+                     extra=about(exchange))
             return
         server = self.server
         server.note_failure(pool.loop.time())
@@ -522,8 +524,9 @@ class BackendConnection(asyncio.Protocol):
         exchange.client.fail(exchange, errors.BackendRefused(reason))
 
     def _fail(self, failure: errors.ProxyFailure) -> None:
-        log.warning("backend %s: %s", self.server.address, failure)
         exchange = self.exchange
+        log.warning("backend %s: %s", self.server.address, failure,
+                    extra=about(exchange) if exchange is not None else None)
         answered = self.head_done
         self.exchange = None
         self.close()

@@ -23,6 +23,7 @@ from appliance.config.schema import BackendConfig, LimitsConfig
 from appliance.config.values import ServerSpec
 from appliance.http import errors
 from appliance.http.exchange import ExchangeState
+from appliance.observe.errorlog import about
 from appliance.tls.contexts import backend_peer
 from appliance.upstream.balance import Balancer, make_balancer
 from appliance.upstream.connection import BackendConnection, ConnState
@@ -228,6 +229,7 @@ class BackendPool:
         "loop",
         "name",
         "pending",
+        "pending_timeouts",
         "redirect_status",
         "retry_statuses",
         "servers",
@@ -249,6 +251,7 @@ class BackendPool:
         self.redirect_status = redirect_status
         self.retry_statuses = frozenset(config.retry_on_status)
         self.pending = PendingQueue(loop, limits.pending_timeout, self.on_pending_expired)
+        self.pending_timeouts = 0
         self.servers = [Server(self, spec, config) for spec in config.servers]
         self._budget = RETRY_BUDGET_FLOOR
 
@@ -398,6 +401,7 @@ class BackendPool:
             self._dispatch(exchange, front=True)
 
     def on_pending_expired(self, exchange: Exchange) -> None:
+        self.pending_timeouts += 1  # read by the metrics (appliance/observe/recorder.py)
         exchange.client.fail(exchange, errors.BackendUnavailable("pending timeout"))
 
     def cancel_pending(self, exchange: Exchange) -> None:
@@ -434,7 +438,7 @@ class BackendPool:
         exchange.retries += 1
         exchange.tried.append(server)
         log.info("retrying %s %s on another server after %s failed", exchange.method.decode(),
-                 exchange.url.decode("latin-1"), server.address)
+                 exchange.url.decode("latin-1"), server.address, extra=about(exchange))
         exchange.transition(ExchangeState.PENDING)
         self._dispatch(exchange, front=True)
         return True
@@ -457,6 +461,11 @@ class BackendPool:
             lines.append(b"X-Forwarded-For: " + client.forwarded_tail)
         if exchange.host is not None:
             lines.append(b"X-Forwarded-Host: " + exchange.host + b"\r\n")
+        rid = exchange.request_id
+        if rid is None:
+            rid = exchange.request_id = client.ctx.new_request_id()
+        if rid is not None:
+            lines.append(b"X-Request-Id: " + rid + b"\r\n")
         if exchange.via:
             lines.append(b"Via: %s, %s %s\r\n\r\n" % (exchange.via, exchange.version.encode(), self.via)
                          if self.via else b"Via: " + exchange.via + b"\r\n\r\n")

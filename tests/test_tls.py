@@ -1,0 +1,385 @@
+"""TLS termination end to end: SNI, ECDSA/RSA, protocol range, client certificates, X-SSL
+headers, Host/SNI agreement, CRL and certificate reloads, bad files, TLS to backends.
+
+Certificates are made at test time (trustme, cryptography); everything is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.support.tls import TEAM_OID, Certs, client_context, https_get, make_certs, write_crl
+from tests.support_proc import Rproxyd, config_text, demo_origin, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def tls_extra(d: Path, listener: str = "") -> str:
+    """[listener.tls] for the l0 listener and vhosts a (ECDSA+RSA), b (mTLS required), opt."""
+    return f"""
+[listener.tls]
+enabled = true
+certificate = "{d}/default.test.pem"
+{listener}
+
+[[vhost]]
+name = "a"
+hosts = ["a.test"]
+certificate = ["{d}/a.test.pem", "{d}/a.test-rsa.pem"]
+[vhost.ssl_headers]
+cipher = true
+protocol = true
+sni = true
+[[vhost.route]]
+backend = "demo"
+
+[[vhost]]
+name = "b"
+hosts = ["b.test"]
+certificate = "{d}/b.test.pem"
+client_verify = "required"
+client_ca = "{d}/ca.pem"
+client_crl = "{d}/crl.pem"
+[vhost.ssl_headers]
+subject = true
+issuer = true
+not_before = true
+not_after = true
+serial = true
+sha1 = true
+sha256 = true
+certificate = true
+extensions = {{ X-SSL-Team = "{TEAM_OID}" }}
+[[vhost.route]]
+backend = "demo"
+
+[[vhost]]
+name = "opt"
+hosts = ["opt.test"]
+certificate = "{d}/opt.test.pem"
+client_verify = "optional"
+client_ca = "{d}/ca.pem"
+[vhost.ssl_headers]
+subject = true
+[[vhost.route]]
+backend = "demo"
+"""
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[int]:
+    with demo_origin() as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, certs: Certs, origin: int) -> Iterator[Rproxyd]:
+    directory = tmp_path_factory.mktemp("proxy")
+    proc = Rproxyd(directory, config_text(origin, directory / "run", tls_extra(certs.dir)))
+    yield proc
+    proc.stop()
+    assert "Traceback" not in proc.log(), proc.log()
+
+
+def _port(proxy: Rproxyd) -> int:
+    return proxy.address[1]
+
+
+def _served_name(port: int, sni: str | None, certs: Certs, **ctx_options: str) -> str:
+    ctx = client_context(certs, **ctx_options)
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=sni) as sock:
+        der = sock.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)[0] + f"/{cert.public_key().__class__.__name__}"
+
+
+def test_sni_selects_the_vhost_certificate(proxy: Rproxyd, certs: Certs) -> None:
+    port = _port(proxy)
+    assert _served_name(port, "a.test", certs).startswith("a.test/")
+    assert _served_name(port, "b.test", certs).startswith("b.test/")
+    assert _served_name(port, None, certs).startswith("default.test/")
+    assert _served_name(port, "unknown.test", certs).startswith("default.test/")
+    reply = https_get(port, "a.test", client_context(certs), path="/")
+    assert reply.status == 200 and reply.alpn == "http/1.1"
+
+
+def test_ecdsa_and_rsa_certificates_of_one_vhost(proxy: Rproxyd, certs: Certs) -> None:
+    port = _port(proxy)
+    ctx = client_context(certs, version="1.2")
+    ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    assert "RSA" in _served_name_ctx(port, "a.test", ctx)
+    ctx = client_context(certs, version="1.2")
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert "EC" in _served_name_ctx(port, "a.test", ctx)
+
+
+def _served_name_ctx(port: int, sni: str, ctx: ssl.SSLContext) -> str:
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=sni) as s:
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).public_key().__class__.__name__
+
+
+def test_protocol_range_defaults_to_tls12_and_up(proxy: Rproxyd, certs: Certs) -> None:
+    port = _port(proxy)
+    assert https_get(port, "a.test", client_context(certs, version="1.2")).version == "TLSv1.2"
+    assert https_get(port, "a.test", client_context(certs, version="1.3")).version == "TLSv1.3"
+    old = subprocess.run(["openssl", "s_client", "-tls1_1", "-connect", f"127.0.0.1:{port}",
+                          "-servername", "a.test"], input="", capture_output=True, text=True, timeout=10)
+    assert "Cipher is (NONE)" in old.stdout or old.returncode != 0
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_client_certificate_required(proxy: Rproxyd, certs: Certs, version: str) -> None:
+    port = _port(proxy)
+    reply = https_get(port, "b.test", client_context(certs, "client.pem", version), path="/headers")
+    assert reply.status == 200
+    for cert in (None, "stranger.pem"):  # no certificate, or one from a CA b does not trust
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            https_get(port, "b.test", client_context(certs, cert, version))
+
+
+def test_client_certificate_optional(proxy: Rproxyd, certs: Certs) -> None:
+    port = _port(proxy)
+    without = https_get(port, "opt.test", client_context(certs), path="/headers")
+    assert without.status == 200
+    assert not [h for h in json.loads(without.body)["headers"] if h[0].lower().startswith("x-ssl")]
+    with_cert = https_get(port, "opt.test", client_context(certs, "client.pem"), path="/headers")
+    sent = dict(json.loads(with_cert.body)["headers"])
+    assert sent["X-SSL-Subject"].startswith("CN=client1")
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        https_get(port, "opt.test", client_context(certs, "stranger.pem"))
+
+
+def test_x_ssl_header_values(proxy: Rproxyd, certs: Certs) -> None:
+    port = _port(proxy)
+    spoof = "X-SSL-Subject: CN=admin\r\nX-SSL-Team: red\r\nx-ssl-client-verify: SUCCESS\r\n"
+    reply = https_get(port, "b.test", client_context(certs, "client-team.pem"), path="/headers", extra=spoof)
+    sent = json.loads(reply.body)["headers"]
+    names = [name for name, _ in sent]
+    assert names.count("X-SSL-Subject") == 1 and "x-ssl-client-verify" not in names
+    values = dict(sent)
+    pem = Path(certs.path("client-team.pem")).read_bytes()
+    cert = x509.load_pem_x509_certificates(pem)[0]
+    der = cert.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+    assert values["X-SSL-Subject"] == "CN=client2"
+    assert values["X-SSL-Issuer"] == cert.issuer.rfc4514_string()
+    assert values["X-SSL-Serial"] == f"{cert.serial_number:X}"
+    assert values["X-SSL-NotBefore"] == f"{cert.not_valid_before_utc:%b %d %H:%M:%S %Y} GMT"
+    assert values["X-SSL-NotAfter"] == f"{cert.not_valid_after_utc:%b %d %H:%M:%S %Y} GMT"
+    assert values["X-SSL-Sha1"] == hashlib.sha1(der).hexdigest()
+    assert values["X-SSL-Sha256"] == hashlib.sha256(der).hexdigest()
+    assert x509.load_pem_x509_certificate(urllib.parse.unquote(values["X-SSL-Certificate"]).encode()) == cert
+    assert values["X-SSL-Team"] == "team-blue"
+    # Session headers on a: cipher, protocol, SNI.
+    values = dict(json.loads(https_get(port, "a.test", client_context(certs, version="1.2"),
+                                       path="/headers").body)["headers"])
+    assert values["X-SSL-Protocol"] == "TLSv1.2" and values["X-SSL-SNI"] == "a.test"
+    assert values["X-SSL-Cipher"].startswith("ECDHE-")
+
+
+def test_host_must_agree_with_sni(proxy: Rproxyd, certs: Certs) -> None:
+    port = _port(proxy)
+    # A client certificate verified for a must not open b (nor any other vhost).
+    assert https_get(port, "a.test", client_context(certs), host="b.test").status == 421
+    assert https_get(port, "b.test", client_context(certs, "client.pem"), host="a.test").status == 421
+    assert https_get(port, "a.test", client_context(certs), host="a.test:443").status == 200
+    # Without SNI, a vhost that verifies client certificates is never reached.
+    assert https_get(port, None, client_context(certs), host="b.test").status == 421
+    assert https_get(port, None, client_context(certs), host="a.test").status == 200
+
+
+def test_crl_is_reloaded_when_it_changes(proxy: Rproxyd, certs: Certs) -> None:
+    port = _port(proxy)
+    ctx = client_context(certs, "client.pem")
+    assert https_get(port, "b.test", ctx).status == 200
+    write_crl(certs, ["client.pem"])
+    try:
+        def refused() -> bool:
+            try:
+                https_get(port, "b.test", client_context(certs, "client.pem"))
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+                return True
+            return False
+        wait_for(refused, 10, "the revoked certificate refused", interval=0.3)
+        assert https_get(port, "b.test", client_context(certs, "client-team.pem")).status == 200
+    finally:
+        write_crl(certs, [])
+    wait_for(lambda: _status_or_none(port, certs) == 200, 10, "the certificate accepted again", interval=0.3)
+
+
+def _status_or_none(port: int, certs: Certs) -> int | None:
+    try:
+        return https_get(port, "b.test", client_context(certs, "client.pem")).status
+    except (ssl.SSLError, OSError):
+        return None
+
+
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "appliance", "-t", "-c", str(config)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_bad_certificates_and_keys_rejected_at_check(tmp_path: Path, certs: Certs, origin: int) -> None:
+    d = certs.dir
+    leaf = Path(certs.path("a.test.pem")).read_bytes()
+    (tmp_path / "out-of-order.pem").write_bytes(leaf + Path(certs.path("other-ca.pem")).read_bytes())
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    cases = {
+        f'certificate = "{d}/a.test.pem"\ncertificate_key = "{d}/b.test.pem"': "does not match certificate",
+        f'certificate = "{tmp_path}/out-of-order.pem"': "chain out of order",
+        f'certificate = "{d}/expired.pem"': "expired on",
+        f'certificate = "{tmp_path}/garbage.pem"': "holds no PEM certificate",
+        f'certificate = "{tmp_path}/missing.pem"': "cannot read certificate",
+    }
+    config = tmp_path / "rproxy.toml"
+    for tls, message in cases.items():
+        config.write_text(config_text(origin, tmp_path, f"[listener.tls]\nenabled = true\n{tls}\n"))
+        result = _check(config)
+        assert result.returncode == 1 and message in result.stderr, (tls, result.stderr)
+        assert "listener[0].tls.certificate" in result.stderr
+    config.write_text(config_text(origin, tmp_path, f'[listener.tls]\nenabled = true\n'
+                                  f'certificate = "{d}/expiring.pem"\n'))
+    result = _check(config)
+    assert result.returncode == 0 and "expires in" in result.stderr, result.stderr
+
+
+def test_certificates_reload_on_hup_and_bad_ones_are_refused(
+        tmp_path: Path, certs: Certs, origin: int) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(certs.path("a.test.pem"), live / "site.pem")
+    extra = f'[listener.tls]\nenabled = true\ncertificate = "{live}/site.pem"\n'
+    proxy = Rproxyd(tmp_path, config_text(origin, tmp_path / "run", extra))
+    try:
+        port = _port(proxy)
+        first = _served_serial(port, certs)
+        # A new certificate for the same name (as a renewal would bring), then HUP.
+        certs.ca.issue_cert("a.test").private_key_and_cert_chain_pem.write_to_path(str(live / "site.pem"))
+        assert proxy.reload().returncode == 0
+        second = _served_serial(port, certs)
+        assert second != first
+        # A broken file on reload: refused with the reason, the running generation keeps serving.
+        (live / "site.pem").write_text("broken\n")
+        result = proxy.reload()
+        assert result.returncode == 1 and "holds no PEM certificate" in result.stderr, result.stderr
+        assert _served_serial(port, certs) == second
+    finally:
+        proxy.stop()
+
+
+def _served_serial(port: int, certs: Certs) -> int:
+    ctx = client_context(certs)
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.test") as sock:
+        return x509.load_der_x509_certificate(sock.getpeercert(binary_form=True)).serial_number
+
+
+def _plain_get(address: tuple[str, int], host: str) -> bytes:
+    with socket.create_connection(address, 5) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+class TlsOrigin:
+    """A TLS backend that records the SNI and client certificate of each connection."""
+
+    def __init__(self, certs: Certs) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(certs.path("b.test.pem"))
+        self.ctx.verify_mode = ssl.CERT_OPTIONAL
+        self.ctx.load_verify_locations(certs.path("ca.pem"))
+        self.seen: list[tuple[str | None, str | None]] = []
+        self._sni: str | None = None
+        self.ctx.sni_callback = lambda sock, name, ctx: setattr(self, "_sni", name)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            # A thread per connection: the proxy's pool opens idle connections ahead of need.
+            threading.Thread(target=self._answer, args=(raw,), daemon=True).start()
+
+    def _answer(self, raw: socket.socket) -> None:
+        try:
+            with self.ctx.wrap_socket(raw, server_side=True) as conn:
+                peer = conn.getpeercert() or {}
+                subject = dict(x[0] for x in peer.get("subject", ()))
+                self.seen.append((self._sni, subject.get("commonName")))
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\ntls")
+        except (OSError, ssl.SSLError):
+            return
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def test_tls_to_backends(tmp_path: Path, certs: Certs) -> None:
+    backend = TlsOrigin(certs)
+    d = certs.dir
+    text = config_text(1, tmp_path / "run").replace(
+        'servers = ["127.0.0.1:1"]',
+        f'servers = ["127.0.0.1:{backend.port}"]\ntls = true\ntls_ca = "{d}/ca.pem"\ntls_sni = "b.test"\n'
+        f'tls_certificate = "{d}/client.pem"\nconnect_timeout = "2s"\n')
+    text += f"""
+[backend.wrongca]
+servers = ["127.0.0.1:{backend.port}"]
+tls = true
+tls_ca = "{d}/other-ca.pem"
+tls_sni = "b.test"
+retries = 0
+
+[[vhost]]
+name = "bad"
+hosts = ["bad.test"]
+[[vhost.route]]
+backend = "wrongca"
+"""
+    proxy = Rproxyd(tmp_path, text)
+    try:
+        address = proxy.address
+        assert _plain_get(address, "x").endswith(b"\r\n\r\ntls")
+        assert ("b.test", "client1") in backend.seen  # SNI and client certificate reached it
+        # Verification against a CA that did not sign the backend's certificate fails: the
+        # server counts as unreachable (503 once its connect failed, 502 on the failing try).
+        assert _plain_get(address, "bad.test")[:12] in (b"HTTP/1.1 502", b"HTTP/1.1 503")
+        assert "certificate verify failed" in proxy.log() or "SSLCertVerificationError" in proxy.log()
+    finally:
+        proxy.stop()
+        backend.stop()
