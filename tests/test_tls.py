@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.support.tls import TEAM_OID, Certs, client_context, https_get, make_certs, write_crl
+from tests.support.tls import TEAM_OID, Certs, client_context, https_get, make_certs, s_client, write_crl
 from tests.support_proc import Rproxyd, config_text, demo_origin, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -383,3 +383,22 @@ backend = "wrongca"
     finally:
         proxy.stop()
         backend.stop()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_ticket_never_opens_a_client_auth_vhost(
+        proxy: Rproxyd, certs: Certs, version: str, tmp_path: Path) -> None:
+    """A session resumed under another vhost's SNI carries no verified certificate there."""
+    port = _port(proxy)
+    # A session of a (no client certificate), and one of opt verified with a certificate b's
+    # CA would accept too: neither may serve b.
+    for sni, cert in (("a.test", None), ("opt.test", certs.path("client.pem"))):
+        session = tmp_path / f"{sni}-{version}.pem"
+        resumed, out = s_client(port, version, sni, sess_out=session, cert=cert)
+        assert "HTTP/1.1 200" in out
+        resumed, out = s_client(port, version, "b.test", sess_in=session)
+        status = out.split("HTTP/1.1 ", 1)[1][:3] if "HTTP/1.1 " in out else "no response"
+        # TLS 1.3 resumes under the new SNI: 403; TLS 1.2 keeps the session's SNI: 421.
+        assert status in ("403", "421"), (sni, resumed, status)
+        if version == "1.3":
+            assert resumed and status == "403"

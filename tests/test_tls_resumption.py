@@ -14,6 +14,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.tls import Certs, client_context, https_get, make_certs, s_client
@@ -154,5 +155,34 @@ def test_key_files_rotate_by_replacement_and_hup(
         assert proxy.reload().returncode == 0
         assert https_get(port, "a.test", ctx, session=second).reused, "a ticket of the new key resumes"
         assert not https_get(port, "a.test", ctx, session=first).reused, "the retired key is gone"
+    finally:
+        proxy.stop()
+
+
+def test_handshake_metrics_count_full_and_resumed(tmp_path: Path, certs: Certs, origin: int) -> None:
+    extra = f"""
+[listener.tls]
+enabled = true
+certificate = "{certs.dir}/a.test.pem"
+
+[admin]
+enabled = true
+bind = "127.0.0.1:0"
+"""
+    proxy = Rproxyd(tmp_path, config_text(origin, tmp_path / "run", extra, process="workers = 2"))
+    try:
+        client = Resumer(proxy.address[1], certs, "1.3", tmp_path)  # two full handshakes
+        client.all_resume(3)  # six resumed ones
+
+        def counts() -> dict[str, float]:
+            text = httpx.get(f"http://{proxy.status()['admin']}/metrics", timeout=5).text
+            found = {}
+            for line in text.splitlines():
+                if line.startswith("rproxyd_tls_handshakes_total{"):
+                    found["resumed" if 'resumed="true"' in line else "full"] = float(line.rsplit(" ", 1)[1])
+            return found
+
+        # Workers publish their counters every 0.5 s.
+        wait_for(lambda: counts() == {"full": 2, "resumed": 6}, 5, f"handshake counts {counts()}")
     finally:
         proxy.stop()

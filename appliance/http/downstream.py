@@ -136,6 +136,7 @@ class ClientConnection(asyncio.Protocol):
             self.tls = TlsConnection(transport, self.tls)
             # The X-SSL-* lines ride on the per-connection tail every request head ends with.
             self.forwarded_tail += self.tls.lines
+            self.ctx.observer.tls_handshake(self.tls.resumed)
         self.ctx.clients.add(self)
         # A new connection gets the header timeout for its first request.
         self.deadline.set(limits.header_timeout)

@@ -12,12 +12,13 @@ from appliance.tls.contexts import TlsSite
 class TlsConnection:
     """The vhost the handshake was for, whether the client certificate verified, X-SSL lines."""
 
-    __slots__ = ("lines", "sites", "sni", "verified", "vhost")
+    __slots__ = ("lines", "resumed", "sites", "sni", "verified", "vhost")
 
     def __init__(self, transport: asyncio.BaseTransport, fallback: TlsSite) -> None:
         sslobj = transport.get_extra_info("ssl_object")
         site: TlsSite = getattr(sslobj, "rproxy_site", None) or fallback
         self.sni: str | None = getattr(sslobj, "rproxy_sni", None)
+        self.resumed: bool = sslobj.session_reused
         self.vhost = site.vhost
         self.sites = site.sites
         self.verified = False
