@@ -35,7 +35,8 @@ mkdir -p "$src/etc/rproxy/conf.d"
 cp -R "$top/appliance" "$src/appliance"
 cp "$top/requirements.txt" "$src/"
 mkdir -p "$src/docs"
-cp "$top/docs/operations.md" "$top/docs/configuration.md" "$src/docs/"
+# Every operator document; debian/rproxyd.docs picks what the package installs.
+cp "$top"/docs/*.md "$src/docs/"
 cp "$top/etc/rproxy/conf.d/README" "$src/etc/rproxy/conf.d/"
 cp -R "$top/packaging/debian" "$src/debian"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -63,11 +64,33 @@ def ensure_tools(tools: list[str]) -> dict[str, str]:
     return paths
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bind port 0 and ask the kernel)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing holds, below the kernel's ephemeral range.
+
+    A port from bind(("127.0.0.1", 0)) is an ephemeral one, the range the kernel also
+    draws the source ports of outgoing connections from: between this check and the
+    server's own bind, a load generator's or a proxy's connection could take it, and
+    the server fails with EADDRINUSE (seen in a bench run). Ports below the range are
+    only ever taken by explicit binds, which the bind below detects. Random picks keep
+    parallel runs (tests under xdist, a bench beside them) apart.
+    """
+    high = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(10000, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a TIME_WAIT user also counts as busy
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found in 10000-{high}")
 
 
 def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:

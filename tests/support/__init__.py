@@ -16,15 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# One port picker for tests and the bench: see its docstring for why not bind(0).
+from perf.tools import free_port
+
 BIN = Path(sys.executable).parent
 RPROXYD = str(BIN / "rproxyd") if (BIN / "rproxyd").exists() else shutil.which("rproxyd")
-
-
-def free_port() -> int:
-    """A port the kernel just handed out, so parallel test runs do not collide."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
