@@ -7,14 +7,16 @@ import socket
 from appliance.config.schema import ListenerConfig
 
 
-def open_listener(listener: ListenerConfig, exclusive: bool = False) -> socket.socket:
-    """Bind and listen on a non-blocking SO_REUSEPORT socket for one worker slot.
+def open_listener(listener: ListenerConfig, exclusive: bool = False, listen: bool = True) -> socket.socket:
+    """Bind (and listen on) a non-blocking SO_REUSEPORT socket for one worker slot.
 
     Each worker slot gets its own socket so the kernel spreads connections across
     per-worker accept queues instead of waking every worker for each one.
     `exclusive` (for a listener's first socket) refuses an address that another
     process already listens on: SO_REUSEPORT would otherwise let a second rproxyd
-    silently share the port with the first.
+    silently share the port with the first. Without `listen` the socket is only bound:
+    the kernel routes no connection to it until someone calls listen() (the worker that
+    serves it, see appliance.process.sockets).
     """
     host = listener.bind.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -31,7 +33,8 @@ def open_listener(listener: ListenerConfig, exclusive: bool = False) -> socket.s
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, listener.bind.port))
-        sock.listen(listener.backlog)
+        if listen:
+            sock.listen(listener.backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()

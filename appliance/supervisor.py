@@ -10,9 +10,11 @@ and exec happen only from the loop.
 Phases (one table, one transition method):
 
     STARTING ─▶ RUNNING ⇄ RELOADING          (SIGHUP: a new generation rolls out)
-                   │  └──▶ UPGRADING ─▶ exec  (SIGUSR2; the new image starts in UPGRADING
-                   ▼                           and rolls out a generation of new code)
-                STOPPING                     (SIGTERM graceful, SIGINT/SIGQUIT fast)
+                   │  └──▶ UPGRADING ─▶ exec  (SIGUSR2: the new code's check runs beside the
+                   ▼                           loop, then the exec; the new image starts in
+                STOPPING                       UPGRADING and rolls out a generation of new code)
+
+    STOPPING is reachable from every phase: SIGTERM graceful, SIGINT/SIGQUIT fast.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from appliance.process.child import run_worker
 from appliance.process.heartbeat import HeartbeatBoard, HeartbeatCell
 from appliance.process.slots import Generation, ProcState, Slot, SlotState, Transitions, WorkerProc
 from appliance.process.sockets import ListenerSet
+from appliance.process.upgrade import UpgradeCheck
 from appliance.systemd import Notifier
 from appliance.tls import ring
 from appliance.worker import EXIT_BOOT_FAILURE
@@ -53,7 +55,6 @@ ABORT_GRACE = 2.0  # SIGABRT → SIGKILL: time for faulthandler to write its tra
 STOP_GRACE = 2.0  # beyond drain_timeout before a draining worker is killed
 BOOTING_TICK = 0.01  # loop period while a worker boots: readiness is polled from shared memory
 IDLE_TICK = 1.0
-UPGRADE_CHECK_TIMEOUT = 10.0  # `python -m appliance -t` with the new code, before re-exec
 
 
 class Phase(enum.Enum):
@@ -89,12 +90,12 @@ class Supervisor:
         self.exit_status = 0
         self.current: Generation | None = None
         self.pending: Generation | None = None  # the generation a reload or upgrade rolls out
-        self.pending_opened: list[Any] = []  # listeners the pending generation opened
         self.pending_covers = 0
         self.procs: dict[int, WorkerProc] = {}
         self.signals: list[int] = []
         self.reload = {"requested": 0, "covers": 0, "ok": True, "error": "", "generation": 0}
         self.reload_wanted = False
+        self.upgrade_check: UpgradeCheck | None = None  # in UPGRADING, until the exec
         self.stop_deadline: float | None = None
         self.runtime_dir = status.runtime_dir(config.process)
         self.listeners = ListenerSet()
@@ -115,14 +116,14 @@ class Supervisor:
                 self._start_fresh()
             except (OSError, ValueError) as exc:
                 log.error("cannot start: %s", exc)
-                self.listeners.close(list(self.listeners.by_key))
+                self.listeners.close_all()
                 return 1
         else:
             self._resume(inherited)
         try:
             self._loop()
         finally:
-            self.listeners.close(list(self.listeners.by_key))
+            self.listeners.close_all()
             if self.observe is not None:
                 self.observe.close()
         log.info("supervisor %d exiting with status %d", os.getpid(), self.exit_status)
@@ -157,6 +158,7 @@ class Supervisor:
         self.observe = ObserveHub(self.shared.regions[metrics.REGION_NAME], self.config, self.snapshot)
         cpus = plan.slot_cpus(self.config.process)
         self.listeners.prepare(self.config.listener, len(cpus))
+        self.listeners.commit(self.config.listener)  # the first generation owns them from the start
         self.current = Generation(1, self.config, [Slot(i, cpu) for i, cpu in enumerate(cpus)])
         self.reload["generation"] = 1
         log.info("supervisor %d starting generation 1 with %d workers", os.getpid(), len(cpus))
@@ -169,6 +171,8 @@ class Supervisor:
             now = time.monotonic()
             self._reap(now)
             self._observe(now)
+            if self.upgrade_check is not None:
+                self._upgrade_checked(now)
             self._manage(now)
             if self.tickets is not None:
                 self.tickets.tick(now)
@@ -191,6 +195,8 @@ class Supervisor:
             timeout = min(timeout, self.notifier.watchdog_interval)
         if self.phase is Phase.STOPPING or any(p.state is ProcState.BOOTING for p in self.procs.values()):
             timeout = BOOTING_TICK
+        if self.upgrade_check is not None:  # its exit wakes us (SIGCHLD), its deadline may not
+            timeout = min(timeout, max(0.0, self.upgrade_check.deadline - time.monotonic()))
         for gen in self._generations():
             for slot in gen.slots:
                 if slot.state is SlotState.BACKOFF:
@@ -241,7 +247,7 @@ class Supervisor:
             log.warning("upgrade refused: the supervisor is %s", self.phase.value)
             self.notifier.status(f"{self._status_line()}; upgrade refused while {self.phase.value}")
             return
-        self._upgrade()
+        self._start_upgrade()
 
     def handle_chld(self) -> None:
         pass  # every loop turn reaps
@@ -263,7 +269,8 @@ class Supervisor:
         config = gen.config
         cell = self.board.allocate()
         beat = HeartbeatCell(self.shared.regions["heartbeat"], cell, config.process.heartbeat_timeout / 2)
-        sockets = self.listeners.for_slot(config.listener, slot.index, len(gen.slots))
+        sockets = self.listeners.for_slot(config.listener, slot.index, len(gen.slots),
+                                          staged=gen is self.pending)
         close_fds = self.listeners.all_fds() | {self._wakeup_r, self._wakeup_w}
         close_fds |= {region.fd for region in self.shared.regions.values()}
         close_fds |= self.observe.all_fds() if self.observe is not None else set()
@@ -419,7 +426,7 @@ class Supervisor:
         try:
             config = load(self.config_path)
             cpus = plan.slot_cpus(config.process)
-            opened = self.listeners.prepare(config.listener, len(cpus))
+            self.listeners.prepare(config.listener, len(cpus))
         except ConfigError as exc:
             self._reload_failed("; ".join(exc.problems))
             return
@@ -429,7 +436,6 @@ class Supervisor:
         assert self.current is not None
         number = self.current.number + 1
         self.pending = Generation(number, config, [Slot(i, cpu) for i, cpu in enumerate(cpus)])
-        self.pending_opened = opened
         if not upgrade:
             self._transition(Phase.RELOADING)
         log.info("%s: rolling out generation %d with %d workers", what, number, len(cpus))
@@ -454,8 +460,7 @@ class Supervisor:
             if slot.worker is not None and slot.worker.alive:
                 self._drain(slot.worker, now)
             slot.transition(SlotState.RETIRED)
-        self.listeners.apply_backlog(new.config.listener)
-        self.listeners.close(self.listeners.unused(new.config.listener))
+        self.listeners.commit(new.config.listener)
         if new.config.log != self.config.log:
             logs.setup(new.config.log)
         if self.tickets is not None:
@@ -479,12 +484,18 @@ class Supervisor:
                 self._drain(slot.worker, now)
             slot.transition(SlotState.RETIRED)
         self.pending = None
-        self.listeners.close(self.pending_opened)
+        # Every socket the rollout opened, grown slot sockets of existing listeners too:
+        # no worker of the generation that keeps serving accepts on them.
+        self.listeners.rollback()
         self._reload_failed(error)
 
     # -------------------------------------------------------------- stop
     def _stop(self, graceful: bool) -> None:
         now = time.monotonic()
+        if self.upgrade_check is not None:
+            self.upgrade_check.cancel()
+            self.upgrade_check = None
+            log.info("upgrade cancelled by the stop")
         if self.phase is not Phase.STOPPING:
             self._transition(Phase.STOPPING)
             self.notifier.stopping(f"{self._status_line()}; stopping")
@@ -538,24 +549,35 @@ class Supervisor:
             self.notifier.status(self._status_line())
 
     # ----------------------------------------------------------- upgrade
-    def _upgrade(self) -> None:
-        """Re-exec this PID with the code now on disk; sockets, memory and workers carry over."""
+    def _start_upgrade(self) -> None:
+        """Check the code now on disk; the loop goes on meanwhile and `_upgrade_checked` follows."""
+        argv = [sys.executable, "-m", "appliance", "-t", "-c", str(self.config_path)]
         try:
-            # Blocks the loop (workers keep serving meanwhile); bounded well below a
-            # sensible WatchdogSec, since no ping goes out while we wait.
-            check = subprocess.run(
-                [sys.executable, "-m", "appliance", "-t", "-c", str(self.config_path)],
-                capture_output=True, text=True, timeout=UPGRADE_CHECK_TIMEOUT, check=False,
-            )
-            failed, output = check.returncode != 0, check.stderr or check.stdout
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            failed, output = True, str(exc)
-        if failed:
-            error = output.strip().replace("\n", "; ")
-            log.error("upgrade refused: the new version fails its check: %s", error)
-            self.notifier.status(f"{self._status_line()}; upgrade refused: {error}")
+            self.upgrade_check = UpgradeCheck(argv, time.monotonic())
+        except OSError as exc:
+            self._refuse_upgrade(f"cannot run its check: {exc}")
             return
         self._transition(Phase.UPGRADING)
+        log.info("upgrade: checking the new version")
+
+    def _upgrade_checked(self, now: float) -> None:
+        assert self.upgrade_check is not None
+        result = self.upgrade_check.poll(now)
+        if result is None:
+            return
+        self.upgrade_check = None
+        if not result.ok:
+            self._transition(Phase.RUNNING)
+            self._refuse_upgrade(f"the new version fails its check: {result.output}")
+            return
+        self._exec_upgrade()
+
+    def _refuse_upgrade(self, error: str) -> None:
+        log.error("upgrade refused: %s", error)
+        self.notifier.status(f"{self._status_line()}; upgrade refused: {error}")
+
+    def _exec_upgrade(self) -> None:
+        """Re-exec this PID with the code now on disk; sockets, memory and workers carry over."""
         # Signals already taken off the kernel's queue would die with this image: act on
         # them now. In UPGRADING a SIGHUP is carried over as reload_wanted, a second
         # SIGUSR2 is refused, and a stop signal cancels the upgrade.
@@ -597,6 +619,7 @@ class Supervisor:
                 os.set_inheritable(fd, False)
             log.error("upgrade failed: exec: %s", os.strerror(exc.errno or errno.EIO))
             self._transition(Phase.RUNNING)
+            self.notifier.ready(f"{self._status_line()}; upgrade failed: exec")
 
     def _resume(self, state: dict[str, Any]) -> None:
         """Take over from the previous image: adopt everything, then replace its workers."""
@@ -627,8 +650,9 @@ class Supervisor:
         log.info("supervisor %d upgraded in place; adopted %d workers", os.getpid(), len(self.procs))
         self._start_reload(upgrade=True)
         if self.pending is None:
-            # The new image cannot roll out (its configuration broke between the check
-            # and the exec); the adopted workers keep serving what they loaded.
+            # The configuration loaded (cli.main exits before we get here if it does not),
+            # but the rollout could not start: a new listener's address is taken, or the
+            # files changed again since. The adopted workers keep serving the old code.
             log.error("upgrade: keeping the adopted generation %d", self.current.number)
 
 

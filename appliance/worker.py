@@ -147,6 +147,11 @@ class Worker:
             else:
                 factory = lambda fallback=site.fallback: ClientConnection(ctx, b"https", fallback)  # noqa: E731
             for sock in self.sockets[listener.name]:
+                # A socket the supervisor opened for a new slot is only bound: it joins the
+                # kernel's reuseport group, and gets connections, from this listen(), now
+                # that a process accepts on it (appliance/process/sockets.py). create_server
+                # would listen() too; saying it here keeps that contract visible.
+                sock.listen(listener.backlog)
                 servers.append(await loop.create_server(
                     factory, sock=sock, backlog=listener.backlog,
                     ssl=site.context if site is not None else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -292,11 +293,146 @@ def test_reload_adds_and_removes_listeners_and_resizes(start: StartFn, origin: i
         load.wait_requests(200)
         result = load.stop()
     _no_failures(result)
-    # Removing the listener closes its sockets once the old generation has drained.
+    # Removing the listener: the supervisor closes its sockets at commit and the old workers
+    # close their copies as they start draining; once both have, nothing listens there.
     _rewrite(proxy, origin, listeners=1, process="workers = 2")
     assert proxy.reload().returncode == 0
     assert "l1" not in proxy.status()["listeners"]
     wait_for(lambda: len(proxy.status()["workers"]) == 2, 10, "old generation gone")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=2)
+    assert get(proxy.address)[2] == GREETING
+
+
+def test_failed_reload_that_grows_workers_leaves_no_unserved_queue(start: StartFn, origin: int,
+                                                                    tmp_path: Path) -> None:
+    proxy = start(process="workers = 1")
+    before = proxy.current_workers()
+    # Valid for `-t`, but every new worker fails at boot (its access log cannot be opened),
+    # so the rollout of four slots, hence three more sockets per listener, is aborted.
+    broken = f'[access_log]\nenabled = true\nfile = "{tmp_path}/missing/access.log"\n'
+    _rewrite(proxy, origin, extra=broken, process="workers = 4")
+    done = proxy.reload()
+    assert done.returncode == 1 and "died while starting" in done.stderr, done.stderr
+    assert proxy.current_workers() == before
+    # Fresh connections land on every socket of the reuseport group: one the old worker does
+    # not accept on would leave three in four of them unanswered.
+    with Load(proxy.address, fresh=8, keepalive=0, max_seconds=20) as load:
+        load.wait_requests(200)
+        result = load.stop()
+    _no_failures(result)
+    assert "died while starting" in proxy.log()
+
+
+def _slow_requests(address: tuple[str, int], path: str, count: int) -> list[socket.socket]:
+    """`count` connections, each with one HTTP/1.1 request (keep-alive: no Connection header)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        socks.append(sock)
+    return socks
+
+
+def _cut_without_response(sock: socket.socket) -> bool:
+    """True if the server closes (or resets) the connection without sending a response."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return not data
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["hup", "term"])
+def test_keepalive_request_in_flight_when_draining_starts_gets_connection_close(
+        start: StartFn, sig: int) -> None:
+    proxy = start("[proxy]\ndrain_timeout = \"10s\"\n")
+    [sock] = _slow_requests(proxy.address, "/delay/1.5", 1)
+    with sock:
+        time.sleep(0.5)  # at the origin now; the drain starts well before the answer
+        proxy.send(sig)
+        head, body, close = Load._read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"slept\n"
+        assert close, head  # the client asked for keep-alive; the draining worker says close
+        assert sock.recv(1) == b""  # and then closes
+    if sig == signal.SIGTERM:
+        assert proxy.proc.wait(10) == 0
+    else:
+        proxy.wait_running(generation=2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT], ids=["int", "quit"])
+def test_fast_stop_does_not_wait_for_in_flight_requests(start: StartFn, sig: int) -> None:
+    proxy = start("[proxy]\ndrain_timeout = \"30s\"\n")
+    socks = _slow_requests(proxy.address, "/delay/5", 4)
+    time.sleep(0.3)  # all four at the origin
+    stopped_at = time.monotonic()
+    proxy.send(sig)
+    assert proxy.proc.wait(5) == 0
+    # Neither the drain (30 s) nor the supervisor's kill (STOP_GRACE, 2 s) was waited for.
+    assert time.monotonic() - stopped_at < 1.5
+    for sock in socks:
+        with sock:
+            assert _cut_without_response(sock)
+    assert "still running after its drain deadline" not in proxy.log()
+
+
+def test_drain_timeout_cuts_a_straggler_and_the_old_worker_exits_by_it(start: StartFn) -> None:
+    proxy = start("[proxy]\ndrain_timeout = \"1s\"\n", process="workers = 1")
+    [old] = proxy.current_workers()
+    [sock] = _slow_requests(proxy.address, "/delay/5", 1)
+    with sock:
+        time.sleep(0.3)
+        assert proxy.reload().returncode == 0
+        draining_since = time.monotonic()  # the commit, give or take the helper's polling
+        assert _cut_without_response(sock)
+        cut_after = time.monotonic() - draining_since
+
+    def old_gone() -> bool:
+        return all(w["pid"] != old["pid"] for w in proxy.status()["workers"])
+
+    # By itself at drain_timeout, not by the supervisor's SIGKILL two seconds later.
+    wait_for(old_gone, 1.8, "the old worker gone by its drain deadline")
+    assert 0.7 < cut_after < 1.8, cut_after
+    log = proxy.log()
+    assert "drain timeout: cutting 1 connections" in log
+    assert f"worker {old['pid']} (generation 1 slot 0) exited: exit status 0" in log
+
+
+def test_crash_looping_worker_is_respawned_with_growing_backoff(start: StartFn) -> None:
+    proxy = start(process="workers = 1\nrespawn_backoff = \"0.2s\"\nrespawn_backoff_max = \"10s\"")
+    waits = []
+    for _ in range(4):
+        [victim] = proxy.current_workers()
+        killed_at = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def replaced(pid: int = victim["pid"]) -> bool:
+            workers = proxy.current_workers()
+            return bool(workers) and workers[0]["pid"] != pid and workers[0]["state"] == "accepting"
+
+        wait_for(replaced, 5, "the slot's next worker accepting")
+        waits.append(time.monotonic() - killed_at)
+    delays = re.findall(r"\(slot 0\) died \(killed by SIGKILL\) while accepting; respawning in ([\d.]+)s",
+                        proxy.log())
+    assert delays == ["0.0", "0.2", "0.4", "0.8"], delays
+    # Each wait covers its back-off (plus the boot of the next worker).
+    for waited, delay in zip(waits, (0.0, 0.2, 0.4, 0.8), strict=True):
+        assert delay <= waited < delay + 2.0, waits
+    assert get(proxy.address)[2] == GREETING
+
+
+def test_upgrade_check_runs_beside_the_loop_and_a_failure_refuses_the_upgrade(start: StartFn) -> None:
+    proxy = start()
+    before = proxy.current_workers()
+    proxy.config_path.write_text(proxy.config_path.read_text() + "\n[limits]\nmax_header_bytes = \"x\"\n")
+    proxy.send(signal.SIGUSR2)
+    # The loop publishes its phase while the check runs: it is not blocked waiting for it.
+    wait_for(lambda: proxy.status().get("phase") == "upgrading", 5, "the upgrading phase")
+    wait_for(lambda: "upgrade refused: the new version fails its check" in proxy.log(), 15, "the refusal")
+    assert "limits.max_header_bytes" in proxy.log()
+    status = proxy.wait_running(generation=1)
+    assert status["pid"] == proxy.pid and proxy.current_workers() == before
     assert get(proxy.address)[2] == GREETING
