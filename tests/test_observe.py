@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.tls import client_context, https_get, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin, get, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -57,6 +61,29 @@ def records(path: Path, count: int) -> list[dict]:
 
 def admin(proxy: Rproxyd, path: str) -> httpx.Response:
     return httpx.get(f"http://{proxy.status()['admin']}{path}", timeout=5)
+
+
+def admin_port(proxy: Rproxyd) -> int:
+    return int(proxy.status()["admin"].rsplit(":", 1)[1])
+
+
+def healthz_status(port: int, host: str = "127.0.0.1", source: str | None = None) -> int:
+    """Status of GET /healthz on the admin port, sent from `source` when given."""
+    with socket.create_connection((host, port), timeout=5,
+                                  source_address=(source, 0) if source else None) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def until_metrics(proxy: Rproxyd, check: Callable[[str], bool], what: str) -> str:
+    """/metrics once `check` holds for it (workers publish every 0.5 s)."""
+    def scrape() -> str | None:
+        text = admin(proxy, "/metrics").text
+        return text if check(text) else None
+    return wait_for(scrape, 10, what)
 
 
 def metric_sum(text: str, name: str, **match: str) -> float:
@@ -153,6 +180,58 @@ backend = "dead"
         proxy.stop()
 
 
+def test_access_log_tls_fields(tmp_path: Path, origin_port: int) -> None:
+    (tmp_path / "certs").mkdir()
+    certs = make_certs(tmp_path / "certs")
+    proxy = start(tmp_path, origin_port, tables=f"""
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+[listener.tls]
+enabled = true
+certificate = "{certs.path('a.test.pem')}"
+
+[[vhost]]
+name = "a"
+hosts = ["a.test"]
+[vhost.ssl_headers]
+cipher = true
+protocol = true
+[[vhost.route]]
+backend = "demo"
+""")
+    try:
+        port = int(proxy.status()["listeners"]["tls"].rsplit(":", 1)[1])
+        ctx = client_context(certs)
+        full = https_get(port, "a.test", ctx, path="/headers")
+        resumed = https_get(port, "a.test", ctx, path="/headers?again", session=full.session)
+        assert (full.status, full.reused, resumed.status, resumed.reused) == (200, False, 200, True)
+        first, second = records(tmp_path / "access.log", 2)
+        # What the backend was told in X-SSL-* headers, from the same SSL object.
+        told = dict((k.lower(), v) for k, v in json.loads(full.body)["headers"])
+        assert first["tls_version"] == full.version == told["x-ssl-protocol"]
+        assert first["tls_cipher"] == told["x-ssl-cipher"] and first["tls_cipher"]
+        assert (first["tls_resumed"], second["tls_resumed"]) == (False, True)
+        assert second["tls_version"] == resumed.version and second["tls_cipher"] == first["tls_cipher"]
+        assert first["host"] == "a.test" and first["vhost"] == "a"
+    finally:
+        proxy.stop()
+
+
+def test_access_log_to_stdout(tmp_path: Path, origin_port: int) -> None:
+    proxy = start(tmp_path, origin_port, access='destination = "stdout"\nfields = ["status", "path"]')
+    try:
+        assert get(proxy.address, "/?stdout=1")[0] == 200
+        # Rproxyd sends the process's standard output to stderr.log; the error log has its own file.
+        def logged() -> list[dict]:
+            lines = (tmp_path / "stderr.log").read_text().splitlines()
+            return [json.loads(line) for line in lines if line.startswith("{")]
+        assert wait_for(logged, 10, "a record on standard output") == [{"status": 200, "path": "/?stdout=1"}]
+        assert not (tmp_path / "access.log").exists()
+    finally:
+        proxy.stop()
+
+
 def test_usr1_reopens_access_log(tmp_path: Path, origin_port: int) -> None:
     proxy = start(tmp_path, origin_port, workers=2)
     try:
@@ -225,6 +304,132 @@ def counted(proxy: Rproxyd, requests: int) -> str:
     return wait_for(scrape, 10, f"{requests} requests counted")
 
 
+def send(address: tuple[str, int], path: str, host: str, method: str = "GET",
+         body: bytes = b"") -> tuple[int, int, int]:
+    """One request on a fresh connection: (status, bytes the proxy counts as received, bytes it sent).
+
+    Received bytes are counted as the target, each header field as name + value + 4
+    (": " and CRLF), and the body (see FIELDS["bytes_in"] in appliance/observe/accesslog.py).
+    """
+    fields = [("Host", host), ("Content-Length", str(len(body))), ("Connection", "close")]
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    received = len(path) + sum(len(n) + len(v) + 4 for n, v in fields) + len(body)
+    return int(data.split(b" ", 2)[1]), received, len(data)
+
+
+def test_metrics_bytes_connection_states_and_pending_queue(tmp_path: Path, origin_port: int) -> None:
+    """Two backend connections: one opened at start, the other down until demand opens it;
+    both active, a request waits and times out, another waits and is served. Bytes and the
+    access log's timing fields agree with what was sent."""
+    proxy = start(tmp_path, origin_port, tables=f"""
+[backend.slow]
+servers = ["127.0.0.1:{origin_port}"]
+connections = 2
+
+[[vhost]]
+name = "slow"
+hosts = ["slow.test"]
+
+[[vhost.route]]
+backend = "slow"
+
+[limits]
+pending_timeout = "1500ms"
+""")
+    server = dict(backend="slow", server=f"127.0.0.1:{origin_port}")
+
+    def connections(text: str) -> tuple[float, ...]:
+        """(idle, active, connecting, down)"""
+        return tuple(metric_sum(text, "rproxyd_backend_connections", state=state, **server)
+                     for state in ("idle", "active", "connecting", "down"))
+
+    def pending(text: str) -> float:
+        return metric_sum(text, "rproxyd_pending_requests", backend="slow")
+
+    def request(path: str) -> concurrent.futures.Future[tuple[int, int, int]]:
+        return pool.submit(send, proxy.address, path, "slow.test")
+
+    try:
+        sent = [send(proxy.address, "/echo", "slow.test", "POST", b"x" * 1000),
+                send(proxy.address, "/?second", "slow.test")]
+        # The pool opens one connection per server at start; the second is not needed yet.
+        until_metrics(proxy, lambda t: connections(t) == (1, 0, 0, 1), "one connection idle, one down")
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            busy = [request("/delay/3?a")]
+            time.sleep(0.2)  # one takes the idle connection, the other opens the second
+            busy.append(request("/delay/3?b"))
+            until_metrics(proxy, lambda t: connections(t) == (0, 2, 0, 0), "both connections active")
+            queued = request("/?queued")
+            until_metrics(proxy, lambda t: pending(t) == 1, "one request pending")
+            sent.append(queued.result())
+            assert sent[-1][0] == 503
+            until_metrics(proxy, lambda t: pending(t) == 0 and metric_sum(
+                t, "rproxyd_pending_timeouts_total", backend="slow") == 1, "the pending timeout counted")
+            sent += [future.result() for future in busy]
+            until_metrics(proxy, lambda t: connections(t) == (2, 0, 0, 0), "both connections idle")
+            # Now one that waits less than pending_timeout and is served.
+            short = [request("/delay/1?a"), request("/delay/1?b")]
+            time.sleep(0.3)  # both connections busy
+            sent += [send(proxy.address, "/?waited", "slow.test")] + [future.result() for future in short]
+        assert [s[0] for s in sent] == [200, 200, 503, 200, 200, 200, 200, 200]
+        text = until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_requests_total", vhost="slow") == 8,
+                             "eight requests counted")
+        assert metric_sum(text, "rproxyd_requests_total", vhost="slow", code="5xx") == 1
+        assert metric_sum(text, "rproxyd_received_bytes_total", vhost="slow") == sum(s[1] for s in sent)
+        assert metric_sum(text, "rproxyd_sent_bytes_total", vhost="slow") == sum(s[2] for s in sent)
+        logged = {r["path"]: r for r in records(tmp_path / "access.log", 8)}
+        assert [logged[p]["bytes_in"] for p in ("/echo", "/?second")] == [s[1] for s in sent[:2]]
+        assert {r["host"] for r in logged.values()} == {"slow.test"}
+        # One of the two took the idle connection at once; the other waited in the queue for
+        # the connection opened for it, at least as long as the connect took.
+        busy_records = [logged["/delay/3?a"], logged["/delay/3?b"]]
+        assert min(r["queue_wait"] for r in busy_records) == 0
+        assert all(0 <= r["connect_time"] <= r["queue_wait"] < 1 for r in busy_records)
+        # Requests on a connection that had served one before report no connect time.
+        assert [logged[p]["connect_time"] for p in ("/?second", "/?waited")] == [0, 0]
+        assert 0.4 < logged["/?waited"]["queue_wait"] < 1.5
+        # Every request the access log shows waiting is in the histogram. (The timed-out one
+        # logs queue_wait 0 today: the pool does not add the wait of an expired request.)
+        waited = [r["queue_wait"] for r in logged.values() if r["queue_wait"] > 0]
+        assert metric_sum(text, "rproxyd_pending_wait_seconds_count", backend="slow") == len(waited)
+        assert metric_sum(text, "rproxyd_pending_wait_seconds_sum", backend="slow") == pytest.approx(
+            sum(waited), abs=1e-5 * len(waited))
+    finally:
+        proxy.stop()
+
+
+def test_metrics_count_worker_restarts_and_keep_the_dead_workers_counts(
+        tmp_path: Path, origin_port: int) -> None:
+    proxy = start(tmp_path, origin_port)
+    try:
+        for _ in range(5):
+            assert get(proxy.address)[0] == 200
+        counted(proxy, 5)  # published to the worker's slot before it dies
+        (victim,) = proxy.current_workers()
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def replaced() -> bool:
+            workers = proxy.current_workers()
+            return [w["state"] for w in workers] == ["accepting"] and workers[0]["pid"] != victim["pid"]
+        wait_for(replaced, 15, "a new worker accepting")
+        for _ in range(3):
+            assert get(proxy.address)[0] == 200
+        text = counted(proxy, 8)
+        assert metric_sum(text, "rproxyd_worker_restarts_total") == 1
+        assert metric_sum(text, "rproxyd_workers") == 1
+        # A reload drains workers on purpose: not a restart.
+        assert proxy.reload().returncode == 0
+        wait_for(lambda: len(proxy.status()["workers"]) == 1, 15, "the old worker gone")
+        assert metric_sum(admin(proxy, "/metrics").text, "rproxyd_worker_restarts_total") == 1
+    finally:
+        proxy.stop()
+
+
 def test_admin_refuses_clients_outside_allow(tmp_path: Path, origin_port: int) -> None:
     proxy = start(tmp_path, origin_port, admin='bind = "127.0.0.1:0"\nallow = ["10.0.0.0/8"]')
     try:
@@ -241,8 +446,9 @@ def test_admin_refuses_clients_outside_allow(tmp_path: Path, origin_port: int) -
         proxy.stop()
 
 
-def test_admin_default_allow_is_loopback_only(tmp_path: Path, origin_port: int) -> None:
-    """Bound to every address, a client reaching it over a non-loopback address is refused."""
+def test_admin_default_allow_is_loopback_only_and_allow_widens_it(tmp_path: Path, origin_port: int) -> None:
+    """Bound to every address, a client reaching it over a non-loopback address is refused
+    until `allow` names it."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a source address
@@ -253,9 +459,43 @@ def test_admin_default_allow_is_loopback_only(tmp_path: Path, origin_port: int) 
         pytest.skip("no non-loopback IPv4 address on this host")
     proxy = start(tmp_path, origin_port, admin='bind = "0.0.0.0:0"')
     try:
-        port = int(proxy.status()["admin"].rsplit(":", 1)[1])
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-        assert httpx.get(f"http://{local}:{port}/healthz", timeout=5).status_code == 403
+        port = admin_port(proxy)
+        assert healthz_status(port) == 200
+        assert healthz_status(port, local) == 403
+        text = proxy.config_path.read_text()
+        proxy.config_path.write_text(text.replace(
+            'bind = "0.0.0.0:0"', f'bind = "0.0.0.0:0"\nallow = ["127.0.0.0/8", "{local}/32"]'))
+        assert proxy.reload().returncode == 0
+        # A changed [admin] table rebinds the listener: port 0 picks a new port.
+        port = wait_for(lambda: admin_port(proxy) != port and admin_port(proxy), 10, "the new admin port")
+        assert healthz_status(port, local) == 200
+        assert healthz_status(port) == 200
+    finally:
+        proxy.stop()
+
+
+def test_admin_dual_stack_bind_checks_ipv4_clients_by_their_ipv4_address(
+        tmp_path: Path, origin_port: int) -> None:
+    """On "[::]" an IPv4 client arrives as ::ffff:a.b.c.d; `allow` sees a.b.c.d."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    proxy = start(tmp_path, origin_port, admin='bind = "[::]:0"\nallow = ["127.0.0.2/32"]')
+    try:
+        port = admin_port(proxy)
+        assert healthz_status(port, "127.0.0.1", source="127.0.0.2") == 200
+        assert healthz_status(port, "127.0.0.1") == 403
+        assert healthz_status(port, "::1") == 403
+    finally:
+        proxy.stop()
+    proxy = start(tmp_path, origin_port, admin='bind = "[::]:0"')
+    try:
+        port = admin_port(proxy)
+        # The default allow list: IPv4 loopback scrapers are admitted on a dual-stack bind too.
+        assert healthz_status(port, "127.0.0.1") == 200
+        assert healthz_status(port, "::1") == 200
     finally:
         proxy.stop()
 

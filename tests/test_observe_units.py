@@ -12,6 +12,7 @@ from appliance.config import load
 from appliance.config.loader import ConfigError
 from appliance.observe import errorlog, prometheus, request_id
 from appliance.observe import metrics as m
+from appliance.observe.admin import unmapped
 from appliance.shm import SharedRegion
 
 BASE = """
@@ -117,3 +118,10 @@ def test_unknown_access_log_field_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config(tmp_path, '[access_log]\nfields = ["status", "colour"]\n')
     assert "access_log.fields" in caught.value.problems[0] and "colour" in caught.value.problems[0]
+
+
+def test_admin_sees_ipv4_clients_of_a_dual_stack_socket_by_their_ipv4_address() -> None:
+    assert unmapped("::ffff:127.0.0.1") == "127.0.0.1"
+    assert unmapped("::ffff:10.1.2.3") == "10.1.2.3"
+    for other in ("::1", "2001:db8::1", "192.0.2.7", ""):
+        assert unmapped(other) == other

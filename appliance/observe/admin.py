@@ -10,6 +10,7 @@ blocked loop, so reloads and signals are not delayed by scrapes.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -41,12 +42,26 @@ def _text(status: int, message: str) -> bytes:
     return response(status, "text/plain; charset=utf-8", message.encode() + b"\n")
 
 
-class _Client:
-    __slots__ = ("deadline", "inbox", "outbox", "sock")
+_FORBIDDEN = _text(403, "forbidden: this address may not use the admin endpoints")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+
+def unmapped(host: str) -> str:
+    """A peer address as `allow` sees it: an IPv4 client of a dual-stack socket, which the
+    kernel reports as ::ffff:a.b.c.d, by its IPv4 address (so 127.0.0.0/8 admits it)."""
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return str(mapped) if mapped is not None else host
+
+
+class _Client:
+    __slots__ = ("allowed", "deadline", "inbox", "outbox", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float, allowed: bool) -> None:
         self.sock = sock
         self.deadline = deadline
+        self.allowed = allowed
         self.inbox = b""
         self.outbox = b""
 
@@ -62,6 +77,11 @@ class AdminServer:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # Dual stack whatever net.ipv6.bindv6only says: the admin listener has one
+                # address, so "[::]:port" serves IPv4 scrapers too (unlike [[listener]]
+                # sockets, which are IPv6-only because IPv4 gets a listener of its own).
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             self._sock.bind((config.bind.host, config.bind.port))
             self._sock.listen(64)
         except OSError:
@@ -111,11 +131,10 @@ class AdminServer:
                 sock.close()
                 continue
             sock.setblocking(False)
-            client = _Client(sock, now + ADMIN_TIMEOUT)
-            self._clients[sock.fileno()] = client
-            if peer[0] not in self._allow:
-                client.outbox = _text(403, "forbidden: this address may not use the admin endpoints")
-                self._write(client)
+            # A refused client is answered once its request is read, like any other: closing
+            # with its request unread would reset the connection and lose the 403.
+            allowed = unmapped(peer[0]) in self._allow
+            self._clients[sock.fileno()] = _Client(sock, now + ADMIN_TIMEOUT, allowed)
 
     def _read(self, client: _Client) -> None:
         try:
@@ -133,7 +152,7 @@ class AdminServer:
                 client.outbox = _text(400, "request head too large")
                 self._write(client)
             return
-        client.outbox = self._answer(client.inbox)
+        client.outbox = self._answer(client.inbox) if client.allowed else _FORBIDDEN
         self._write(client)
 
     def _answer(self, request: bytes) -> bytes:
