@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from appliance.config.values import Address
 from appliance.upstream.balance import ConsistentHash
-from tests.support import Origin, ScriptedBackend, free_port, served_by
+from tests.support import Origin, ScriptedBackend, free_port, read_all, served_by, status_codes
+
+Handler = Callable[[socket.socket, ScriptedBackend], None]  # what a ScriptedBackend runs per connection
 
 
 def tally(url: str, count: int, headers: dict | None = None) -> collections.Counter:
@@ -79,29 +83,40 @@ def test_rtt_prefers_the_lowest_latency(origins, make_proxy):
     assert counts["a"] >= 18, counts  # each server measured once, then the fast one wins
 
 
-def test_hash_by_header_is_sticky_and_spreads(origins, make_proxy):
+def _keyed_request(hash_key: str, key: int, attempt: int) -> tuple[str, dict[str, str], str]:
+    """Path, headers and client address of a request whose hash key is number `key`.
+
+    `attempt` only varies what the key must ignore: the query, other cookies, the port.
+    """
+    if hash_key == "client-ip":
+        return f"/?attempt={attempt}", {}, f"127.0.0.{key + 2}"  # all of 127/8 is loopback
+    if hash_key == "path":
+        return f"/bytes/{key}?attempt={attempt}", {}, "127.0.0.1"
+    if hash_key == "cookie:session":
+        return "/", {"Cookie": f"attempt={attempt}; session=s{key}"}, "127.0.0.1"
+    return "/", {"X-User": f"user-{key}"}, "127.0.0.1"
+
+
+@pytest.mark.parametrize("hash_key", ["client-ip", "path", "header:X-User", "cookie:session"])
+def test_hash_is_sticky_per_key_and_spreads_keys(origins, make_proxy, hash_key):
     proxy = balanced_proxy(make_proxy, [o.address for o in origins.values()], "hash",
-                           'hash_key = "header:X-User"')
+                           f'hash_key = "{hash_key}"')
     owners = {}
-    for user in range(30):
-        counts = tally(proxy.url + "/", 5, {"X-User": f"user-{user}"})
-        assert len(counts) == 1, counts  # every request of a user lands on one server
-        owners[user] = next(iter(counts))
-    assert len(set(owners.values())) == 3
-
-
-def test_hash_by_cookie_and_path(origins, make_proxy):
-    proxy = balanced_proxy(make_proxy, [o.address for o in origins.values()], "hash",
-                           'hash_key = "cookie:session"')
-    with httpx.Client() as client:
-        seen = {served_by(client.get(proxy.url + "/", headers={"Cookie": "a=1; session=xyz"}))
-                for _ in range(10)}
-    assert len(seen) == 1
+    for key in range(30):
+        seen = set()
+        for attempt in range(5):
+            path, headers, client_ip = _keyed_request(hash_key, key, attempt)
+            # A new connection per request: stickiness must not come from connection reuse.
+            with httpx.Client(transport=httpx.HTTPTransport(local_address=client_ip)) as client:
+                seen.add(served_by(client.get(proxy.url + path, headers=headers)))
+        assert len(seen) == 1, (key, seen)  # every request with one key lands on one server
+        owners[key] = seen.pop()
+    assert set(owners.values()) == {"a", "b", "c"}, owners
 
 
 class _FakeServer:
-    def __init__(self, port: int) -> None:
-        self.address = Address("10.0.0.1", port)
+    def __init__(self, port: int, host: str = "10.0.0.1") -> None:
+        self.address = Address(host, port)
         self.weight = 1
 
 
@@ -187,6 +202,134 @@ def test_retry_on_status_tries_another_server(origins, make_proxy):
     assert counts == {"a": 10}
 
 
+def _answer_with(status: int, origin: str) -> Handler:
+    """A handler that reads whole requests and answers each with `status` and a body."""
+    def answer(conn: socket.socket, backend: ScriptedBackend) -> None:
+        body = b"from " + origin.encode()
+        while read_request(conn, backend) is not None:
+            conn.sendall(b"HTTP/1.1 %d Nope\r\nX-Origin: %s\r\nContent-Length: %d\r\n\r\n%s"
+                         % (status, origin.encode(), len(body), body))
+    return answer
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_retry_on_status_passes_the_last_answer_on(make_proxy, count):
+    # With no other server left to try, the backend's own answer beats a made-up 502.
+    bad = [ScriptedBackend(_answer_with(503, f"bad{i}")) for i in range(count)]
+    proxy = balanced_proxy(make_proxy, [b.address for b in bad], "round-robin",
+                           "retry_on_status = [503]\nmax_fails = 0")
+    with httpx.Client() as client:
+        responses = [client.get(proxy.url + "/") for _ in range(4)]
+    for backend in bad:
+        backend.stop()
+    assert [r.status_code for r in responses] == [503] * 4
+    assert all(r.content == b"from " + served_by(r).encode() for r in responses)
+    assert sum(len(b.requests) for b in bad) == 4 * count  # each server tried once per request
+
+
+def read_request(conn: socket.socket, backend: ScriptedBackend) -> bytes | None:
+    """One whole request, head and body (Content-Length or chunked); None when the peer closed."""
+    data = backend.read_head(conn)
+    if data is None:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    chunked = re.search(rb"(?im)^transfer-encoding:.*chunked", head) is not None
+
+    def complete() -> bool:
+        if length is not None:
+            return len(body) >= int(length[1])
+        return not chunked or body.endswith(b"0\r\n\r\n")
+
+    while not complete():
+        piece = conn.recv(65536)
+        if not piece:
+            return None
+        body += piece
+    return head + b"\r\n\r\n" + body
+
+
+def on_new_connections(handler: Handler) -> Handler:
+    """Wrap a handler so it drops the warm connection the proxy opens at start.
+
+    A request that finds no IDLE connection waits for a new one, and a body that arrives
+    meanwhile is buffered, which makes the request replayable (a body streamed to a
+    backend is not).
+    """
+    def wrapped(conn: socket.socket, backend: ScriptedBackend) -> None:
+        if backend.connections > 1:
+            handler(conn, backend)
+    return wrapped
+
+
+def put(port: int, path: str, body: bytes, chunked: bool, pause: float = 0.0) -> tuple[int, bytes, bytes]:
+    """Send a PUT; return the status, head and body of the response.
+
+    With no pause the head and body go in one write, so the body is in before any new
+    backend connection is ready: it is buffered. A pause after the head lets the request
+    take a connection first: its body is streamed.
+    """
+    if chunked:
+        framing = b"Transfer-Encoding: chunked\r\n\r\n"
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:5], body[5:])) + b"0\r\n\r\n"
+    else:
+        framing, payload = b"Content-Length: %d\r\n\r\n" % len(body), body
+    head = b"PUT %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n%s" % (path.encode(), framing)
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        if pause:
+            sock.sendall(head)
+            time.sleep(pause)
+            sock.sendall(payload)
+        else:
+            sock.sendall(head + payload)
+        raw = read_all(sock, 5)
+    response_head, _, response_body = raw.partition(b"\r\n\r\n")
+    return status_codes(response_head)[0], response_head, response_body
+
+
+BODY = b"the-body-" + bytes(range(48, 58)) * 3
+
+
+def _answer_503_and_close(conn: socket.socket, backend: ScriptedBackend) -> None:
+    if read_request(conn, backend) is not None:
+        conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def _close_after_reading(conn: socket.socket, backend: ScriptedBackend) -> None:
+    read_request(conn, backend)  # the whole request, then a close without an answer
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("fault", [_answer_503_and_close, _close_after_reading], ids=["status", "close"])
+def test_buffered_put_is_replayed_with_its_whole_body(origins, make_proxy, fault, chunked):
+    first = ScriptedBackend(on_new_connections(fault))
+    proxy = balanced_proxy(make_proxy, [first.address, origins["a"].address], "round-robin",
+                           "retry_on_status = [503]\nmax_fails = 0")
+    status, head, echoed = put(proxy.port, "/echo", BODY, chunked)
+    first.stop()
+    assert [r.split(b" ", 1)[0] for r in first.requests] == [b"PUT"]  # the first try happened
+    assert status == 200 and b"X-Origin: a" in head
+    assert echoed == BODY  # the replay carried the whole body again
+
+
+def _ok_after_reading(conn: socket.socket, backend: ScriptedBackend) -> None:
+    while read_request(conn, backend) is not None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Origin: good\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_streamed_put_is_never_sent_twice(make_proxy, chunked):
+    # Idempotent or not, a request whose body went out as it arrived cannot be replayed.
+    broken, good = ScriptedBackend(_close_after_reading), ScriptedBackend(_ok_after_reading)
+    proxy = balanced_proxy(make_proxy, [broken.address, good.address], "round-robin",
+                           "max_fails = 0")
+    status, _, _ = put(proxy.port, "/", BODY, chunked, pause=0.3)
+    broken.stop()
+    good.stop()
+    assert status == 502
+    assert len(broken.requests) == 1 and not good.requests
+
+
 def test_active_health_probe_down_and_up(make_proxy):
     a, b = Origin("a"), Origin("b")
     try:
@@ -209,6 +352,54 @@ def test_active_health_probe_down_and_up(make_proxy):
     finally:
         a.stop()
         b.stop()
+
+
+def _user_owned_by(port: int, ports: list[int]) -> str:
+    """An X-User value the hash ring of the servers on these loopback ports gives to `port`."""
+    servers = [_FakeServer(p, "127.0.0.1") for p in ports]
+    ring = ConsistentHash(servers, key=lambda exchange: exchange.key)
+    owner = servers[ports.index(port)]
+    return next(user for user in (f"user-{i}" for i in range(1000))
+                if ring.pick(servers, _FakeExchange(user.encode())) is owner)
+
+
+def test_active_probe_down_moves_the_requests_queued_for_the_server(origins, make_proxy):
+    healthy, release = threading.Event(), threading.Event()
+    healthy.set()
+
+    def held(conn: socket.socket, backend: ScriptedBackend) -> None:
+        request = read_request(conn, backend)
+        if request is None:
+            return
+        if request.startswith(b"GET /health "):
+            status = b"200 OK" if healthy.is_set() else b"503 Down"
+        else:
+            release.wait(15)  # keeps the server's only connection busy
+            status = b"200 OK\r\nX-Origin: held"
+        conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    server = ScriptedBackend(held)
+    other = origins["b"]
+    proxy = balanced_proxy(
+        make_proxy, [server.address, other.address], "hash",
+        'hash_key = "header:X-User"\nconnections = 1\nmax_fails = 0\n'
+        '[backend.pool.health]\npath = "/health"\ninterval = "100ms"\nfall = 1\n',
+    )
+    user = {"X-User": _user_owned_by(server.port, [server.port, other.port])}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        try:
+            busy = pool.submit(httpx.get, proxy.url + "/", headers=user, timeout=20)
+            time.sleep(0.3)  # the first request holds the server's one connection
+            queued = pool.submit(httpx.get, proxy.url + "/", headers=user, timeout=20)
+            time.sleep(0.3)  # the second waits in the server's own queue (hash is sticky)
+            healthy.clear()
+            # The probe's verdict moves it on at once, long before the pending timeout (10s).
+            moved = queued.result(timeout=3)
+        finally:
+            release.set()
+        assert moved.status_code == 200 and served_by(moved) == "b"
+        assert served_by(busy.result(timeout=10)) == "held"
+    server.stop()
 
 
 def test_server_lost_in_the_middle_of_traffic(make_proxy):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 
 import httpx
 import pytest
 
-from tests.support import ScriptedBackend, read_all, served_by
+from appliance.config.docs import documented_examples
+from tests.support import RPROXYD, ScriptedBackend, read_all, served_by
+from tests.test_balancing import BODY, on_new_connections, put, read_request
 
 VHOSTS = """
 [[vhost]]
@@ -237,9 +241,78 @@ def test_internal_redirect_replays_to_allowed_target_only(origins, make_proxy):
     backend.stop()
 
 
+def _redirect_to_echo(conn: socket.socket, backend: ScriptedBackend) -> None:
+    if read_request(conn, backend) is not None:
+        conn.sendall(b"HTTP/1.1 377 Internal Redirect\r\nX-Internal-Redirect: /echo\r\n"
+                     b"Content-Length: 4\r\nConnection: close\r\n\r\nskip")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_internal_redirect_replays_a_buffered_body(origins, make_proxy, chunked):
+    backend = ScriptedBackend(on_new_connections(_redirect_to_echo))
+    vhosts = """
+    [[vhost]]
+    name = "x"
+    hosts = ["*"]
+    [[vhost.route]]
+    path = "/upload"
+    backend = "redirector"
+    internal_redirect = ["/echo"]
+    [[vhost.route]]
+    path = "/"
+    backend = "a"
+    """
+    proxy = make_proxy(backends={"redirector": [backend.address], "a": [origins["a"].address]},
+                       vhosts=vhosts)
+    time.sleep(0.3)  # the redirector drops the proxy's warm connection: the PUT body is buffered
+    status, head, echoed = put(proxy.port, "/upload", BODY, chunked)
+    backend.stop()
+    assert [r.split(b" ", 2)[:2] for r in backend.requests] == [[b"PUT", b"/upload"]]
+    assert status == 200 and b"X-Origin: a" in head
+    assert echoed == BODY  # the redirected request carried the whole body again
+
+
 def test_pipelined_requests_across_vhosts(routed):
     with socket.create_connection(("127.0.0.1", routed.port), 5) as sock:
         sock.sendall(b"GET /exact HTTP/1.1\r\nHost: api.example.com\r\n\r\n"
                      b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")
         raw = read_all(sock, 5)
     assert raw.index(b"X-Origin: b") < raw.index(b"X-Origin: c")
+
+
+# What the documented examples lean on: a listener, the backends they name, a vhost.
+EXAMPLE_BASE = """
+[[listener]]
+name = "http"
+bind = "127.0.0.1:8080"
+
+[backend.app]
+servers = ["127.0.0.1:9"]
+[backend.api]
+servers = ["127.0.0.1:9"]
+[backend.auth]
+servers = ["127.0.0.1:9"]
+[backend.files]
+servers = ["127.0.0.1:9"]
+[backend.ops]
+servers = ["127.0.0.1:9"]
+[backend.static]
+servers = ["127.0.0.1:9"]
+
+[[vhost]]
+name = "base"
+hosts = ["base.test"]
+[[vhost.route]]
+backend = "app"
+"""
+
+
+@pytest.mark.parametrize(("title", "toml"), [pytest.param(*e, id=e[0]) for e in documented_examples()])
+def test_documented_examples_are_valid_configuration(tmp_path, title, toml):
+    # Each example of docs/configuration.md goes in conf.d, as a user would add it.
+    main = tmp_path / "rproxy.toml"
+    main.write_text(EXAMPLE_BASE)
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "example.toml").write_text(toml)
+    checked = subprocess.run([RPROXYD, "-t", "-c", str(main)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr

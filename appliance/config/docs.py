@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ rproxyd reads `/etc/rproxy/rproxy.toml` (or the file given with `-c`), then ever
 `conf.d/*.toml` beside it in name order. Tables merge key by key and a later file's
 value replaces an earlier one's; arrays of tables (`[[listener]]`, `[[vhost]]`) are
 concatenated. Unknown keys are errors. `rproxyd -t -c FILE` checks a configuration and
-prints every problem with its file and key path. How routing, balancing, health and
-failover work, with an example per feature: [routing.md](routing.md); the HTTP data path:
-[http.md](http.md).
+prints every problem with its file and key path. Sections show a short example per
+feature; how routing, balancing, health and failover work together:
+[routing.md](routing.md); the HTTP data path: [http.md](http.md).
 
 Value kinds:
 - **duration**: seconds as a number, or a string with a unit: `"500ms"`, `"10s"`, `"2m"`, `"1h"`.
@@ -91,10 +92,23 @@ def _format_default(kind: str, value: Any) -> str:
     return f"`{value}`"
 
 
+def examples(cls: type) -> list[tuple[str, str]]:
+    """A section's examples as (title, TOML) pairs, from the EXAMPLES it declares, if any."""
+    declared: dict[str, str] = getattr(cls, "EXAMPLES", {})
+    return [(title, textwrap.dedent(toml).strip()) for title, toml in declared.items()]
+
+
+def documented_examples() -> list[tuple[str, str]]:
+    """Every example the generated page shows, in page order (tests check that each loads)."""
+    return [example for _, cls in _SECTIONS for example in examples(cls)]
+
+
 def render() -> str:
     out = [_PREAMBLE]
     for title, cls in _SECTIONS:
         out.append(f"\n## {title}\n\n{(cls.__doc__ or '').strip()}\n")
+        for caption, toml in examples(cls):
+            out.append(f"Example, {caption}:\n\n```toml\n{toml}\n```\n")
         out.append("| key | kind | default | meaning |\n|---|---|---|---|")
         for spec in dataclasses.fields(cls):
             meta = spec.metadata

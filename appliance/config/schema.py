@@ -3,7 +3,8 @@
 Every key is declared once here, with its kind, default, unit and a sentence of
 documentation. The loader validates against these declarations and
 docs/configuration.md is generated from them (`python -m appliance.config.docs`),
-so the documentation cannot drift from what the code accepts.
+so the documentation cannot drift from what the code accepts. A section may also
+carry EXAMPLES (title -> TOML), printed under its heading; tests check each one loads.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from appliance.config.values import Address, ServerSpec
 
@@ -129,6 +130,25 @@ class HealthConfig:
     rise: int = key(2, kind=INT, minimum=1, doc="Consecutive passes that bring a DOWN server UP.")
     fall: int = key(2, kind=INT, minimum=1, doc="Consecutive failures that take an UP server DOWN.")
 
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "passive and active health checks": """
+            [backend.app]
+            servers = ["10.0.0.11:8080", "10.0.0.12:8080"]
+            max_fails = 3             # passive: 3 failures within fail_window take a server DOWN
+            fail_window = "10s"
+            down_time = "10s"         # for this long; then it is tried again
+            fail_on_5xx = true        # 5xx answers count as failures too
+
+            [backend.app.health]      # active: every worker probes every server
+            path = "/healthz"
+            expect_status = 200
+            interval = "2s"
+            timeout = "1s"
+            rise = 2                  # passes that bring a DOWN server back
+            fall = 2                  # failures that take it DOWN
+        """,
+    }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeaderPolicyConfig:
@@ -139,6 +159,20 @@ class HeaderPolicyConfig:
         {}, kind=STR_MAP, doc="Headers to set, replacing any of the same name: { Name = \"value\" }."
     )
     add: dict[str, str] = key({}, kind=STR_MAP, doc="Headers to append, keeping existing ones.")
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "header policy per vhost and per rule": """
+            [[vhost]]
+            name = "shop"
+            request_headers = { set = { X-Env = "prod" }, remove = ["X-Debug"] }
+            response_headers = { remove = ["Server", "X-Powered-By"], add = { X-Frame-Options = "DENY" } }
+
+            [[vhost.route]]
+            path = "/"
+            backend = "app"
+            request_headers = { add = { X-Rule = "catch-all" } }   # applied after the vhost's
+        """,
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,7 +244,8 @@ class BackendConfig:
     )
     retry_on_status: list[int] = key(
         [], kind=INT_LIST,
-        doc="Response statuses that also trigger a retry (e.g. [502, 503]), under the same rules.",
+        doc="Response statuses that also trigger a retry (e.g. [502, 503]), under the same rules; "
+        "when no other server can take the request, the answer is passed on to the client.",
     )
     retry_budget_percent: int = key(
         20, kind=INT, minimum=0, maximum=100,
@@ -235,6 +270,33 @@ class BackendConfig:
         "", kind=STR, doc="Client certificate chain (PEM) presented to the servers; empty: none.",
     )
     tls_key: str = key("", kind=STR, doc="Key of tls_certificate; empty: in the certificate file.")
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "balancing methods": """
+            [backend.app]
+            servers = ["10.0.0.11:8080", { address = "10.0.0.12:8080", weight = 3 }]
+            # round-robin, weighted-round-robin, least-conn, most-idle, random, hash or rtt
+            balance = "least-conn"
+
+            [[vhost]]
+            name = "shop"
+
+            [[vhost.route]]
+            path = "/cart/"
+            backend = "app"
+            balance = "hash"               # a rule may choose its own method
+            hash_key = "cookie:session"    # or "client-ip", "path", "header:NAME"
+        """,
+        "failover and retries": """
+            [backend.app]
+            servers = ["10.0.0.11:8080", "10.0.0.12:8080"]
+            connect_timeout = "2s"         # a failed connect moves the request to the next server
+            retry_delay = "1s"             # reconnect back-off, doubling up to retry_delay_max
+            retries = 2                    # idempotent requests whose body was not streamed
+            retry_on_status = [502, 503]   # retried when another server can take the request
+            retry_budget_percent = 20      # retries add at most 20% (plus 10) to the requests
+        """,
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,6 +344,59 @@ class RouteConfig:
         "answer with [proxy] internal_redirect_status and X-Internal-Redirect: PATH); empty: "
         "internal redirects are refused with 502.",
     )
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "rules: exact, regex, glob and prefix (first match wins)": """
+            [[vhost]]
+            name = "site"
+
+            [[vhost.route]]              # exact path, GET and HEAD only
+            match = "exact"
+            path = "/status"
+            methods = ["GET", "HEAD"]
+            backend = "ops"
+
+            [[vhost.route]]              # a regular expression, searched in the path
+            match = "regex"
+            path = "^/v[0-9]+/"
+            backend = "api"
+
+            [[vhost.route]]              # a shell glob; * also crosses /
+            match = "glob"
+            path = "/assets/*.js"
+            backend = "static"
+
+            [[vhost.route]]              # a prefix (the default match): everything else
+            path = "/"
+            backend = "app"
+        """,
+        "URI rewrite": """
+            [[vhost]]
+            name = "legacy"
+
+            [[vhost.route]]
+            path = "/old/"
+            rewrite = "^/old/(?P<rest>.*)$"
+            rewrite_to = "/new/${rest}"  # $1 or ${name}; /old/a?x=1 goes out as /new/a?x=1
+            backend = "app"
+        """,
+        "internal redirect": """
+            [proxy]
+            internal_redirect_status = 377   # the default (RProxy's)
+
+            [[vhost]]
+            name = "downloads"
+
+            [[vhost.route]]
+            path = "/download/"
+            backend = "auth"                 # answers 377 with X-Internal-Redirect: /files/...
+            internal_redirect = ["/files/*"] # the only targets it may send the request to
+
+            [[vhost.route]]
+            path = "/files/"
+            backend = "files"
+        """,
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -368,6 +483,18 @@ class VhostConfig:
     access_log: bool = key(
         True, kind=BOOL, doc="Write this vhost's requests to the access log (when [access_log] is enabled).",
     )
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "virtual hosts": """
+            [[vhost]]
+            name = "shop"                                        # a label for logs and metrics
+            hosts = ["shop.example.com", "*.shop.example.com"]   # its name and aliases
+            default = true                                       # also answers unknown Hosts
+
+            [[vhost.route]]
+            backend = "app"
+        """,
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -437,7 +437,8 @@ class BackendConnection(asyncio.Protocol):
             target = next((v for n, v in self.resp_headers if n.lower() == b"x-internal-redirect"), None)
             if target is not None:
                 return target
-        if status in pool.retry_statuses and pool.can_retry(exchange):
+        # Only when another server can take the retry: else this answer is the best there is.
+        if status in pool.retry_statuses and pool.can_retry(exchange, self.server):
             return b""
         return None
 
@@ -472,8 +473,6 @@ class BackendConnection(asyncio.Protocol):
         self.exchange = None
         self.read_deadline.clear()
         self.requests_served += 1
-        if exchange.body_buffer:
-            exchange.body_buffer = []
         if self.reading_paused:
             self.resume_reading()
         # Releasing may attach the next request at once, which resets the response facts:
@@ -486,8 +485,10 @@ class BackendConnection(asyncio.Protocol):
         else:
             self.close()
         if discard is None:
+            exchange.body_buffer = []  # answered: the body kept for a replay is not needed now
             exchange.client.finish_response(exchange, trailers, keep_alive)
         elif discard:
+            # The buffered body stays with the exchange: the replay sends it again.
             self._internal_redirect(exchange, discard)
         elif not self.server.pool.retry_failed(exchange, self.server):
             exchange.client.fail(exchange, errors.BadBackendResponse("retries exhausted"))

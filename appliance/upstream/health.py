@@ -95,6 +95,9 @@ class ActiveProbe:
             if self.up and -self._streak >= config.fall:
                 self.up = False
                 log.warning("server %s is DOWN (active probe)", self._server.address)
+                # As for passive marking: requests queued for this server (hash) would
+                # otherwise wait for a connection it will not get, until their timeout.
+                self._server.pool.rebalance(self._server)
 
     async def probe_once(self) -> bool:
         config = self._config

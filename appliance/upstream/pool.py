@@ -419,20 +419,21 @@ class BackendPool:
         self._dispatch(exchange, front=True)
         return True
 
-    def can_retry(self, exchange: Exchange) -> bool:
-        """Only replayable requests, at most `retries` times, and within the retry budget."""
-        return exchange.replayable() and exchange.retries < self.config.retries and self._budget >= 1
+    def can_retry(self, exchange: Exchange, server: Server) -> bool:
+        """Whether a request `server` failed (or answered with a retry status) can go elsewhere.
 
-    def retry_failed(self, exchange: Exchange, server: Server) -> bool:
-        """Try another server for a request whose server failed before answering.
-
-        Never the same server again: a server that just failed a request is the least
+        Only replayable requests, at most `retries` times, within the retry budget, and
+        never to the same server again: a server that just failed a request is the least
         likely to serve its second try, and a lone server should not get it twice.
         """
+        if not (exchange.replayable() and exchange.retries < self.config.retries and self._budget >= 1):
+            return False
         now = self.loop.time()
-        if not self.can_retry(exchange) or not any(
-            s is not server and s not in exchange.tried and s.usable(now) for s in self.servers
-        ):
+        return any(s is not server and s not in exchange.tried and s.usable(now) for s in self.servers)
+
+    def retry_failed(self, exchange: Exchange, server: Server) -> bool:
+        """Try another server for a request whose server failed before answering."""
+        if not self.can_retry(exchange, server):
             return False
         self._budget -= 1
         exchange.retries += 1
