@@ -1,5 +1,6 @@
 """TLS termination end to end: SNI, ECDSA/RSA, protocol range, client certificates, X-SSL
-headers, Host/SNI agreement, CRL and certificate reloads, bad files, TLS to backends.
+headers (and spoofed copies of them), Host/SNI agreement, CRL and certificate reloads,
+revocation of resumed sessions, bad files and ciphers, TLS to backends.
 
 Certificates are made at test time (trustme, cryptography); everything is on 127.0.0.1.
 """
@@ -8,19 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from cryptography import x509
 
+from appliance.tls.contexts import CRL_CHECK_INTERVAL
 from tests.support.tls import TEAM_OID, Certs, client_context, https_get, make_certs, s_client, write_crl
 from tests.support_proc import Rproxyd, config_text, demo_origin, wait_for
 
@@ -402,3 +407,203 @@ def test_a_ticket_never_opens_a_client_auth_vhost(
         assert status in ("403", "421"), (sni, resumed, status)
         if version == "1.3":
             assert resumed and status == "403"
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_resumed_session_of_a_revoked_certificate_is_refused(
+        proxy: Rproxyd, certs: Certs, version: str, tmp_path: Path) -> None:
+    """OpenSSL does not verify again on resumption: the vhost's current CRL is asked instead."""
+    port = _port(proxy)
+    revokee = f"revokee-{version}.pem"
+    certs.ca.issue_cert("revokee@example.test", common_name="revokee").private_key_and_cert_chain_pem \
+        .write_to_path(certs.path(revokee))
+    first, second = tmp_path / "first.pem", tmp_path / "second.pem"
+    resumed, out = s_client(port, version, "b.test", sess_out=first, cert=certs.path(revokee))
+    assert not resumed and "HTTP/1.1 200" in out
+    resumed, out = s_client(port, version, "b.test", sess_in=first, sess_out=second)
+    assert resumed and "HTTP/1.1 200" in out, "a resumed session keeps its verified certificate"
+    session = second if second.exists() else first  # a TLS 1.2 resumption brings no new ticket
+    write_crl(certs, [revokee])
+    try:
+        wait_for(lambda: _refused(port, certs, revokee), 10, "a full handshake refused", interval=0.3)
+        time.sleep(CRL_CHECK_INTERVAL + 0.2)  # every worker looks at the CRL file again
+        resumed, out = s_client(port, version, "b.test", sess_in=session)
+        assert resumed and "HTTP/1.1 403" in out, out
+        assert "the CRL now revokes it" in proxy.log()
+    finally:
+        write_crl(certs, [])
+
+
+def _refused(port: int, certs: Certs, cert: str) -> bool:
+    try:
+        https_get(port, "b.test", client_context(certs, cert))
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True
+    return False
+
+
+class RecordingOrigin:
+    """A plain HTTP/1.1 origin that keeps the raw bytes of every request (head, body, trailers)."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            while (raw := _read_request(stream)) is not None:
+                self.requests.append(raw)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def request(self, path: str) -> bytes:
+        """The raw request whose request line names `path`."""
+        line = f" {path} HTTP/1.1\r\n".encode()
+        return wait_for(lambda: next((r for r in self.requests if line in r.split(b"\r\n", 1)[0] + b"\r\n"),
+                                     None), 5, f"the request for {path}")
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def _read_request(stream: BinaryIO) -> bytes | None:
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = stream.readline()
+        if not line:
+            return None
+        head += line
+    lowered = head.lower()
+    if b"\r\ntransfer-encoding: chunked\r\n" in lowered:
+        body = b""
+        while size_line := stream.readline():
+            body += size_line
+            size = int(size_line.split(b";")[0], 16)
+            if not size:
+                break
+            body += stream.read(size + 2)
+        while (line := stream.readline()) not in (b"", b"\r\n"):
+            body += line  # trailer fields
+        return head + body + b"\r\n"
+    length = re.search(rb"\r\ncontent-length: *(\d+)", lowered)
+    return head + (stream.read(int(length.group(1))) if length else b"")
+
+
+@pytest.fixture(scope="module")
+def one_vhost(tmp_path_factory: pytest.TempPathFactory,
+              certs: Certs) -> Iterator[tuple[Rproxyd, RecordingOrigin]]:
+    """A TLS listener with one vhost and no context of its own (no SNI callback needed to
+    pick a certificate) that sends X-SSL-SNI, in front of a recording origin."""
+    directory = tmp_path_factory.mktemp("one-vhost")
+    origin = RecordingOrigin()
+    text = config_text(origin.port, directory / "run",
+                       f'[listener.tls]\nenabled = true\ncertificate = "{certs.dir}/a.test.pem"\n\n'
+                       "[vhost.ssl_headers]\nsni = true\nprotocol = true\n")
+    proc = Rproxyd(directory, text)
+    yield proc, origin
+    proc.stop()
+    origin.stop()
+    assert "Traceback" not in proc.log(), proc.log()
+
+
+def _sent_headers(raw: bytes) -> list[tuple[str, str]]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    return [(name.strip(), value.strip()) for name, _, value in (line.partition(":")
+                                                                 for line in head.split("\r\n")[1:])]
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_sni_header_with_one_vhost(one_vhost: tuple[Rproxyd, RecordingOrigin], certs: Certs,
+                                   version: str) -> None:
+    proxy, origin = one_vhost
+    port = _port(proxy)
+    ctx = client_context(certs, version=version)
+    full = https_get(port, "a.test", ctx, path=f"/sni-full-{version}")
+    resumed = https_get(port, "a.test", ctx, path=f"/sni-resumed-{version}", session=full.session)
+    assert full.status == resumed.status == 200 and resumed.reused
+    for path in (f"/sni-full-{version}", f"/sni-resumed-{version}"):
+        sent = dict(_sent_headers(origin.request(path)))
+        assert sent["X-SSL-SNI"] == "a.test" and sent["X-SSL-Protocol"] == f"TLSv{version}", (path, sent)
+    # Without SNI there is no name to send; the vhost still answers.
+    assert https_get(port, None, client_context(certs), host="a.test", path="/sni-none").status == 200
+    assert "X-SSL-SNI" not in dict(_sent_headers(origin.request("/sni-none")))
+
+
+def test_proxy_headers_cannot_be_spoofed_in_trailers_or_underscore_spellings(
+        one_vhost: tuple[Rproxyd, RecordingOrigin], certs: Certs) -> None:
+    proxy, origin = one_vhost
+    head_spoofs = ("X_SSL_Subject: CN=admin\r\nX-SSL_Client-Verify: SUCCESS\r\nx_ssl-sni: admin.test\r\n"
+                   "X_Forwarded_For: 6.6.6.6\r\nX-Forwarded_Proto: spoofed\r\nX_Forwarded-Host: spoofed\r\n"
+                   "X_Request_Id: spoofed\r\n")
+    trailer_spoofs = ("X-SSL-Subject: CN=admin\r\nX_SSL_Subject: CN=admin\r\nX-Forwarded-For: 6.6.6.6\r\n"
+                      "X_Forwarded_Proto: spoofed\r\nX-Request-Id: spoofed\r\nX-Checksum: 5d41402a\r\n")
+    request = ("POST /spoof HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n" + head_spoofs
+               + "Connection: close\r\n\r\n5\r\nhello\r\n0\r\n" + trailer_spoofs + "\r\n").encode()
+    ctx = client_context(certs)
+    with socket.create_connection(("127.0.0.1", _port(proxy)), 10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.test") as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    raw_request = origin.request("/spoof")
+    for forged in (b"admin", b"6.6.6.6", b"spoofed", b"SUCCESS"):
+        assert forged not in raw_request, raw_request
+    body = raw_request.partition(b"\r\n\r\n")[2]
+    assert body.endswith(b"0\r\nX-Checksum: 5d41402a\r\n\r\n"), body  # an ordinary trailer still passes
+    sent = dict(_sent_headers(raw_request))
+    assert sent["X-SSL-SNI"] == "a.test" and sent["X-Forwarded-Proto"] == "https"
+    assert sent["X-Forwarded-For"] == "127.0.0.1"
+
+
+def _tls_config(tmp_path: Path, certs: Certs, origin: int, tls: str) -> str:
+    return config_text(origin, tmp_path / "run", f'[listener.tls]\nenabled = true\n'
+                       f'certificate = "{certs.dir}/a.test.pem"\n{tls}\n')
+
+
+def test_bad_ciphers_and_cipher_suites_rejected_at_check_and_reload(
+        tmp_path: Path, certs: Certs, origin: int) -> None:
+    config = tmp_path / "rproxy.toml"
+    cases = {
+        'ciphersuites = "BOGUS"': ("listener[0].tls.ciphersuites", "'BOGUS'"),
+        # OpenSSL itself would drop the unknown name silently and take the other one.
+        'ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_128_GCM_SHA257"':
+            ("listener[0].tls.ciphersuites", "'TLS_AES_128_GCM_SHA257'"),
+        'ciphersuites = "ECDHE-RSA-AES128-GCM-SHA256"':
+            ("listener[0].tls.ciphersuites", "TLS 1.2 ciphers go in"),
+        'ciphers = "NOPE"': ("listener[0].tls.ciphers", "OpenSSL knows no cipher in 'NOPE'"),
+    }
+    for tls, (key, message) in cases.items():
+        config.write_text(_tls_config(tmp_path, certs, origin, tls))
+        result = _check(config)
+        assert result.returncode == 1, (tls, result.stderr)
+        assert f"{config}: {key}: " in result.stderr and message in result.stderr, (tls, result.stderr)
+
+    chacha = 'ciphersuites = "TLS_CHACHA20_POLY1305_SHA256"'
+    proxy = Rproxyd(tmp_path, _tls_config(tmp_path, certs, origin, chacha))
+    try:
+        port = _port(proxy)
+        assert _negotiated_cipher(port, certs) == "TLS_CHACHA20_POLY1305_SHA256"
+        proxy.config_path.write_text(_tls_config(tmp_path, certs, origin, 'ciphersuites = "TLS_CHACHA20"'))
+        result = proxy.reload()
+        assert result.returncode == 1 and "listener[0].tls.ciphersuites" in result.stderr, result.stderr
+        assert _negotiated_cipher(port, certs) == "TLS_CHACHA20_POLY1305_SHA256"  # still serving
+    finally:
+        proxy.stop()
+
+
+def _negotiated_cipher(port: int, certs: Certs) -> str:
+    ctx = client_context(certs, version="1.3")
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.test") as sock:
+        return sock.cipher()[0]

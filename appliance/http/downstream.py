@@ -243,7 +243,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.head_bytes += len(name) + len(value) + 4
         if exchange.state is not _S.HEAD:
             # After the head, fields are trailers of a chunked body.
-            if hdr.allowed_trailer(name):
+            if hdr.allowed_request_trailer(name):
                 if exchange.trailers is None:
                     exchange.trailers = []
                 exchange.trailers.append((name, value))
@@ -251,8 +251,8 @@ class ClientConnection(asyncio.Protocol):
         lname = name.lower()
         action = hdr.REQUEST_ACTIONS.get(lname)
         if action is None:
-            # X-SSL-* describe our own TLS session: a client-sent copy is a spoof.
-            if not lname.startswith(b"x-ssl-"):
+            # X-SSL-* describe our own TLS session: a client-sent copy, in any spelling, is a spoof.
+            if lname[:6] not in hdr.SSL_PREFIXES:
                 exchange.headers.append((name, value))
         elif action == hdr.REQ_HOST:
             if exchange.host is not None:

@@ -7,6 +7,9 @@ forwarded untouched (original case kept, as nginx does).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 # What to do with a request header on its way to the backend.
 REQ_HOST = 1
 REQ_CONTENT_LENGTH = 2
@@ -43,6 +46,31 @@ REQUEST_ACTIONS: dict[bytes, int] = {
     # Kept only from trusted proxies, then sent again by the proxy (appliance/observe/request_id.py).
     b"x-request-id": REQ_REQUEST_ID,
 }
+
+# Headers the proxy sets or extends itself (appliance/upstream/pool.py: request_head); a client's
+# copy may only arrive in the canonical spelling, through the action REQUEST_ACTIONS gives it.
+PROXY_HEADERS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via")
+# X-SSL-* describe the proxy's own TLS session; a client-sent one is always a spoof.
+SSL_PREFIXES = frozenset((b"x-ssl-", b"x_ssl_", b"x-ssl_", b"x_ssl-"))
+
+
+def underscore_spellings(name: bytes) -> Iterator[bytes]:
+    """`name` with some or all of its '-' written as '_' (not `name` itself).
+
+    CGI and WSGI servers map '-' and '_' to the same variable (X_Forwarded_Proto and
+    X-Forwarded-Proto both become HTTP_X_FORWARDED_PROTO), so each spelling is the header.
+    """
+    parts = name.split(b"-")
+    for separators in itertools.product((b"-", b"_"), repeat=len(parts) - 1):
+        spelling = parts[0] + b"".join(sep + part for sep, part in zip(separators, parts[1:], strict=True))
+        if spelling != name:
+            yield spelling
+
+
+# Dropped rather than merged: no proxy we trust writes these spellings. Listed in the dict
+# instead of normalizing every name, so the common header costs no more than one lookup.
+REQUEST_ACTIONS.update(
+    {spelling: REQ_DROP for name in PROXY_HEADERS for spelling in underscore_spellings(name)})
 
 # What to do with a response header on its way to the client.
 RESP_CONTENT_LENGTH = 1
@@ -104,3 +132,15 @@ def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
 
 def allowed_trailer(name: bytes) -> bool:
     return name.lower() not in FORBIDDEN_TRAILERS
+
+
+def allowed_request_trailer(name: bytes) -> bool:
+    """Whether a client's trailer field may go to the backend.
+
+    Besides the forbidden fields, never a header the proxy vouches for (X-SSL-*, X-Forwarded-*,
+    X-Request-Id, Via): backends that merge trailers into the headers would take a client's
+    `X-SSL-Subject` trailer for the proxy's. Trailers are rare, so every spelling is folded here.
+    """
+    canonical = name.lower().replace(b"_", b"-")
+    return not (canonical in FORBIDDEN_TRAILERS or canonical in PROXY_HEADERS
+                or canonical.startswith(b"x-ssl-"))

@@ -1,4 +1,4 @@
-"""Configuration-time checks of every TLS file, for `rproxyd -t`, reloads and upgrades.
+"""Configuration-time checks of every TLS file and cipher setting, for `rproxyd -t`, reloads and upgrades.
 
 Each certificate chain must parse, start with the leaf, be in issuing order (each
 certificate signed by the next), be within its validity, and match its key; the stdlib
@@ -18,7 +18,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from appliance.config.schema import Config
+from appliance.config.schema import Config, ListenerTlsConfig
+from appliance.tls.contexts import unknown_ciphersuites
+from appliance.tls.crl import load_crls
 from appliance.tls.keyfiles import read_key_files
 from appliance.tls.ring import MAX_KEYS, ring_depth
 
@@ -108,6 +110,21 @@ def _check_ca(path: str, where: tuple[str | int, ...]) -> Iterator[Problem]:
         yield where, f"cannot load CA {path}: {getattr(exc, 'strerror', None) or exc}"
 
 
+def _check_ciphers(tls: ListenerTlsConfig, where: tuple[str | int, ...]) -> Iterator[Problem]:
+    """The listener's TLS 1.2 cipher list and TLS 1.3 cipher suites, as a worker will set them."""
+    if tls.ciphers:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(tls.ciphers)
+        except ssl.SSLError:
+            hint = "; TLS 1.3 suites go in ciphersuites" if tls.ciphers.startswith("TLS_") else ""
+            yield (*where, "ciphers"), f"OpenSSL knows no cipher in {tls.ciphers!r}{hint}"
+    unknown = unknown_ciphersuites(tls.ciphersuites)
+    if unknown:
+        yield ((*where, "ciphersuites"),
+               f"OpenSSL knows no TLS 1.3 cipher suite {', '.join(map(repr, unknown))} (names are like "
+               f"TLS_AES_128_GCM_SHA256; TLS 1.2 ciphers go in ciphers)")
+
+
 def check_tls(config: Config) -> list[Problem]:
     """Every TLS problem in the configuration, as (key path, message)."""
     problems: list[Problem] = []
@@ -121,11 +138,7 @@ def check_tls(config: Config) -> list[Problem]:
         problems.extend(_pairs(tls.certificate, tls.certificate_key, where))
         if _VERSIONS[tls.min_version] > _VERSIONS[tls.max_version]:
             problems.append(((*where, "min_version"), "must not be newer than max_version"))
-        if tls.ciphers:
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(tls.ciphers)
-            except ssl.SSLError:
-                problems.append(((*where, "ciphers"), f"OpenSSL knows no cipher in {tls.ciphers!r}"))
+        problems.extend(_check_ciphers(tls, where))
     for i, vhost in enumerate(config.vhost):
         where = ("vhost", i)
         problems.extend(_pairs(vhost.certificate, vhost.certificate_key, where))
@@ -136,10 +149,9 @@ def check_tls(config: Config) -> list[Problem]:
                 problems.extend(_check_ca(vhost.client_ca, (*where, "client_ca")))
         if vhost.client_crl:
             try:
-                x509.load_pem_x509_crl(Path(vhost.client_crl).read_bytes())
-            except (OSError, ValueError) as exc:
-                problems.append(((*where, "client_crl"), f"cannot load CRL {vhost.client_crl}: "
-                                 f"{getattr(exc, 'strerror', None) or exc}"))
+                load_crls(vhost.client_crl)
+            except ValueError as exc:
+                problems.append(((*where, "client_crl"), str(exc)))
         for header, oid in vhost.ssl_headers.extensions.items():
             try:
                 x509.ObjectIdentifier(oid)

@@ -20,9 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cryptography import x509
+
 from appliance.config.schema import BackendConfig, Config, ListenerTlsConfig, SslHeadersConfig, VhostConfig
 from appliance.shm import SharedRegion
 from appliance.tls import libssl
+from appliance.tls.crl import load_crls
 from appliance.tls.headers import SslHeaders
 from appliance.tls.ring import TicketRing, private_region, random_key
 from appliance.tls.tickets import TicketKeyCallback
@@ -50,6 +53,8 @@ def _server_context(tls: ListenerTlsConfig, certs: list[str], keys: list[str]) -
     ctx.options |= ssl.OP_NO_RENEGOTIATION
     if tls.ciphers:
         ctx.set_ciphers(tls.ciphers)
+    if tls.ciphersuites:
+        set_ciphersuites(ctx, tls.ciphersuites)
     if tls.alpn:
         ctx.set_alpn_protocols(tls.alpn)
     _load_certificates(ctx, certs, keys)
@@ -57,6 +62,27 @@ def _server_context(tls: ListenerTlsConfig, certs: list[str], keys: list[str]) -
     # from the trust store on every handshake, as nginx does.
     libssl.SSL_CTX_ctrl(libssl.ctx_pointer(ctx), libssl.SSL_CTRL_MODE, libssl.SSL_MODE_NO_AUTO_CHAIN, None)
     return ctx
+
+
+def set_ciphersuites(ctx: ssl.SSLContext, suites: str) -> None:
+    """Set the TLS 1.3 cipher suites (the stdlib has no call for it); ValueError when OpenSSL takes none."""
+    if libssl.SSL_CTX_set_ciphersuites(libssl.ctx_pointer(ctx), suites.encode()) != 1:
+        raise ValueError(f"OpenSSL knows no TLS 1.3 cipher suite in {suites!r}")
+
+
+def unknown_ciphersuites(suites: str) -> list[str]:
+    """The names in a TLS 1.3 cipher-suite list OpenSSL does not know.
+
+    OpenSSL skips unknown names as long as one is known, so a typo would silently drop a
+    suite: `rproxyd -t` asks about each name on its own.
+    """
+    unknown = []
+    for name in filter(None, suites.split(":")):
+        try:
+            set_ciphersuites(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), name)
+        except ValueError:
+            unknown.append(name)
+    return unknown
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +98,10 @@ class TlsSite:
     config: VhostConfig | None = None
     # Every site of the listener by vhost, to judge a Host that names another vhost.
     sites: dict[str, TlsSite] = field(default_factory=dict)
+    # The listener's ticket callback: it tells which vhost a resumed session was issued for.
+    tickets: TicketKeyCallback | None = None
+    # The client CRL as last loaded into `context`, parsed again for resumed sessions (crl.py).
+    crls: list[x509.CertificateRevocationList] = field(default_factory=list)
     crl_mtime: float = 0.0
     crl_checked: float = 0.0
 
@@ -97,8 +127,10 @@ def _site(vhost: VhostConfig, tls: ListenerTlsConfig) -> TlsSite:
                    depth=vhost.client_verify_depth, requires_cert=vhost.client_verify == "required",
                    headers=SslHeaders(vhost.ssl_headers), config=vhost)
     if own:
-        site.context = _site_context(vhost, tls)
         site.crl_mtime = _mtime(vhost.client_crl)
+        site.context = _site_context(vhost, tls)
+        if vhost.client_crl and site.verify:
+            site.crls = load_crls(vhost.client_crl)
     return site
 
 
@@ -129,8 +161,6 @@ def build_listener(tls: ListenerTlsConfig, config: Config, vhost_of: Callable[[b
                    tickets: TicketKeyCallback | None) -> TlsListener:
     ctx = _server_context(tls, tls.certificate, tls.certificate_key)
     pointer = libssl.ctx_pointer(ctx)
-    if tls.ciphersuites and libssl.SSL_CTX_set_ciphersuites(pointer, tls.ciphersuites.encode()) != 1:
-        raise ValueError(f"OpenSSL knows no TLS 1.3 cipher suite in {tls.ciphersuites!r}")
     # No per-process session-ID cache: it would not resume across workers, and every
     # resumption going through the ticket callback is what lets session.py tell which
     # vhost a resumed session belongs to.
@@ -151,11 +181,15 @@ def build_listener(tls: ListenerTlsConfig, config: Config, vhost_of: Callable[[b
     listener.fallback = listener.sites[""]
     for site in listener.sites.values():
         site.sites = listener.sites
+        site.tickets = tickets
     if len(config.vhost) == 1 and not any(site.context for site in listener.sites.values()):
-        # One vhost and nothing to switch: every name selects it, so the SNI callback (a
-        # Python call per handshake) has nothing to decide.
+        # One vhost and nothing to switch: every name selects it.
         listener.fallback = listener.sites[config.vhost[0].name]
-        return listener
+        if not listener.fallback.headers.sni:
+            # The SNI callback (a Python call per handshake) has nothing to decide. X-SSL-SNI
+            # needs it though: without a servername callback OpenSSL does not acknowledge the
+            # name, and does not keep it in the session for a TLS 1.2 resumption to report.
+            return listener
     ctx.sni_callback = lambda sslobj, name, _ctx: select_site(listener, sslobj, name)
     return listener
 
@@ -168,12 +202,10 @@ def select_site(listener: TlsListener, sslobj: ssl.SSLObject, server_name: str |
     """
     try:
         vhost = listener.vhost_of(server_name.encode() if server_name else None)
-        site = listener.sites.get(vhost) or listener.sites[""]
+        # A name of no vhost: the listener's default certificate, or its only vhost.
+        site = (listener.sites.get(vhost) if vhost else None) or listener.fallback
         sslobj.rproxy_site = site
         sslobj.rproxy_sni = server_name
-        tickets = listener.tickets
-        if tickets is not None and tickets.issued_for:
-            sslobj.rproxy_ticket_vhost = tickets.issued_for.pop(libssl.ssl_pointer(sslobj), None)
         if site.context is None:
             return None
         if site.config is not None and site.config.client_crl:
@@ -193,7 +225,11 @@ def select_site(listener: TlsListener, sslobj: ssl.SSLObject, server_name: str |
 
 
 def _refresh_crl(listener: TlsListener, site: TlsSite) -> None:
-    """Rebuild the site's context when its CRL file changed (checked at most once a second)."""
+    """Rebuild the site's context and CRLs when the CRL file changed (checked at most once a second).
+
+    Both or neither: a new CRL that either OpenSSL or cryptography refuses leaves the
+    previous one in force for full handshakes and resumptions alike.
+    """
     now = time.monotonic()
     if now - site.crl_checked < CRL_CHECK_INTERVAL:
         return
@@ -202,11 +238,13 @@ def _refresh_crl(listener: TlsListener, site: TlsSite) -> None:
     if mtime == site.crl_mtime:
         return
     try:
-        site.context = _site_context(site.config, listener.config)
-    except (ssl.SSLError, OSError) as exc:
+        crls = load_crls(site.config.client_crl)
+        context = _site_context(site.config, listener.config)
+    except (ssl.SSLError, OSError, ValueError) as exc:
         log.error("vhost %s: cannot reload CRL %s, keeping the previous one: %s", site.vhost,
                   site.config.client_crl, exc)
     else:
+        site.context, site.crls = context, crls
         log.info("vhost %s: CRL %s reloaded", site.vhost, site.config.client_crl)
     site.crl_mtime = mtime
 

@@ -35,6 +35,12 @@ SSL_get0_param = _bind(libssl, "SSL_get0_param", c_void_p, c_void_p)
 SSL_version = _bind(libssl, "SSL_version", c_int, c_void_p)
 SSL_get_servername = _bind(libssl, "SSL_get_servername", c_char_p, c_void_p, c_int)
 X509_VERIFY_PARAM_set_flags = _bind(libcrypto, "X509_VERIFY_PARAM_set_flags", c_int, c_void_p, c_ulong)
+# Per-connection application data: the ticket callback leaves a note on the SSL* itself, so
+# it lives and dies with the connection (SSL_get_ex_new_index is a macro over this one).
+CRYPTO_get_ex_new_index = _bind(libcrypto, "CRYPTO_get_ex_new_index", c_int, c_int, c_long, c_void_p,
+                                c_void_p, c_void_p, c_void_p)
+SSL_set_ex_data = _bind(libssl, "SSL_set_ex_data", c_int, c_void_p, c_int, c_void_p)
+SSL_get_ex_data = _bind(libssl, "SSL_get_ex_data", c_void_p, c_void_p, c_int)
 
 TICKET_CB = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int)
 SSL_CTX_set_tlsext_ticket_key_evp_cb = _bind(
@@ -59,6 +65,7 @@ SSL_CTRL_MODE = 33
 SSL_MODE_NO_AUTO_CHAIN = 0x8
 SSL_CTRL_SET_SESS_CACHE_MODE = 44
 SSL_SESS_CACHE_OFF = 0
+CRYPTO_EX_INDEX_SSL = 0
 
 # The C pointer sits right after PyObject_HEAD in `_ssl._SSLContext`, and after
 # PyObject_HEAD plus the socket reference in `_ssl._SSLSocket` (CPython 3.11 `_ssl.c`).

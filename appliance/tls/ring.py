@@ -9,7 +9,9 @@ Layout: a header (sequence counter, magic, key count, time of the last rotation 
 CLOCK_MONOTONIC, which is system-wide and survives exec), then MAX_KEYS slots of
 name(16) | hmac length | aes length | hmac(32) | aes(32). The sequence counter is a
 seqlock: the writer makes it odd, writes, makes it even; a reader retries while it
-is odd or changed under it. There is one writer (the supervisor loop).
+is odd or changed under it, for READ_PATIENCE at most. There is one writer (the
+supervisor loop); one that died mid-write leaves the counter odd, and readers then
+see no keys (full handshakes, no tickets) until the next write repairs the ring.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ _HEADER = struct.Struct("=QIId8x")  # seq, magic, count, rotated_at
 _SLOT = struct.Struct("=16sBB6x32s32s")
 REGION_SIZE = _HEADER.size + MAX_KEYS * _SLOT.size
 _MADV_DONTDUMP = 16
+# How long a reader waits for a write in progress. A write takes microseconds; a reader
+# still blocked after this is most likely looking at a writer that died mid-write.
+READ_PATIENCE = 0.05
 
 
 def ring_depth(config: TlsConfig) -> int:
@@ -50,6 +55,7 @@ class TicketRing:
 
     def __init__(self, region: SharedRegion) -> None:
         self.view = region.view
+        self.torn_reported = False
         # Secrets have no business in a core dump.
         if hasattr(self.view, "madvise"):
             try:
@@ -61,31 +67,50 @@ class TicketRing:
         return struct.unpack_from("=Q", self.view, 0)[0]
 
     def read(self) -> tuple[int, list[TicketKey], float]:
-        """(sequence, keys newest first, last rotation time); empty until the supervisor wrote."""
-        view = self.view
+        """(sequence, keys newest first, last rotation time); empty until the supervisor wrote.
+
+        Empty too when no consistent copy could be read within READ_PATIENCE: the
+        sequence returned is the one seen, so a worker's ticket callback does not read
+        again until the ring changes.
+        """
+        deadline = time.monotonic() + READ_PATIENCE
         while True:
             seq = self.seq()
-            if seq & 1:
-                continue
-            _, magic, count, rotated_at = _HEADER.unpack_from(view, 0)
-            keys = []
-            if magic == _MAGIC:
-                for index in range(min(count, MAX_KEYS)):
-                    name, hlen, alen, hmac, aes = _SLOT.unpack_from(view, _HEADER.size + index * _SLOT.size)
-                    keys.append(TicketKey(name, hmac=hmac[:hlen], aes=aes[:alen]))
-            if self.seq() == seq:
-                return seq, keys, rotated_at
+            if not seq & 1:
+                keys, rotated_at = self._unpack()
+                if self.seq() == seq:
+                    return seq, keys, rotated_at
+            if time.monotonic() > deadline:
+                self._report_torn(seq)
+                return seq, [], 0.0
+            os.sched_yield()  # let a writer on this CPU finish
+
+    def _unpack(self) -> tuple[list[TicketKey], float]:
+        _, magic, count, rotated_at = _HEADER.unpack_from(self.view, 0)
+        keys = []
+        if magic == _MAGIC:
+            for index in range(min(count, MAX_KEYS)):
+                name, hlen, alen, hmac, aes = _SLOT.unpack_from(self.view, _HEADER.size + index * _SLOT.size)
+                keys.append(TicketKey(name, hmac=hmac[:hlen], aes=aes[:alen]))
+        return keys, rotated_at
+
+    def _report_torn(self, seq: int) -> None:
+        if not self.torn_reported:
+            self.torn_reported = True
+            log.error("ticket-key ring unreadable for %gs (sequence %d): its writer seems to have died "
+                      "mid-write; no session tickets until the ring is written again", READ_PATIENCE, seq)
 
     def write(self, keys: list[TicketKey], rotated_at: float) -> None:
         view = self.view
         keys = keys[:MAX_KEYS]
-        seq = self.seq()
-        struct.pack_into("=Q", view, 0, seq + 1)
+        # Odd while writing. Already odd: a previous writer died mid-write; step over it.
+        writing = (self.seq() + 1) | 1
+        struct.pack_into("=Q", view, 0, writing)
         for index, key in enumerate(keys):
             _SLOT.pack_into(view, _HEADER.size + index * _SLOT.size,
                             key.name, len(key.hmac), len(key.aes), key.hmac, key.aes)
-        _HEADER.pack_into(view, 0, seq + 1, _MAGIC, len(keys), rotated_at)
-        struct.pack_into("=Q", view, 0, seq + 2)
+        _HEADER.pack_into(view, 0, writing, _MAGIC, len(keys), rotated_at)
+        struct.pack_into("=Q", view, 0, writing + 1)
 
 
 class TicketRotation:

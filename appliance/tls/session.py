@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 
 from appliance.http import errors
 from appliance.tls import libssl
 from appliance.tls.contexts import TlsSite
+from appliance.tls.crl import is_revoked
+
+log = logging.getLogger("rproxyd.tls")
 
 
 class TlsConnection:
@@ -26,14 +31,7 @@ class TlsConnection:
         if not site.verify and not site.headers.enabled:
             return  # nothing to read from the session: the common case costs nothing more
         der = sslobj.getpeercert(binary_form=True) if site.verify else None
-        # A resumed session keeps its certificate and the result of its verification, but
-        # that verification was against the CA of the vhost that issued the ticket: a TLS 1.3
-        # client may resume it under another vhost's SNI (see appliance/tls/tickets.py).
-        self.verified = (
-            der is not None
-            and (not sslobj.session_reused or getattr(sslobj, "rproxy_ticket_vhost", None) == site.vhost)
-            and libssl.SSL_get_verify_result(libssl.ssl_pointer(sslobj)) == libssl.X509_V_OK
-        )
+        self.verified = der is not None and _certificate_verified(sslobj, site, der)
         if site.headers.enabled:
             cipher = sslobj.cipher()
             self.lines = site.headers.lines(cipher[0] if cipher else None, sslobj.version(), self.sni,
@@ -51,3 +49,24 @@ class TlsConnection:
             # The certificate, client verification and resumption were for another vhost.
             return errors.MisdirectedRequest(f"Host is for vhost {vhost}, TLS for {self.vhost or '-'}")
         return None
+
+
+def _certificate_verified(sslobj: ssl.SSLObject, site: TlsSite, der: bytes) -> bool:
+    """Whether the client certificate `der` counts as verified for `site` on this connection."""
+    pointer = libssl.ssl_pointer(sslobj)
+    if libssl.SSL_get_verify_result(pointer) != libssl.X509_V_OK:
+        return False
+    if not sslobj.session_reused:
+        return True  # verified in this handshake, against this vhost's CA and current CRL
+    # A resumed session keeps its certificate and the result of its verification, but that
+    # verification was against the CA of the vhost that issued the ticket: a TLS 1.3 client
+    # may resume it under another vhost's SNI (see appliance/tls/tickets.py).
+    if site.tickets is None or site.tickets.issued_for(pointer) != site.vhost:
+        return False
+    # It is also as old as the session: a certificate revoked since then would stay verified
+    # for as long as its tickets resume, so the vhost's current CRL is asked again.
+    if site.crls and is_revoked(site.crls, der):
+        log.info("vhost %s: refusing a resumed session's client certificate: the CRL now revokes it",
+                 site.vhost)
+        return False
+    return True

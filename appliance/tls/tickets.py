@@ -10,9 +10,11 @@ context; OpenSSL keeps using it after the SNI callback switches to a vhost conte
 - The key name on the wire is derived from the ring key's name and the vhost the ticket
   was issued for, so decryption learns that vhost. The client's new SNI is not known yet
   at that point (SSL_get_servername is still empty), so the resumption cannot be refused
-  here; the vhost is recorded in `issued_for` by SSL* and the SNI callback, which runs
-  next, hands it to the connection. A TLS 1.3 session resumed on another vhost than its
-  own then never counts as carrying a verified client certificate (appliance/tls/session.py).
+  here; the vhost is noted in the SSL*'s own ex_data, which the connection reads after the
+  handshake (`issued_for`). Kept on the SSL*, the note is freed with it: handshakes that
+  never reach the data path (aborted, or on a listener without an SNI callback) leave
+  nothing behind. A TLS 1.3 session resumed on another vhost than its own then never
+  counts as carrying a verified client certificate (appliance/tls/session.py).
   TLS 1.2 resumptions keep the original session's SNI, so they land on their own vhost.
 
 No exception may cross into C: every failure is logged once and returns 0.
@@ -34,6 +36,11 @@ log = logging.getLogger("rproxyd.tls")
 _CIPHERS = {16: libssl.EVP_CIPHER_fetch(None, b"AES-128-CBC", None),
             32: libssl.EVP_CIPHER_fetch(None, b"AES-256-CBC", None)}
 _DIGEST = b"SHA256"
+# The SSL* ex_data slot where decryption notes the vhost a ticket was issued for, as
+# 1 + its index in TicketKeyCallback.vhosts (NULL: no ticket decrypted on this connection).
+_ISSUED_FOR = libssl.CRYPTO_get_ex_new_index(libssl.CRYPTO_EX_INDEX_SSL, 0, None, None, None, None)
+if _ISSUED_FOR < 0:
+    raise RuntimeError("CRYPTO_get_ex_new_index failed")
 
 
 class _Key:
@@ -73,9 +80,7 @@ class TicketKeyCallback:
         self.vhost_of = vhost_of
         self.seq = -1
         self.encrypt: dict[str, tuple[bytes, _Key]] = {}
-        self.decrypt: dict[bytes, tuple[_Key, str]] = {}
-        # SSL* → vhost a resumed ticket was issued for; popped by the SNI callback.
-        self.issued_for: dict[int, str] = {}
+        self.decrypt: dict[bytes, tuple[_Key, int]] = {}  # wire name → key, vhost tag
         self.failed = False
         self.c_callback = libssl.TICKET_CB(self._callback)
 
@@ -83,15 +88,20 @@ class TicketKeyCallback:
         if libssl.SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx_pointer, self.c_callback) != 1:
             raise RuntimeError("SSL_CTX_set_tlsext_ticket_key_evp_cb failed")
 
+    def issued_for(self, ssl_ptr: int) -> str | None:
+        """The vhost of the ticket this connection's handshake decrypted (None: no ticket)."""
+        tag = libssl.SSL_get_ex_data(ssl_ptr, _ISSUED_FOR)
+        return self.vhosts[tag - 1] if tag else None
+
     def _refresh(self) -> None:
         seq, keys, _ = self.ring.read()
         encrypt: dict[str, tuple[bytes, _Key]] = {}
-        decrypt: dict[bytes, tuple[_Key, str]] = {}
+        decrypt: dict[bytes, tuple[_Key, int]] = {}
         for index, key in enumerate(keys):
             prepared = _Key(key, newest=index == 0)
-            for vhost in self.vhosts:
+            for tag, vhost in enumerate(self.vhosts, start=1):
                 name = wire_name(key.name, vhost)
-                decrypt[name] = (prepared, vhost)
+                decrypt[name] = (prepared, tag)
                 if index == 0:
                     encrypt[vhost] = (name, prepared)
         self.encrypt, self.decrypt, self.seq = encrypt, decrypt, seq
@@ -119,7 +129,8 @@ class TicketKeyCallback:
             found = self.decrypt.get(ctypes.string_at(key_name, 16))
             if found is None:
                 return 0  # unknown or expired key: full handshake
-            key, self.issued_for[ssl_ptr] = found
+            key, tag = found
+            libssl.SSL_set_ex_data(ssl_ptr, _ISSUED_FOR, tag)
             if not libssl.EVP_DecryptInit_ex(cipher_ctx, key.cipher, None, key.aes, iv):
                 return -1
             if not libssl.EVP_MAC_CTX_set_params(mac_ctx, key.params):
