@@ -644,12 +644,14 @@ class ClientConnection(asyncio.Protocol):
         elif exchange.state is _S.HEAD:
             self._reject(errors.ClientTimeout("request head timed out"))
         else:
-            log.info("client %s: request body timed out", self.peer_ip.decode())
+            log.info("client %s: request body timed out", self.peer_ip.decode(), extra=about(exchange))
             self._fail_current(exchange, errors.ClientTimeout("request body timed out"))
             self.close(force=True)
 
     def _on_send_timeout(self) -> None:
-        log.info("client %s: send timeout", self.peer_ip.decode())
+        answering = self.exchanges[0] if self.exchanges else None
+        log.info("client %s: send timeout", self.peer_ip.decode(),
+                 extra=about(answering) if answering is not None else None)
         self.close(force=True)
 
     def pause_reading(self, reason: int) -> None:

@@ -155,6 +155,12 @@ class Exchange:
             raise RuntimeError(f"exchange cannot go from {self.state.name} to {new.name}")
         self.state = new
 
+    def leave_queue(self, now: float) -> None:
+        """Count the time since the exchange joined a pending queue (it may join again)."""
+        if self.pending_since:
+            self.queue_wait += now - self.pending_since
+            self.pending_since = 0.0
+
     @property
     def finished(self) -> bool:
         return self.state is _S.FINISHED

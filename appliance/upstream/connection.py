@@ -243,9 +243,7 @@ class BackendConnection(asyncio.Protocol):
         now = self.server.pool.loop.time()
         self.sent_at = now
         exchange.server = self.server
-        if exchange.pending_since:
-            exchange.queue_wait += now - exchange.pending_since
-            exchange.pending_since = 0.0
+        exchange.leave_queue(now)
         exchange.connect_time = self.connect_time if not self.requests_served else 0.0
         transport = self.transport
         head = self.server.pool.request_head(exchange)

@@ -402,9 +402,11 @@ class BackendPool:
 
     def on_pending_expired(self, exchange: Exchange) -> None:
         self.pending_timeouts += 1  # read by the metrics (appliance/observe/recorder.py)
+        exchange.leave_queue(self.loop.time())
         exchange.client.fail(exchange, errors.BackendUnavailable("pending timeout"))
 
     def cancel_pending(self, exchange: Exchange) -> None:
+        exchange.leave_queue(self.loop.time())
         self.pending.remove(exchange)
         for server in self.servers:
             server.pending.remove(exchange)

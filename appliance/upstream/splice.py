@@ -1,0 +1,171 @@
+"""Zero-copy response bodies: splice(2) from the backend socket to the client socket.
+
+A plaintext Content-Length body is relayed through a kernel pipe: splice moves the
+socket buffers' pages into the pipe and on to the other socket, so the body never
+becomes Python bytes and never crosses into user space. That is what takes large
+responses past the cost of reading and writing them (HAProxy's `option splice-response`
+does the same). The head, and any body bytes read with it, still go the usual way; the
+splice starts only once the client's transport has nothing buffered, so order holds.
+
+While splicing, both transports stay open but the backend's is paused: this module
+watches duplicates of the two sockets' descriptors (uvloop refuses a reader on a
+descriptor a transport owns), so a transport closing its socket can never leave a
+watcher on a reused descriptor number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable
+from enum import IntEnum
+
+_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+PIPE_BYTES = 256 * 1024  # pipe capacity: bytes moved per pair of splice calls
+_IDLE_PIPES = 32  # empty pipes a worker keeps for the next body
+
+
+class PipePool:
+    """Empty pipes kept per worker, so a body costs no pipe creation."""
+
+    __slots__ = ("_idle", "capacity")
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[int, int]] = []
+        self.capacity = PIPE_BYTES
+
+    def acquire(self) -> tuple[int, int]:
+        if self._idle:
+            return self._idle.pop()
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        size = 64 * 1024  # Linux's default pipe size
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep the default
+            size = fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        # Every pipe of the pool must hold `capacity`: a body fills one up to it.
+        self.capacity = min(self.capacity, size)
+        return read_end, write_end
+
+    def release(self, pipe: tuple[int, int], empty: bool) -> None:
+        """Keep an empty pipe for reuse; one that still holds bytes is closed with them."""
+        if empty and len(self._idle) < _IDLE_PIPES:
+            self._idle.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+
+class SpliceState(IntEnum):
+    FILLING = 1  # waiting for the backend socket to be readable
+    DRAINING = 2  # the pipe holds bytes the client socket could not take yet
+    ENDED = 3
+
+
+# What the owner hears at the end, with how many body bytes reached the client.
+DONE = 0  # the whole body went through
+BACKEND_CLOSED = 1  # the backend closed (or failed) before the end of the body
+CLIENT_GONE = 2  # the client socket refused the bytes (reset, closed)
+
+
+class ResponseSplice:
+    """Moves `remaining` body bytes from one socket to another, then reports how it ended."""
+
+    __slots__ = (
+        "_backend_fd",
+        "_client_fd",
+        "_in_pipe",
+        "_loop",
+        "_on_end",
+        "_on_progress",
+        "_pipe",
+        "_pipes",
+        "remaining",
+        "state",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pipes: PipePool,
+        backend: asyncio.Transport,
+        client: asyncio.Transport,
+        remaining: int,
+        on_progress: Callable[[int, int], None],
+        on_end: Callable[[int], None],
+    ) -> None:
+        self._loop = loop
+        self._pipes = pipes
+        self.remaining = remaining
+        # on_progress(read, written): bytes taken from the backend / given to the client.
+        self._on_progress = on_progress
+        self._on_end = on_end
+        self._in_pipe = 0
+        self._backend_fd = os.dup(backend.get_extra_info("socket").fileno())
+        self._client_fd = os.dup(client.get_extra_info("socket").fileno())
+        self._pipe = pipes.acquire()
+        self.state = SpliceState.FILLING
+        backend.pause_reading()
+        loop.add_reader(self._backend_fd, self._fill)
+
+    def _fill(self) -> None:
+        """The backend socket is readable: move what it has into the pipe, then on."""
+        if self.state is not SpliceState.FILLING:
+            return
+        room = min(self.remaining, self._pipes.capacity - self._in_pipe)
+        try:
+            moved = os.splice(self._backend_fd, self._pipe[1], room, flags=_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._end(BACKEND_CLOSED)
+            return
+        if moved == 0:
+            self._end(BACKEND_CLOSED)
+            return
+        self.remaining -= moved
+        self._in_pipe += moved
+        self._on_progress(moved, 0)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Move the pipe's bytes to the client socket; wait for it to be writable if full."""
+        while self._in_pipe:
+            try:
+                moved = os.splice(self._pipe[0], self._client_fd, self._in_pipe, flags=_FLAGS)
+            except BlockingIOError:
+                if self.state is SpliceState.FILLING:
+                    self.state = SpliceState.DRAINING
+                    self._loop.remove_reader(self._backend_fd)
+                    self._loop.add_writer(self._client_fd, self._drain)
+                return
+            except OSError:  # EPIPE, ECONNRESET: the client is gone
+                self._end(CLIENT_GONE)
+                return
+            self._in_pipe -= moved
+            self._on_progress(0, moved)
+        if not self.remaining:
+            self._end(DONE)
+        elif self.state is SpliceState.DRAINING:
+            self.state = SpliceState.FILLING
+            self._loop.remove_writer(self._client_fd)
+            self._loop.add_reader(self._backend_fd, self._fill)
+
+    def cancel(self) -> None:
+        """Stop without reporting (the owner is closing the connection anyway)."""
+        if self.state is not SpliceState.ENDED:
+            self._release()
+
+    def _end(self, outcome: int) -> None:
+        self._release()
+        self._on_end(outcome)
+
+    def _release(self) -> None:
+        if self.state is SpliceState.FILLING:
+            self._loop.remove_reader(self._backend_fd)
+        elif self.state is SpliceState.DRAINING:
+            self._loop.remove_writer(self._client_fd)
+        self.state = SpliceState.ENDED
+        os.close(self._backend_fd)
+        os.close(self._client_fd)
+        self._pipes.release(self._pipe, empty=self._in_pipe == 0)
