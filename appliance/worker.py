@@ -110,7 +110,7 @@ class Worker:
         via = config.proxy.via.encode()
         pools = {
             name: BackendPool(name, backend, config.limits, loop, via,
-                              config.proxy.internal_redirect_status)
+                              config.proxy.internal_redirect_status, config.proxy.splice_min_bytes)
             for name, backend in config.backend.items()
         }
         router = Router(config, pools.__getitem__)

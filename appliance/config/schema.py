@@ -570,6 +570,12 @@ class ProxyConfig:
         377, kind=INT, minimum=100, maximum=599,
         doc="Backend status that asks for an internal redirect (RProxy's 377).",
     )
+    splice_min_bytes: int = key(
+        64 * 1024, kind=SIZE, minimum=0,
+        doc="Plaintext response bodies with a Content-Length and at least this many bytes still "
+        "to come after the head are relayed with splice(2): backend socket to client socket "
+        "through a pipe, never copied into the proxy. 0 turns it off.",
+    )
     drain_timeout: float = key(
         30.0, kind=DURATION, minimum=0.0,
         doc="On graceful stop, how long in-flight requests may run before being cut.",

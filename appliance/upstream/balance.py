@@ -121,10 +121,16 @@ class LeastConnections(_Scored):
 
 
 class MostIdle(_Scored):
-    """RProxy's most-idle: the server with the most IDLE pooled connections."""
+    """RProxy's most-idle: the server with the most pooled connections free for a request.
+
+    RProxy opened every connection up front, so its IDLE count was the server's free
+    capacity. These pools open connections on demand: counting only the IDLE ones would
+    favour whichever server was busiest a moment ago (it opened the most). Free capacity,
+    the connection limit less the requests it is serving or has queued, keeps the meaning.
+    """
 
     def score(self, server: Server) -> float:
-        return -len(server.idle)
+        return server.active + len(server.pending) - server.config.connections
 
 
 class Random:

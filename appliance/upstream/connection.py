@@ -29,6 +29,7 @@ from appliance.http.downstream import (
 )
 from appliance.http.exchange import ExchangeState
 from appliance.observe.errorlog import about
+from appliance.upstream.splice import SPLICE_BACKEND_CLOSED, SPLICE_DONE, ResponseSplice
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -91,6 +92,7 @@ class BackendConnection(asyncio.Protocol):
         "resp_via",
         "sent_at",
         "server",
+        "splice",
         "state",
         "trailers",
         "transport",
@@ -110,6 +112,7 @@ class BackendConnection(asyncio.Protocol):
         self.connect_time = 0.0  # how long opening this connection took (set by the pool)
         self.reading_paused = False
         self.sent_at = 0.0
+        self.splice: ResponseSplice | None = None  # set while a body goes through splice(2)
         loop = server.pool.loop
         self.read_deadline = Deadline(loop, self._on_read_timeout)
         self.write_deadline = Deadline(loop, self._on_write_timeout)
@@ -190,6 +193,7 @@ class BackendConnection(asyncio.Protocol):
         return False  # let the transport close; connection_lost does the accounting
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_splice()
         self.read_deadline.cancel()
         self.write_deadline.cancel()
         previous = self.state
@@ -290,6 +294,9 @@ class BackendConnection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        # The splice holds duplicates of both sockets: release them now, or the client's
+        # socket would stay open behind its closed transport.
+        self._stop_splice()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -451,6 +458,7 @@ class BackendConnection(asyncio.Protocol):
             self.exchange.client.flush_head()
             if self.body_mode == BODY_LENGTH:
                 self.bypass_remaining = self.resp_content_length - self.body_seen
+                self._try_splice()
 
     def _forward_length_body(self, data: bytes) -> None:
         remaining = self.bypass_remaining
@@ -463,6 +471,60 @@ class BackendConnection(asyncio.Protocol):
         if not self.bypass_remaining:
             self.complete = True
             self._complete_response()
+        else:
+            self._try_splice()
+
+    # ------------------------------------------------------- zero-copy body
+    def _try_splice(self) -> None:
+        """Hand the rest of a large plaintext body to splice(2), if nothing is queued before it."""
+        pipes = self.server.pool.pipes
+        if pipes is None or self.bypass_remaining < pipes.min_bytes or self.discard is not None:
+            return
+        client = self.exchange.client
+        if (self.server.tls is not None or client.tls is not None or client.response_framing != FRAME_RAW
+                or client.held_head is not None or client.transport.get_write_buffer_size()):
+            return  # TLS needs user-space bytes; buffered output must go first (it will drain)
+        self.splice = ResponseSplice(self.server.pool.loop, pipes, self.transport, client.transport,
+                                     self.bypass_remaining, self)
+
+    def _stop_splice(self) -> None:
+        splice = self.splice
+        if splice is not None:
+            self.splice = None
+            splice.cancel()
+
+    def splice_read(self, size: int) -> None:
+        """The splice took `size` body bytes from the backend."""
+        self.body_seen += size
+        self.bypass_remaining -= size
+        self.read_deadline.set(self.server.config.read_timeout)
+
+    def splice_written(self, size: int) -> None:
+        """The splice gave `size` body bytes to the client."""
+        self.exchange.client.sent += size
+
+    def splice_waiting(self, for_client: bool) -> None:
+        """Whose timeout applies: the client's send timeout while it does not read, else ours."""
+        client = self.exchange.client
+        if for_client:
+            self.read_deadline.clear()
+            client.send_deadline.set(client.ctx.limits.send_timeout)
+        else:
+            client.send_deadline.clear()
+            self.read_deadline.set(self.server.config.read_timeout)
+
+    def splice_ended(self, outcome: int) -> None:
+        self.splice = None
+        exchange = self.exchange
+        exchange.client.send_deadline.clear()
+        if outcome == SPLICE_DONE:
+            self.transport.resume_reading()
+            self.complete = True
+            self._complete_response()
+        elif outcome == SPLICE_BACKEND_CLOSED:
+            self.close()  # connection_lost cuts the client's response, as on any mid-body loss
+        else:
+            exchange.client.close(force=True)  # the client is gone; its close abandons us
 
     def _complete_response(self) -> None:
         exchange = self.exchange

@@ -28,6 +28,7 @@ from appliance.tls.contexts import backend_peer
 from appliance.upstream.balance import Balancer, make_balancer
 from appliance.upstream.connection import BackendConnection, ConnState
 from appliance.upstream.health import ActiveProbe, PassiveHealth
+from appliance.upstream.splice import PipePool
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -230,6 +231,7 @@ class BackendPool:
         "name",
         "pending",
         "pending_timeouts",
+        "pipes",
         "redirect_status",
         "retry_statuses",
         "servers",
@@ -239,8 +241,11 @@ class BackendPool:
     )
 
     def __init__(self, name: str, config: BackendConfig, limits: LimitsConfig,
-                 loop: asyncio.AbstractEventLoop, via: bytes, redirect_status: int = 377) -> None:
+                 loop: asyncio.AbstractEventLoop, via: bytes, redirect_status: int = 377,
+                 splice_min_bytes: int = 0) -> None:
         self.name = name
+        # Pipes for zero-copy response bodies (appliance/upstream/splice.py); None: off.
+        self.pipes = PipePool(splice_min_bytes) if splice_min_bytes else None
         self.config = config
         self.loop = loop
         self.limits = limits

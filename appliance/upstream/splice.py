@@ -19,22 +19,24 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable
 from enum import IntEnum
+from typing import Protocol
 
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-PIPE_BYTES = 256 * 1024  # pipe capacity: bytes moved per pair of splice calls
-_IDLE_PIPES = 32  # empty pipes a worker keeps for the next body
+PIPE_BYTES = 1024 * 1024  # pipe capacity (pipe-max-size by default): bytes moved per pair of splice calls
+_IDLE_PIPES = 64  # empty pipes a pool keeps: one per concurrent large body, reused
 
 
 class PipePool:
-    """Empty pipes kept per worker, so a body costs no pipe creation."""
+    """Empty pipes kept per backend pool, so a body costs no pipe creation."""
 
-    __slots__ = ("_idle", "capacity")
+    __slots__ = ("_idle", "capacity", "min_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, min_bytes: int) -> None:
         self._idle: list[tuple[int, int]] = []
         self.capacity = PIPE_BYTES
+        # Shorter bodies are not worth the extra system calls and the pipe.
+        self.min_bytes = min_bytes
 
     def acquire(self) -> tuple[int, int]:
         if self._idle:
@@ -62,27 +64,26 @@ class SpliceState(IntEnum):
     ENDED = 3
 
 
-# What the owner hears at the end, with how many body bytes reached the client.
-DONE = 0  # the whole body went through
-BACKEND_CLOSED = 1  # the backend closed (or failed) before the end of the body
-CLIENT_GONE = 2  # the client socket refused the bytes (reset, closed)
+# How a splice ended, as its owner hears it.
+SPLICE_DONE = 0  # the whole body went through
+SPLICE_BACKEND_CLOSED = 1  # the backend closed (or failed) before the end of the body
+SPLICE_CLIENT_GONE = 2  # the client socket refused the bytes (reset, closed)
+
+
+class SpliceOwner(Protocol):
+    """What a splice reports to (the backend connection whose response it carries)."""
+
+    def splice_read(self, size: int) -> None: ...
+    def splice_written(self, size: int) -> None: ...
+    def splice_waiting(self, for_client: bool) -> None: ...
+    def splice_ended(self, outcome: int) -> None: ...
 
 
 class ResponseSplice:
     """Moves `remaining` body bytes from one socket to another, then reports how it ended."""
 
-    __slots__ = (
-        "_backend_fd",
-        "_client_fd",
-        "_in_pipe",
-        "_loop",
-        "_on_end",
-        "_on_progress",
-        "_pipe",
-        "_pipes",
-        "remaining",
-        "state",
-    )
+    __slots__ = ("_backend_fd", "_client_fd", "_in_pipe", "_loop", "_owner", "_pipe", "_pipes",
+                 "remaining", "state")
 
     def __init__(
         self,
@@ -91,15 +92,12 @@ class ResponseSplice:
         backend: asyncio.Transport,
         client: asyncio.Transport,
         remaining: int,
-        on_progress: Callable[[int, int], None],
-        on_end: Callable[[int], None],
+        owner: SpliceOwner,
     ) -> None:
         self._loop = loop
         self._pipes = pipes
         self.remaining = remaining
-        # on_progress(read, written): bytes taken from the backend / given to the client.
-        self._on_progress = on_progress
-        self._on_end = on_end
+        self._owner = owner
         self._in_pipe = 0
         self._backend_fd = os.dup(backend.get_extra_info("socket").fileno())
         self._client_fd = os.dup(client.get_extra_info("socket").fileno())
@@ -118,14 +116,14 @@ class ResponseSplice:
         except BlockingIOError:
             return
         except OSError:
-            self._end(BACKEND_CLOSED)
+            self._end(SPLICE_BACKEND_CLOSED)
             return
         if moved == 0:
-            self._end(BACKEND_CLOSED)
+            self._end(SPLICE_BACKEND_CLOSED)
             return
         self.remaining -= moved
         self._in_pipe += moved
-        self._on_progress(moved, 0)
+        self._owner.splice_read(moved)
         self._drain()
 
     def _drain(self) -> None:
@@ -138,18 +136,20 @@ class ResponseSplice:
                     self.state = SpliceState.DRAINING
                     self._loop.remove_reader(self._backend_fd)
                     self._loop.add_writer(self._client_fd, self._drain)
+                    self._owner.splice_waiting(for_client=True)
                 return
             except OSError:  # EPIPE, ECONNRESET: the client is gone
-                self._end(CLIENT_GONE)
+                self._end(SPLICE_CLIENT_GONE)
                 return
             self._in_pipe -= moved
-            self._on_progress(0, moved)
+            self._owner.splice_written(moved)
         if not self.remaining:
-            self._end(DONE)
+            self._end(SPLICE_DONE)
         elif self.state is SpliceState.DRAINING:
             self.state = SpliceState.FILLING
             self._loop.remove_writer(self._client_fd)
             self._loop.add_reader(self._backend_fd, self._fill)
+            self._owner.splice_waiting(for_client=False)
 
     def cancel(self) -> None:
         """Stop without reporting (the owner is closing the connection anyway)."""
@@ -158,7 +158,7 @@ class ResponseSplice:
 
     def _end(self, outcome: int) -> None:
         self._release()
-        self._on_end(outcome)
+        self._owner.splice_ended(outcome)
 
     def _release(self) -> None:
         if self.state is SpliceState.FILLING:

@@ -120,6 +120,10 @@ class Proxy:
                         total += int(line.split()[1])
         return total
 
+    def worker_pids(self) -> list[int]:
+        """The supervisor's children: its workers."""
+        return _children(self.proc.pid)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
