@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -100,7 +99,10 @@ class ClientConnection(asyncio.Protocol):
         self.state = ClientState.IDLE
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.exchanges: deque[Exchange] = deque()
+        # A list, not a deque: an empty deque costs 760 bytes, a list 56, and with 10k idle
+        # keep-alive connections that is most of the difference; the queue is short
+        # (max_pipelined), so pop(0) stays cheap.
+        self.exchanges: list[Exchange] = []
         self.parsing: Exchange | None = None
         self.bypass_remaining = 0
         # Raw bytes received since the current request head began (for max_header_bytes).
@@ -555,7 +557,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state is ClientState.CLOSED:
             return
         if self.exchanges and self.exchanges[0] is exchange:
-            self.exchanges.popleft()
+            self.exchanges.pop(0)
         if not keep_alive or not exchange.request_done:
             self.close()
             return
