@@ -109,6 +109,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the scratch directory) instead of the working tree; for before/after figures")
     p.add_argument("--work", type=Path, default=PERF / "work", help="scratch directory (default perf/work)")
     a = p.parse_args(argv)
+    a.work = a.work.resolve()  # nginx and HAProxy resolve relative paths against their own prefix
     if a.quick:
         if a.scenarios == "all":
             a.scenarios = ",".join(QUICK)
