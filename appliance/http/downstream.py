@@ -559,10 +559,7 @@ class ClientConnection(asyncio.Protocol):
         if self.exchanges and self.exchanges[0] is exchange:
             self.exchanges.pop(0)
         if not keep_alive or not exchange.request_done:
-            # A client that asked for the close and has nothing more in flight sends no
-            # further bytes: no need to linger for them (nginx's `lingering_close on`).
-            said_close = exchange.keep_alive is False and exchange.request_done
-            self.close(linger=not (said_close and not self.exchanges and self.parsing is None))
+            self.close()
             return
         if self._read_pauses & PAUSE_PIPELINE_FULL and (
             len(self.exchanges) <= self.ctx.limits.max_pipelined // 2
@@ -680,8 +677,7 @@ class ClientConnection(asyncio.Protocol):
             for exchange in self.exchanges:
                 exchange.close_after = True
 
-    def close(self, force: bool = False, linger: bool = True) -> None:
-        """Close once the output is flushed; `force` resets at once; `linger` drains input first."""
+    def close(self, force: bool = False) -> None:
         if self.state is ClientState.CLOSED:
             return
         self._transition(ClientState.CLOSED)
@@ -695,7 +691,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if force:
             transport.abort()
-        elif linger and transport.can_write_eof():
+        elif transport.can_write_eof():
             # Lingering close (nginx's lingering_close): send FIN once our output is flushed,
             # then read and drop what the client still sends until it closes or LINGER_SECONDS
             # pass. Closing with unread input would send a reset, which can destroy a response
