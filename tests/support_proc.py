@@ -285,7 +285,7 @@ class Load:
                     sock = socket.create_connection(self.address, timeout=10)
                     reused = False
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-                head, body, close = self._read_response(sock)
+                head, body, close = self.read_response(sock)
             except _NothingReceived as exc:
                 if sock is not None:
                     sock.close()
@@ -312,7 +312,7 @@ class Load:
             sock.close()
 
     @staticmethod
-    def _read_response(sock: socket.socket) -> tuple[bytes, bytes, bool]:
+    def read_response(sock: socket.socket) -> tuple[bytes, bytes, bool]:
         data = b""
         try:
             while b"\r\n\r\n" not in data:

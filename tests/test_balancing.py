@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
 from appliance.config.values import Address
 from appliance.upstream.balance import ConsistentHash
-from tests.support import Origin, ScriptedBackend, free_port, read_all, served_by, status_codes
-
-Handler = Callable[[socket.socket, ScriptedBackend], None]  # what a ScriptedBackend runs per connection
+from tests.support import Origin, ScriptedBackend, free_port, served_by
+from tests.support.replay import REPLAY_BODY, Handler, on_new_connections, put, read_request
 
 
 def tally(url: str, count: int, headers: dict | None = None) -> collections.Counter:
@@ -227,67 +224,6 @@ def test_retry_on_status_passes_the_last_answer_on(make_proxy, count):
     assert sum(len(b.requests) for b in bad) == 4 * count  # each server tried once per request
 
 
-def read_request(conn: socket.socket, backend: ScriptedBackend) -> bytes | None:
-    """One whole request, head and body (Content-Length or chunked); None when the peer closed."""
-    data = backend.read_head(conn)
-    if data is None:
-        return None
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    chunked = re.search(rb"(?im)^transfer-encoding:.*chunked", head) is not None
-
-    def complete() -> bool:
-        if length is not None:
-            return len(body) >= int(length[1])
-        return not chunked or body.endswith(b"0\r\n\r\n")
-
-    while not complete():
-        piece = conn.recv(65536)
-        if not piece:
-            return None
-        body += piece
-    return head + b"\r\n\r\n" + body
-
-
-def on_new_connections(handler: Handler) -> Handler:
-    """Wrap a handler so it drops the warm connection the proxy opens at start.
-
-    A request that finds no IDLE connection waits for a new one, and a body that arrives
-    meanwhile is buffered, which makes the request replayable (a body streamed to a
-    backend is not).
-    """
-    def wrapped(conn: socket.socket, backend: ScriptedBackend) -> None:
-        if backend.connections > 1:
-            handler(conn, backend)
-    return wrapped
-
-
-def put(port: int, path: str, body: bytes, chunked: bool, pause: float = 0.0) -> tuple[int, bytes, bytes]:
-    """Send a PUT; return the status, head and body of the response.
-
-    With no pause the head and body go in one write, so the body is in before any new
-    backend connection is ready: it is buffered. A pause after the head lets the request
-    take a connection first: its body is streamed.
-    """
-    if chunked:
-        framing = b"Transfer-Encoding: chunked\r\n\r\n"
-        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:5], body[5:])) + b"0\r\n\r\n"
-    else:
-        framing, payload = b"Content-Length: %d\r\n\r\n" % len(body), body
-    head = b"PUT %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n%s" % (path.encode(), framing)
-    with socket.create_connection(("127.0.0.1", port), 5) as sock:
-        if pause:
-            sock.sendall(head)
-            time.sleep(pause)
-            sock.sendall(payload)
-        else:
-            sock.sendall(head + payload)
-        raw = read_all(sock, 5)
-    response_head, _, response_body = raw.partition(b"\r\n\r\n")
-    return status_codes(response_head)[0], response_head, response_body
-
-
-BODY = b"the-body-" + bytes(range(48, 58)) * 3
 
 
 def _answer_503_and_close(conn: socket.socket, backend: ScriptedBackend) -> None:
@@ -305,11 +241,11 @@ def test_buffered_put_is_replayed_with_its_whole_body(origins, make_proxy, fault
     first = ScriptedBackend(on_new_connections(fault))
     proxy = balanced_proxy(make_proxy, [first.address, origins["a"].address], "round-robin",
                            "retry_on_status = [503]\nmax_fails = 0")
-    status, head, echoed = put(proxy.port, "/echo", BODY, chunked)
+    status, head, echoed = put(proxy.port, "/echo", REPLAY_BODY, chunked)
     first.stop()
     assert [r.split(b" ", 1)[0] for r in first.requests] == [b"PUT"]  # the first try happened
     assert status == 200 and b"X-Origin: a" in head
-    assert echoed == BODY  # the replay carried the whole body again
+    assert echoed == REPLAY_BODY  # the replay carried the whole body again
 
 
 def _ok_after_reading(conn: socket.socket, backend: ScriptedBackend) -> None:
@@ -323,7 +259,7 @@ def test_streamed_put_is_never_sent_twice(make_proxy, chunked):
     broken, good = ScriptedBackend(_close_after_reading), ScriptedBackend(_ok_after_reading)
     proxy = balanced_proxy(make_proxy, [broken.address, good.address], "round-robin",
                            "max_fails = 0")
-    status, _, _ = put(proxy.port, "/", BODY, chunked, pause=0.3)
+    status, _, _ = put(proxy.port, "/", REPLAY_BODY, chunked, pause=0.3)
     broken.stop()
     good.stop()
     assert status == 502

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.config.docs import documented_examples
 from tests.support import RPROXYD, ScriptedBackend, read_all, served_by
-from tests.test_balancing import BODY, on_new_connections, put, read_request
+from tests.support.replay import REPLAY_BODY, on_new_connections, put, read_request
 
 VHOSTS = """
 [[vhost]]
@@ -265,11 +265,11 @@ def test_internal_redirect_replays_a_buffered_body(origins, make_proxy, chunked)
     proxy = make_proxy(backends={"redirector": [backend.address], "a": [origins["a"].address]},
                        vhosts=vhosts)
     time.sleep(0.3)  # the redirector drops the proxy's warm connection: the PUT body is buffered
-    status, head, echoed = put(proxy.port, "/upload", BODY, chunked)
+    status, head, echoed = put(proxy.port, "/upload", REPLAY_BODY, chunked)
     backend.stop()
     assert [r.split(b" ", 2)[:2] for r in backend.requests] == [[b"PUT", b"/upload"]]
     assert status == 200 and b"X-Origin: a" in head
-    assert echoed == BODY  # the redirected request carried the whole body again
+    assert echoed == REPLAY_BODY  # the redirected request carried the whole body again
 
 
 def test_pipelined_requests_across_vhosts(routed):

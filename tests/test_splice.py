@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ScriptedBackend, curl, recv_until, running
+from tests.support import ScriptedBackend, curl, running
 
 MIB = 1024 * 1024
 BODY = os.urandom(3 * MIB + 12345)  # not a multiple of any pipe or buffer size
@@ -29,6 +29,8 @@ def _fds(pid: int, kind: str) -> int:
 
 
 def _worker(proxy) -> int:
+    """The pid of the proxy's one worker, once it serves (the supervisor listens before it forks)."""
+    assert _wait_for(lambda: "worker 0 serving" in proxy.log())
     (pid,) = proxy.worker_pids()
     return pid
 
@@ -81,7 +83,9 @@ def test_spliced_body_goes_through_a_pipe_and_a_small_one_does_not(make_proxy):
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
             sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-            recv_until(sock, b"\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:  # the head, and whatever came with it; then stop reading
+                head += sock.recv(4096)
             assert _wait_for(lambda: _fds(worker, "pipe") > pipes_before)
             # The body waits in the kernel: the worker does not buffer the stalled response.
             assert proxy.rss_kib() - rss_before < 16 * 1024
@@ -94,7 +98,7 @@ def test_splice_off_relays_the_same_bytes(make_proxy):
         pipes_before = _fds(worker, "pipe")
         response = httpx.get(f"{proxy.url}/big", timeout=30)
         assert hashlib.sha256(response.content).digest() == hashlib.sha256(BODY).digest()
-        assert _fds(worker, "pipe") == pipes_before
+        assert _fds(worker, "pipe") <= pipes_before  # no pipe was made for it
 
 
 def test_backend_closing_mid_splice_cuts_the_response_and_the_worker_carries_on(make_proxy, origin):

@@ -353,7 +353,7 @@ def test_keepalive_request_in_flight_when_draining_starts_gets_connection_close(
     with sock:
         time.sleep(0.5)  # at the origin now; the drain starts well before the answer
         proxy.send(sig)
-        head, body, close = Load._read_response(sock)
+        head, body, close = Load.read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b"slept\n"
         assert close, head  # the client asked for keep-alive; the draining worker says close
         assert sock.recv(1) == b""  # and then closes
