@@ -2,9 +2,7 @@
 # The end-to-end test proper, run by e2e.service inside a booted bookworm
 # container (run.sh starts it).  Every phase is timed and recorded in
 # /out/results as "phase STATUS seconds detail"; STATUS is PASS, FAIL or
-# SKIPPED.  Phases that need the supervisor (issue 4: sd_notify, reload,
-# in-place upgrade) are SKIPPED, with the reason, when the package's rproxyd
-# lacks `--reload`.
+# SKIPPED (a phase whose precondition is absent, with the reason).
 set -uo pipefail
 
 # shellcheck source=/dev/null
@@ -15,8 +13,6 @@ export DEBIAN_FRONTEND=noninteractive
 UNIT=rproxyd.service
 ORIGIN_PORT=9001
 EXPECT="Hello from the rproxyd demo origin"
-DROPIN=/etc/systemd/system/rproxyd.service.d/e2e-no-supervisor.conf
-SUPERVISOR=no
 ABORT=""
 
 say() { printf 'e2e: %s\n' "$*"; }
@@ -116,18 +112,9 @@ p_probe() {
     dpkg-deb -x "/in/$OLD_DEB" "$probe"
     python3 -I -c "import sys; sys.path.insert(0, '$probe/usr/lib/rproxyd'); \
 from appliance.cli import main; sys.exit(main())" --help >/tmp/help
-    if grep -q -- '--reload' /tmp/help; then
-        echo yes >/tmp/supervisor
-        note "supervisor present (rproxyd --reload): Type=notify unit used as shipped"
-    else
-        echo no >/tmp/supervisor
-        mkdir -p "${DROPIN%/*}"
-        # The shipped unit waits for READY=1 and calls `rproxyd --reload`; a
-        # build without the supervisor does neither.
-        printf '[Service]\nType=exec\nWatchdogSec=0\nExecReload=\n' >"$DROPIN"
-        note "no supervisor (rproxyd --help lacks --reload): drop-in $DROPIN sets Type=exec," \
-             "no watchdog, no ExecReload; reload and upgrade-under-load phases will be SKIPPED"
-    fi
+    # The shipped unit's ExecReload is `rproxyd --reload`: the package must have it.
+    grep -q -- '--reload' /tmp/help || fail "rproxyd --help lacks --reload (the unit's ExecReload)"
+    note "supervisor present (rproxyd --reload): Type=notify unit used as shipped"
 }
 
 p_install() {
@@ -169,22 +156,17 @@ servers = ["127.0.0.1:$ORIGIN_PORT"]
 CONF
     touch /tmp/configured
     check "rproxyd -t" rproxyd -t
-    if [[ $SUPERVISOR == yes ]]; then
-        check "systemctl reload" systemctl reload "$UNIT"
-    else
-        check "systemctl restart" systemctl restart "$UNIT"
-    fi
+    check "systemctl reload" systemctl reload "$UNIT"
     check "200 through the proxy" wait_for 15 is_code 200 http://127.0.0.1/
     curl -sS --max-time 5 http://127.0.0.1/ | grep -q "$EXPECT" || fail "unexpected body"
     curl -sS --max-time 5 -D - -o /dev/null http://127.0.0.1/ | tr -d '\r' | sed 's/^/e2e:   /'
     load_start smoke
     sleep 2
     load_stop smoke || fail "requests failed under steady load"
-    note "$( [[ $SUPERVISOR == yes ]] && echo reloaded || echo restarted ) onto backend 127.0.0.1:$ORIGIN_PORT; curl 200"
+    note "reloaded onto backend 127.0.0.1:$ORIGIN_PORT; curl 200"
 }
 
 p_reload() {
-    [[ $SUPERVISOR == yes ]] || skip "waiting on the supervisor (issue 4): rproxyd has no --reload"
     local pid before after i t0
     pid=$(mainpid)
     before=$(python3 -c 'import json; print(json.load(open("/run/rproxyd/status.json"))["generation"])')
@@ -213,15 +195,6 @@ p_logs() {
 p_upgrade() {
     local pid gen_before new_pid deleted
     pid=$(mainpid)
-    if [[ $SUPERVISOR != yes ]]; then
-        check "apt install new" apt-get install -y --no-install-recommends "/in/$NEW_DEB"
-        [[ $(dpkg-query -W -f '${Version}' rproxyd) == "$NEW_VERSION" ]] || fail "version not $NEW_VERSION"
-        check "active after upgrade" wait_for 30 systemctl is-active --quiet "$UNIT"
-        check "200 after upgrade" wait_for 15 is_code 200 http://127.0.0.1/
-        [[ $(mainpid) != "$pid" ]] || fail "expected a restart without the supervisor"
-        note "upgraded to $NEW_VERSION by restart (no supervisor); under-load phase SKIPPED"
-        return 0
-    fi
     gen_before=$(python3 -c 'import json; print(json.load(open("/run/rproxyd/status.json"))["generation"])')
     load_start upgrade
     apt-get install -y --no-install-recommends "/in/$NEW_DEB" || { load_stop upgrade; fail "apt install new"; }
@@ -266,7 +239,6 @@ p_remove() {
 p_purge() {
     check "apt purge" apt-get purge -y rproxyd
     systemctl stop e2e-origin.service || true
-    rm -rf "${DROPIN%/*}"
     systemctl daemon-reload
     local left=()
     local path
@@ -293,16 +265,12 @@ p_purge() {
 
 say "container up; systemd $(systemctl --version | head -1 | cut -d' ' -f2); old=$OLD_DEB new=$NEW_DEB"
 phase probe p_probe critical
-SUPERVISOR=$(cat /tmp/supervisor 2>/dev/null || echo no)
 phase install p_install critical
 phase verify p_verify
 phase configure p_configure critical
 phase reload-x"$RELOADS"-under-load p_reload
 phase logrotate p_logs
 phase upgrade p_upgrade critical
-if [[ $SUPERVISOR != yes ]]; then
-    printf 'upgrade-under-load SKIPPED 0 waiting on the supervisor (issue 4): no in-place upgrade\n' >>"$RESULTS"
-fi
 ABORT=""   # always try to stop and clean up
 phase stop p_stop
 phase remove p_remove

@@ -10,7 +10,7 @@
 #      cached root stays pristine) and runs inside.sh as a oneshot unit that
 #      powers the container off when done;
 #   5. prints the per-phase results and timings; exit status 0 only if no
-#      phase failed (phases waiting on the supervisor are SKIPPED, not failed).
+#      phase failed (a phase whose precondition is absent is SKIPPED, with the reason).
 #
 # Must run as root on a Debian 12 host.  Environment:
 #   E2E_ROOT_CACHE  cached bookworm root (default /var/cache/rproxyd-e2e/bookworm-root)
