@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import textwrap
 import time
@@ -12,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import free_port, wait_port
+from tests.support import free_port, read_all, wait_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
@@ -103,3 +104,15 @@ def test_keep_alive_pool_is_reused(proxy):
         for _ in range(200):
             assert client.get(proxy.url + "/index.html").status_code == 200
     assert time.monotonic() - started < 30
+
+
+def test_http10_request_without_host_reaches_nginx_with_one(proxy):
+    """HTTP/1.0 needs no Host, but the head sent on is HTTP/1.1, which does: nginx answers 400
+    (and closes its keep-alive connection) to a Host-less HTTP/1.1 request. `openssl s_time
+    -www` sends exactly such requests, so the TLS benchmark depends on this."""
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+            sock.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+            raw = read_all(sock, 5)
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n"), raw[:200]
+        assert raw.endswith(b"<h1>nginx origin</h1>\n")

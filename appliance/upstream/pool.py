@@ -110,6 +110,7 @@ class Server:
         "config",
         "connect_failures",
         "connecting",
+        "host_line",
         "idle",
         "live",
         "passive",
@@ -126,6 +127,9 @@ class Server:
     def __init__(self, pool: BackendPool, spec: ServerSpec, config: BackendConfig) -> None:
         self.pool = pool
         self.address = spec.address
+        # Host for a request that came without one (HTTP/1.0): the head we send is HTTP/1.1,
+        # which requires it (nginx sends its upstream's name the same way).
+        self.host_line = b"Host: " + str(spec.address).encode() + b"\r\n"
         # TLS to this server (None: plain TCP). A Server is one (address, TLS peer settings):
         # its pooled connections all share them.
         self.tls, self.tls_name = backend_peer(config, spec.address.host)
@@ -469,6 +473,8 @@ class BackendPool:
             lines.append(b"X-Forwarded-For: " + client.forwarded_tail)
         if exchange.host is not None:
             lines.append(b"X-Forwarded-Host: " + exchange.host + b"\r\n")
+        else:
+            lines.append(exchange.server.host_line)
         rid = exchange.request_id
         if rid is None:
             rid = exchange.request_id = client.ctx.new_request_id()
