@@ -496,7 +496,6 @@ class BackendConnection(asyncio.Protocol):
     def splice_read(self, size: int) -> None:
         """The splice took `size` body bytes from the backend."""
         self.body_seen += size
-        self.bypass_remaining -= size
         self.read_deadline.set(self.server.config.read_timeout)
 
     def splice_written(self, size: int) -> None:
@@ -518,6 +517,7 @@ class BackendConnection(asyncio.Protocol):
         exchange = self.exchange
         exchange.client.send_deadline.clear()
         if outcome == SPLICE_DONE:
+            self.bypass_remaining = 0  # the splice counted the rest of the body itself
             self.transport.resume_reading()
             self.complete = True
             self._complete_response()
