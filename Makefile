@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/rproxy/rproxy.toml
 STAMP := $(VENV)/.installed
+# The C session-ticket callback; appliance/tls/tickets.py falls back to ctypes without it.
+TICKET_CB := appliance/tls/_ticketkeys.so
 
 .PHONY: run test lint docs venv clean system-deps
 
@@ -16,18 +18,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(TICKET_CB): appliance/tls/ticketkeys.c
+	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $< -lssl -lcrypto
+
 ## run: the proxy on 127.0.0.1:8080 in front of the demo origin on 127.0.0.1:8081 (Ctrl-C stops both)
 run: $(STAMP)
+	@$(MAKE) -s $(TICKET_CB) 2>/dev/null || echo "no C compiler or libssl-dev: using the ctypes ticket callback"
 	@$(BIN)/python -m appliance.demo_origin --port 8081 & origin=$$!; \
 	trap 'kill $$origin 2>/dev/null' EXIT INT TERM; \
 	echo "rproxyd on http://127.0.0.1:8080/ -> demo origin on 127.0.0.1:8081 (Ctrl-C stops both)"; \
 	$(BIN)/rproxyd -c $(CONFIG)
 
 ## test: system tools, lint, then the whole suite against real processes on loopback
-test: system-deps $(STAMP) lint
+test: system-deps $(STAMP) $(TICKET_CB) lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
-## system-deps: the Debian packages the tests drive (curl, openssl, nginx), via apt when root
+## system-deps: the Debian packages the tests drive (curl, openssl, nginx) and the C callback's compiler
+## and libssl headers, via apt when root
 system-deps:
 	bash .ci/system-deps
 

@@ -40,6 +40,7 @@ cp "$top"/docs/*.md "$src/docs/"
 cp "$top/etc/rproxy/conf.d/README" "$src/etc/rproxy/conf.d/"
 cp -R "$top/packaging/debian" "$src/debian"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
+rm -f "$src"/appliance/tls/_ticketkeys.so  # debian/rules compiles its own
 
 if [[ -n $suffix ]]; then
     maint=$(sed -n 's/^Maintainer: //p' "$src/debian/control")

@@ -166,6 +166,10 @@ class Bench:
             archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.rproxyd_ref, "appliance"],
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+            if (src / "appliance/tls/ticketkeys.c").exists():
+                # The ref's C ticket callback, built by the same Makefile rule as the working tree's.
+                subprocess.run(["make", "-s", "-C", str(src), "-f", str(ROOT / "Makefile"),
+                                "appliance/tls/_ticketkeys.so"], check=True)
             self.rproxyd = [sys.executable, "-m", "appliance"]
             self.rproxyd_env = dict(os.environ, PYTHONPATH=str(src), PYTHONSAFEPATH="1")
             self.notes["rproxyd_source"] = f"appliance/ from git ref {args.rproxyd_ref}"

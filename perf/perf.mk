@@ -15,9 +15,9 @@ bench-deps: $(BENCH_STAMP)
 
 ## bench: every scenario against nginx, HAProxy, rproxyd and the bare origin; rewrites perf/RESULTS.md,
 ## perf/results.json and perf/results.png (installs nginx, haproxy, wrk, h2load with apt-get if missing)
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) $(TICKET_CB)
 	$(BIN)/python perf/run $(PERF_ARGS)
 
 ## bench-quick: smoke comparison of small GET and 1 MiB GET in under two minutes (output in perf/work/quick/)
-bench-quick: $(BENCH_STAMP)
+bench-quick: $(BENCH_STAMP) $(TICKET_CB)
 	$(BIN)/python perf/run --quick $(PERF_ARGS)

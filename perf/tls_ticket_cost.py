@@ -1,4 +1,4 @@
-"""CPU cost of rproxyd's ctypes ticket-key callback, per handshake, against OpenSSL's own keys.
+"""CPU cost of rproxyd's ticket-key callbacks (C and ctypes), per handshake, against OpenSSL's own keys.
 
     python perf/tls_ticket_cost.py CERT KEY [COUNT]
 
@@ -18,15 +18,16 @@ from appliance.tls.ring import TicketRing, private_region, random_key
 from appliance.tls.tickets import TicketKeyCallback
 
 
-def server_context(cert: str, key: str, version: ssl.TLSVersion, callback: bool) -> ssl.SSLContext:
+def server_context(cert: str, key: str, version: ssl.TLSVersion, callback: str) -> ssl.SSLContext:
+    """A server context with OpenSSL's own ticket keys ("openssl") or rproxyd's "C" or "ctypes" callback."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ctx.minimum_version = ctx.maximum_version = version
     ctx.num_tickets = 1
-    if callback:
+    if callback != "openssl":
         region = private_region()
         TicketRing(region).write([random_key()], 0.0)
-        tickets = TicketKeyCallback(TicketRing(region), ["v"], lambda name: "v")
+        tickets = TicketKeyCallback(TicketRing(region), ["v"], "v", native=callback == "C")
         tickets.install(libssl.ctx_pointer(ctx))
         ctx.keep_alive = tickets  # type: ignore[attr-defined] - the thunk must outlive the context
     return ctx
@@ -55,7 +56,7 @@ def main() -> None:
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         for resumed in (False, True):
             cost = {}
-            for callback in (False, True):
+            for callback in ("openssl", "C", "ctypes"):
                 server = server_context(cert, key, version, callback)
                 client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 client.check_hostname = False
@@ -71,8 +72,10 @@ def main() -> None:
                             session = conn.session
                     best = min(best, (time.process_time() - start) / count)
                 cost[callback] = best * 1e6
-            print(f"{version.name} {'resumed' if resumed else 'full'}: OpenSSL keys {cost[False]:.0f} us, "
-                  f"ctypes ring callback {cost[True]:.0f} us, difference {cost[True] - cost[False]:+.1f} us")
+            kind = "resumed" if resumed else "full"
+            print(f"{version.name} {kind}: OpenSSL keys {cost['openssl']:.0f} us, "
+                  f"C callback {cost['C'] - cost['openssl']:+.1f} us, "
+                  f"ctypes callback {cost['ctypes'] - cost['openssl']:+.1f} us")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def origin() -> Iterator[int]:
         yield port
 
 
-def _start(tmp_path: Path, certs: Certs, origin: int, tls: str = "") -> Rproxyd:
+def _start(tmp_path: Path, certs: Certs, origin: int, tls: str = "", callback: str = "C") -> Rproxyd:
+    """A proxy of two workers; `callback` "ctypes" forces the ticket callback's Python fallback."""
     extra = f"""
 [listener.tls]
 enabled = true
@@ -44,7 +45,12 @@ certificate = "{certs.dir}/a.test.pem"
 [tls]
 {tls}
 """
-    return Rproxyd(tmp_path, config_text(origin, tmp_path / "run", extra, process="workers = 2"))
+    env = {"RPROXYD_TICKET_CALLBACK": "python"} if callback == "ctypes" else {}
+    proxy = Rproxyd(tmp_path, config_text(origin, tmp_path / "run", extra, process="workers = 2"), env)
+    # `make` builds the C callback; the fallback is only taken when asked for.
+    wait_for(lambda: proxy.log().count(f"session-ticket callback: {callback} (") == 2, 5,
+             f"both workers on the {callback} ticket callback")
+    return proxy
 
 
 class Resumer:
@@ -83,10 +89,11 @@ class Resumer:
             assert self.resume_s_client(), "s_client's session was not resumed"
 
 
+@pytest.mark.parametrize("callback", ["C", "ctypes"])
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_resumption_across_workers_respawn_reload_and_upgrade(
-        tmp_path: Path, certs: Certs, origin: int, version: str) -> None:
-    proxy = _start(tmp_path, certs, origin)
+        tmp_path: Path, certs: Certs, origin: int, version: str, callback: str) -> None:
+    proxy = _start(tmp_path, certs, origin, callback=callback)
     try:
         client = Resumer(proxy.address[1], certs, version, tmp_path)
         client.all_resume(RESUMPTIONS)  # spread over both workers

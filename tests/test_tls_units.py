@@ -205,9 +205,11 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
     return server, client
 
 
-@pytest.fixture
-def one_vhost(tmp_path: Path) -> tuple[TlsListener, TicketKeyCallback, ssl.SSLContext]:
-    """A listener of one vhost with nothing to switch (no SNI callback), its tickets, a client."""
+@pytest.fixture(params=[True, False], ids=["C", "ctypes"])
+def one_vhost(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[TlsListener, TicketKeyCallback,
+                                                                     ssl.SSLContext]:
+    """A listener of one vhost with nothing to switch (no SNI callback), its tickets, a client;
+    once with each ticket callback (the C one must be built: `make`)."""
     ca = trustme.CA()
     ca.issue_cert("a.test").private_key_and_cert_chain_pem.write_to_path(tmp_path / "a.pem")
     (tmp_path / "rproxy.toml").write_text(f"""
@@ -229,7 +231,7 @@ backend = "demo"
     config = load(tmp_path / "rproxy.toml")
     region = ring.private_region()
     ring.TicketRing(region).write([ring.random_key()], time.monotonic())
-    tickets = TicketKeyCallback(ring.TicketRing(region), ["only"], lambda name: "only")
+    tickets = TicketKeyCallback(ring.TicketRing(region), ["only"], "only", native=request.param)
     listener = build_listener(config.listener[0].tls, config, lambda name: "only", tickets)
     assert listener.context.sni_callback is None
     client = ssl.create_default_context(cafile=None, cadata=ca.cert_pem.bytes().decode())

@@ -206,6 +206,8 @@ def select_site(listener: TlsListener, sslobj: ssl.SSLObject, server_name: str |
         site = (listener.sites.get(vhost) if vhost else None) or listener.fallback
         sslobj.rproxy_site = site
         sslobj.rproxy_sni = server_name
+        if listener.tickets is not None:
+            listener.tickets.note_site(libssl.ssl_pointer(sslobj), vhost)
         if site.context is None:
             return None
         if site.config is not None and site.config.client_crl:
@@ -301,5 +303,8 @@ def build_worker_tls(config: Config, vhost_of: Callable[[bytes | None], str],
         if ring_region is None:
             ring_region = private_region()
             TicketRing(ring_region).write([random_key()], time.monotonic())
-        tickets = TicketKeyCallback(TicketRing(ring_region), (v.name for v in config.vhost), vhost_of)
+        # Without an SNI callback (one vhost) every ticket is that vhost's.
+        only = config.vhost[0].name if len(config.vhost) == 1 else ""
+        tickets = TicketKeyCallback(TicketRing(ring_region), (v.name for v in config.vhost), only)
+        log.info("session-ticket callback: %s", tickets.implementation())
     return {listener.name: build_listener(listener.tls, config, vhost_of, tickets) for listener in enabled}
