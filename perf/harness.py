@@ -29,7 +29,7 @@ from .tools import (
 
 PERF = Path(__file__).resolve().parent
 ROOT = PERF.parent
-PROXIES = ("direct", "nginx", "haproxy", "rproxyd")
+PROXIES = ("direct", "nginx", "haproxy", "rproxyd", "tls_floor")
 COMPETITORS = ("nginx", "haproxy")
 
 
@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", default="all",
                    help=f"comma-separated scenarios or 'all' (default); known: {', '.join(BY_NAME)}")
     p.add_argument("--proxies", default=",".join(PROXIES),
-                   help="comma-separated proxies to drive (default: all of direct,nginx,haproxy,rproxyd)")
+                   help="comma-separated proxies to drive (default: all of direct,nginx,haproxy,rproxyd,"
+                   "tls_floor; tls_floor, the TLS calibration, runs in the TLS scenarios only)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="measured runs per scenario per proxy; the median "
                    "is reported (default 3)")
@@ -187,7 +188,7 @@ class Bench:
         self.origin.start()
         log(f"origin nginx on 127.0.0.1:{self.origin.port}")
 
-    def start_proxies(self) -> dict[str, Service]:
+    def start_proxies(self, sc: Scenario) -> dict[str, Service]:
         assert self.origin is not None
         w, o, c, n = self.work, self.origin.port, self.certs, self.a.workers
         svcs: dict[str, Service] = {}
@@ -199,6 +200,8 @@ class Bench:
             svcs["rproxyd"], notes = proxies.rproxyd_service(w, o, c, self.cpus, self.rproxyd, n,
                                                              self.rproxyd_env)
             self.notes.update({f"rproxyd_{k}": v for k, v in notes.items()})
+        if "tls_floor" in self.a.proxy_list and sc.kind == "tls":
+            svcs["tls_floor"] = proxies.tls_floor_service(w, c, self.cpus, n)
         for name, svc in list(svcs.items()):
             try:
                 svc.start()
@@ -240,15 +243,17 @@ class Bench:
 
     def run_scenario(self, sc: Scenario) -> None:
         log(f"scenario {sc.name}: {sc.title}")
-        svcs = self.start_proxies()
+        svcs = self.start_proxies(sc)
         assert self.origin is not None
         if "direct" in self.a.proxy_list:
             svcs = {"direct": self.origin, **svcs}
-        order = [p for p in self.a.proxy_list if p in svcs]
-        runs: dict[str, list[dict]] = {p: [] for p in self.a.proxy_list}
+        # The TLS calibration has no row outside the TLS scenarios.
+        proxy_list = [p for p in self.a.proxy_list if p != "tls_floor" or sc.kind == "tls"]
+        order = [p for p in proxy_list if p in svcs]
+        runs: dict[str, list[dict]] = {p: [] for p in proxy_list}
         status: dict[str, str] = {}
         notes: dict[str, str] = {}
-        for p in self.a.proxy_list:
+        for p in proxy_list:
             if p not in svcs:
                 status[p], notes[p] = "failed", "did not start"
             elif sc.kind == "tls" and p == "direct":
@@ -298,7 +303,7 @@ class Bench:
             for p, svc in svcs.items():
                 if p != "direct":
                     svc.stop()
-        self.results.extend(summarise(sc, runs, status, notes, self.a.proxy_list))
+        self.results.extend(summarise(sc, runs, status, notes, proxy_list))
 
     def run(self) -> int:
         t0 = time.monotonic()

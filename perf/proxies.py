@@ -1,4 +1,5 @@
-"""Configurations and launchers: nginx as the origin; nginx, HAProxy and rproxyd as proxies.
+"""Configurations and launchers: nginx as the origin; nginx, HAProxy and rproxyd as proxies;
+the TLS calibration (perf/tls_floor.py).
 
 Every proxy is set up the same way: `workers` processes/threads, access logs off, a
 keep-alive pool of POOL connections to the one origin, streamed (unbuffered-to-disk) bodies,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,6 +329,15 @@ def _config_ok(rproxyd: list[str], path: Path, text: str, env: dict | None) -> t
     r = subprocess.run([*rproxyd, "-t", "-c", str(path)], capture_output=True, text=True, check=False,
                        timeout=30, env=env)
     return r.returncode == 0, (r.stdout + r.stderr).strip()
+
+
+def tls_floor_service(work: Path, certs: Certs, cpus: CpuPlan, workers: int) -> Service:
+    """The TLS calibration (perf/tls_floor.py): uvloop + ssl answering without proxying, on both TLS ports."""
+    ec_port, rsa_port = free_port(), free_port()
+    argv = [sys.executable, str(Path(__file__).with_name("tls_floor.py")), "--workers", str(workers),
+            f"{ec_port}:{certs.ec_cert}:{certs.ec_key}", f"{rsa_port}:{certs.rsa_cert}:{certs.rsa_key}"]
+    return Service("tls_floor", cpus.wrap_proxy(argv), ec_port, work / "logs" / "tls_floor.log",
+                   extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port})
 
 
 def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, rproxyd: list[str],

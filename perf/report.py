@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PROXY_NAMES = {"direct": "direct (no proxy)", "nginx": "nginx", "haproxy": "HAProxy", "rproxyd": "rproxyd"}
+PROXY_NAMES = {"direct": "direct (no proxy)", "nginx": "nginx", "haproxy": "HAProxy", "rproxyd": "rproxyd",
+               "tls_floor": "uvloop TLS floor (no proxying)"}
 
 
 def write_all(out: Path, meta: dict, rows: list[dict], scenarios: list) -> None:
