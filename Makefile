@@ -47,7 +47,7 @@ docs: $(STAMP)
 	$(BIN)/python -m appliance.config.docs > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info $(TICKET_CB)
 
 # Feature areas keep their targets beside their code.
 -include perf/perf.mk
