@@ -145,3 +145,121 @@ def test_bodies_around_the_threshold_are_exact(make_proxy, origin, tmp_path: Pat
     direct = subprocess.run(["curl", "-s", f"http://{origin.address}/bytes/{size}"],
                             capture_output=True, check=True).stdout
     assert out.read_bytes() == direct
+
+
+# ------------------------------------------------------------------ request bodies (uploads)
+UPLOAD = os.urandom(5 * MIB + 54321)
+
+
+def _count_body(conn: socket.socket, backend: ScriptedBackend, answer_early: bool = False) -> None:
+    """A keep-alive backend that reads each Content-Length body and answers its SHA-256.
+
+    answer_early: answer 413 after the head and close, without reading the body.
+    """
+    while (data := backend.read_head(conn)) is not None:
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), b"0"))
+        if answer_early:
+            conn.sendall(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        digest = hashlib.sha256(body)
+        left = length - len(body)
+        while left:
+            piece = conn.recv(min(left, 1 << 20))
+            if not piece:
+                return
+            digest.update(piece)
+            left -= len(piece)
+        answer = digest.hexdigest().encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+
+def test_large_upload_arrives_exact_through_a_pipe_and_both_connections_are_reused(make_proxy):
+    with running(backend := ScriptedBackend(_count_body)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        worker = _worker(proxy)
+        with httpx.Client(base_url=proxy.url, timeout=30) as client:
+            answers = [client.post("/up", content=UPLOAD).text for _ in range(3)]
+            small = client.post("/up", content=b"tiny").text  # after the splice: the parser again
+        assert answers == [hashlib.sha256(UPLOAD).hexdigest()] * 3
+        assert small == hashlib.sha256(b"tiny").hexdigest()
+        assert backend.connections == 1
+        assert _fds(worker, "pipe") >= 2  # the splice's pipe, kept for the next body
+
+
+def test_pipelined_request_after_a_spliced_upload_is_answered(make_proxy):
+    with running(backend := ScriptedBackend(_count_body)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        body = UPLOAD[:2 * MIB]
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                         + b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+            sock.settimeout(10)
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(
+                    hashlib.sha256(b"abc").hexdigest().encode()):
+                piece = sock.recv(65536)
+                assert piece, received
+                received += piece
+        assert hashlib.sha256(body).hexdigest().encode() in received
+
+
+def test_upload_splice_off_and_tls_clients_copy_the_same_bytes(make_proxy):
+    with running(backend := ScriptedBackend(_count_body)):
+        proxy = make_proxy(backends={"app": [backend.address]}, extra="[proxy]\nsplice_min_bytes = 0\n")
+        worker = _worker(proxy)
+        pipes_before = _fds(worker, "pipe")
+        response = httpx.post(f"{proxy.url}/up", content=UPLOAD, timeout=30)
+        assert response.text == hashlib.sha256(UPLOAD).hexdigest()
+        assert _fds(worker, "pipe") <= pipes_before  # no pipe was made for it
+
+
+def test_client_leaving_mid_upload_splice_frees_everything(make_proxy):
+    with running(backend := ScriptedBackend(_count_body)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        worker = _worker(proxy)
+        assert httpx.post(f"{proxy.url}/up", content=UPLOAD, timeout=30).status_code == 200  # warm up
+        sockets_before, pipes_before = _fds(worker, "socket"), _fds(worker, "pipe")
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+                sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (64 * MIB)
+                             + UPLOAD[:3 * MIB])
+                time.sleep(0.2)
+        # Each cut body closed its backend connection (it can't be completed) and the client's.
+        assert _wait_for(lambda: _fds(worker, "socket") <= sockets_before)
+        assert _fds(worker, "pipe") <= pipes_before
+        after = httpx.post(f"{proxy.url}/up", content=UPLOAD, timeout=30)
+        assert after.text == hashlib.sha256(UPLOAD).hexdigest()
+        assert "Traceback" not in proxy.log()
+
+
+def test_backend_answering_before_the_spliced_body_ends_reaches_the_client(make_proxy):
+    def early(conn: socket.socket, backend: ScriptedBackend) -> None:
+        _count_body(conn, backend, answer_early=True)
+        time.sleep(0.5)  # unread body in the socket: closing now would reset the answer
+
+    with running(backend := ScriptedBackend(early)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (32 * MIB)
+                         + UPLOAD[:MIB])
+            sock.settimeout(10)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+        assert httpx.get(f"{proxy.url}/ok", timeout=10).status_code == 413  # the worker carries on
+        assert "Traceback" not in proxy.log()
+
+
+def test_client_stalling_mid_upload_splice_gets_408_and_the_backend_connection_goes(make_proxy):
+    with running(backend := ScriptedBackend(_count_body)):
+        proxy = make_proxy(backends={"app": [backend.address]}, limits='body_timeout = "1s"\n')
+        worker = _worker(proxy)
+        assert httpx.post(f"{proxy.url}/up", content=UPLOAD, timeout=30).status_code == 200  # warm up
+        sockets_before = _fds(worker, "socket")
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (8 * MIB)
+                         + UPLOAD[:2 * MIB])
+            sock.settimeout(10)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 408")  # the body timeout ran during the splice
+        assert _wait_for(lambda: _fds(worker, "socket") <= sockets_before - 1)  # that backend connection
+        assert "request body timed out" in proxy.log()

@@ -572,9 +572,10 @@ class ProxyConfig:
     )
     splice_min_bytes: int = key(
         64 * 1024, kind=SIZE, minimum=0,
-        doc="Plaintext response bodies with a Content-Length and at least this many bytes still "
-        "to come after the head are relayed with splice(2): backend socket to client socket "
-        "through a pipe, never copied into the proxy. 0 turns it off.",
+        doc="Plaintext bodies with a Content-Length and at least this many bytes still to come "
+        "after the head are relayed with splice(2) through a pipe, never copied into the proxy: "
+        "responses backend socket to client socket, request bodies client socket to backend "
+        "socket (such a request is never retried). 0 turns it off.",
     )
     drain_timeout: float = key(
         30.0, kind=DURATION, minimum=0.0,

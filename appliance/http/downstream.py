@@ -24,6 +24,7 @@ from appliance.http.exchange import Exchange, ExchangeState
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.tls.session import TlsConnection
+from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, SpliceHolder
 
 if TYPE_CHECKING:
     from appliance.tls.contexts import TlsSite
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 PAUSE_UPSTREAM_FULL = 1  # the backend is not keeping up with the request body
 PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
 PAUSE_BUFFER_FULL = 4  # body buffered while waiting for a backend connection
+PAUSE_SPLICE = 8  # the rest of the request body goes through splice(2), not this transport
 
 _S = ExchangeState
 log = logging.getLogger("rproxyd.client")
@@ -66,7 +68,7 @@ FRAME_RAW = 1  # body bytes as they come (Content-Length, or close-delimited to 
 FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(SpliceHolder, asyncio.Protocol):
     __slots__ = (
         "_read_pauses",
         "bypass_remaining",
@@ -83,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         "response_framing",
         "send_deadline",
         "sent",
+        "splice",
         "state",
         "tls",
         "transport",
@@ -118,6 +121,7 @@ class ClientConnection(asyncio.Protocol):
         self.forwarded_tail = b""
         self.deadline = Deadline(ctx.loop, self._on_read_timeout)
         self.send_deadline = Deadline(ctx.loop, self._on_send_timeout)
+        self.splice: BodySplice | None = None  # set while a request body goes through splice(2)
 
     # ----------------------------------------------------------------- state
     def _transition(self, new: ClientState) -> None:
@@ -144,6 +148,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline.set(limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.stop_splice()
         if self.state is not ClientState.CLOSED:
             self._transition(ClientState.CLOSED)
         self.deadline.cancel()
@@ -190,6 +195,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange.content_length and not exchange.request_done:
             # The rest of a Content-Length body skips the parser (see _forward_length_body).
             self.bypass_remaining = exchange.content_length - exchange.body_received
+            self._try_splice(exchange)
 
     def eof_received(self) -> bool | None:
         if self.state is ClientState.CLOSED:
@@ -443,12 +449,69 @@ class ClientConnection(asyncio.Protocol):
             self._reject(failure)
             return b""
         if not self.bypass_remaining:
-            # The parser was skipped for the body: start afresh for the next request.
-            self.parser = httptools.HttpRequestParser(self)
-            self.on_message_complete()
-            if exchange.state is not _S.HEAD and self.state is not ClientState.CLOSED:
-                self.deadline.clear()
+            self._length_body_done(exchange)
+        else:
+            self._try_splice(exchange)
         return rest
+
+    def _length_body_done(self, exchange: Exchange) -> None:
+        # The parser was skipped for the body: start afresh for the next request.
+        self.parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+        if exchange.state is not _S.HEAD and self.state is not ClientState.CLOSED:
+            self.deadline.clear()
+
+    # ---------------------------------------------------- zero-copy request body
+    def _try_splice(self, exchange: Exchange) -> None:
+        """Hand the rest of a large plaintext request body to splice(2), client socket to backend."""
+        upstream = exchange.upstream
+        if upstream is None or self.tls is not None or exchange.finished or self.state is ClientState.CLOSED:
+            return
+        limit = self.ctx.limits.max_body_bytes
+        if limit and exchange.content_length > limit:
+            return  # the copying path answers 413 when the body gets there
+        target = upstream.request_splice_target(self.bypass_remaining)
+        if target is None:
+            return  # TLS to the backend, too short, or bytes still queued for it (next read tries again)
+        pipes, destination = target
+        exchange.body_streamed = True  # never replayed: the body leaves without a copy kept
+        self.pause_reading(PAUSE_SPLICE)
+        self.splice = BodySplice(self.ctx.loop, pipes, self.transport, destination, self.bypass_remaining,
+                                 self)
+
+    def splice_read(self, size: int) -> None:
+        """The splice took `size` body bytes from the client."""
+        self.parsing.body_received += size
+        self.deadline.set(self.ctx.limits.body_timeout)
+
+    def splice_written(self, size: int) -> None:
+        """The splice gave `size` body bytes to the backend (counted as read, in splice_read)."""
+
+    def splice_waiting(self, for_destination: bool) -> None:
+        """Whose timeout applies: the backend's write timeout while it does not read, else the body's."""
+        upstream = self.parsing.upstream
+        if for_destination:
+            self.deadline.clear()
+        else:
+            self.deadline.set(self.ctx.limits.body_timeout)
+        if upstream is not None:
+            upstream.request_splice_waiting(for_destination)
+
+    def splice_ended(self, outcome: int) -> None:
+        self.splice = None
+        exchange = self.parsing
+        self.bypass_remaining = 0  # the splice counted the rest of the body itself
+        if exchange.upstream is not None:
+            exchange.upstream.request_splice_waiting(False)
+        if outcome == SPLICE_DONE:
+            self.resume_reading(PAUSE_SPLICE)
+            self._length_body_done(exchange)
+        elif outcome == SPLICE_SOURCE_CLOSED:
+            # As in eof_received: the backend must not take a cut body as complete.
+            self._fail_current(exchange, errors.ClientFault("request body truncated"))
+            self.close()
+        elif exchange.upstream is not None:
+            exchange.upstream.close()  # the backend refused the bytes: its loss fails the exchange
 
     def send_continue(self, exchange: Exchange) -> None:
         """Tell a client waiting on Expect: 100-continue to send its body."""
@@ -680,6 +743,7 @@ class ClientConnection(asyncio.Protocol):
     def close(self, force: bool = False) -> None:
         if self.state is ClientState.CLOSED:
             return
+        self.stop_splice()
         self._transition(ClientState.CLOSED)
         self.deadline.cancel()
         self.send_deadline.cancel()

@@ -29,7 +29,7 @@ from appliance.http.downstream import (
 )
 from appliance.http.exchange import ExchangeState
 from appliance.observe.errorlog import about
-from appliance.upstream.splice import SPLICE_BACKEND_CLOSED, SPLICE_DONE, ResponseSplice
+from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool, SpliceHolder
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -65,7 +65,7 @@ BODY_CHUNKED = 2
 BODY_UNTIL_CLOSE = 3
 
 
-class BackendConnection(asyncio.Protocol):
+class BackendConnection(SpliceHolder, asyncio.Protocol):
     __slots__ = (
         "body_mode",
         "body_seen",
@@ -112,7 +112,7 @@ class BackendConnection(asyncio.Protocol):
         self.connect_time = 0.0  # how long opening this connection took (set by the pool)
         self.reading_paused = False
         self.sent_at = 0.0
-        self.splice: ResponseSplice | None = None  # set while a body goes through splice(2)
+        self.splice: BodySplice | None = None  # set while a response body goes through splice(2)
         loop = server.pool.loop
         self.read_deadline = Deadline(loop, self._on_read_timeout)
         self.write_deadline = Deadline(loop, self._on_write_timeout)
@@ -193,7 +193,7 @@ class BackendConnection(asyncio.Protocol):
         return False  # let the transport close; connection_lost does the accounting
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_splice()
+        self.stop_splice()
         self.read_deadline.cancel()
         self.write_deadline.cancel()
         previous = self.state
@@ -288,6 +288,21 @@ class BackendConnection(asyncio.Protocol):
     def send_request_chunk(self, data: bytes) -> None:
         self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
 
+    def request_splice_target(self, remaining: int) -> tuple[PipePool, asyncio.Transport] | None:
+        """Pipes and transport for splicing `remaining` request-body bytes here; None: copy them."""
+        pipes = self.server.pool.pipes
+        if (pipes is None or remaining < pipes.min_bytes or self.server.tls is not None
+                or self.transport.get_write_buffer_size()):
+            return None
+        return pipes, self.transport
+
+    def request_splice_waiting(self, waiting: bool) -> None:
+        """A request-body splice waits for this socket to take bytes (the write timeout runs), or not."""
+        if waiting:
+            self.write_deadline.set(self.server.config.write_timeout)
+        else:
+            self.write_deadline.clear()
+
     def abandon(self) -> None:
         """The exchange ended on the client side mid-flight: this connection can't be reused."""
         self.exchange = None
@@ -296,7 +311,7 @@ class BackendConnection(asyncio.Protocol):
     def close(self) -> None:
         # The splice holds duplicates of both sockets: release them now, or the client's
         # socket would stay open behind its closed transport.
-        self._stop_splice()
+        self.stop_splice()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -484,14 +499,9 @@ class BackendConnection(asyncio.Protocol):
         if (self.server.tls is not None or client.tls is not None or client.response_framing != FRAME_RAW
                 or client.held_head is not None or client.transport.get_write_buffer_size()):
             return  # TLS needs user-space bytes; buffered output must go first (it will drain)
-        self.splice = ResponseSplice(self.server.pool.loop, pipes, self.transport, client.transport,
-                                     self.bypass_remaining, self)
-
-    def _stop_splice(self) -> None:
-        splice = self.splice
-        if splice is not None:
-            self.splice = None
-            splice.cancel()
+        self.transport.pause_reading()  # resumed when the splice ends
+        self.splice = BodySplice(self.server.pool.loop, pipes, self.transport, client.transport,
+                                 self.bypass_remaining, self)
 
     def splice_read(self, size: int) -> None:
         """The splice took `size` body bytes from the backend."""
@@ -502,10 +512,10 @@ class BackendConnection(asyncio.Protocol):
         """The splice gave `size` body bytes to the client."""
         self.exchange.client.sent += size
 
-    def splice_waiting(self, for_client: bool) -> None:
+    def splice_waiting(self, for_destination: bool) -> None:
         """Whose timeout applies: the client's send timeout while it does not read, else ours."""
         client = self.exchange.client
-        if for_client:
+        if for_destination:
             self.read_deadline.clear()
             client.send_deadline.set(client.ctx.limits.send_timeout)
         else:
@@ -521,7 +531,7 @@ class BackendConnection(asyncio.Protocol):
             self.transport.resume_reading()
             self.complete = True
             self._complete_response()
-        elif outcome == SPLICE_BACKEND_CLOSED:
+        elif outcome == SPLICE_SOURCE_CLOSED:
             self.close()  # connection_lost cuts the client's response, as on any mid-body loss
         else:
             exchange.client.close(force=True)  # the client is gone; its close abandons us

@@ -1,16 +1,18 @@
-"""Zero-copy response bodies: splice(2) from the backend socket to the client socket.
+"""Zero-copy bodies: splice(2) from one socket to another, in either direction.
 
 A plaintext Content-Length body is relayed through a kernel pipe: splice moves the
 socket buffers' pages into the pipe and on to the other socket, so the body never
 becomes Python bytes and never crosses into user space. That is what takes large
-responses past the cost of reading and writing them (HAProxy's `option splice-response`
-does the same). The head, and any body bytes read with it, still go the usual way; the
-splice starts only once the client's transport has nothing buffered, so order holds.
+bodies past the cost of reading and writing them (HAProxy's `option splice-response`
+and `splice-request` do the same). Responses go backend → client (the backend
+connection owns the splice), request bodies client → backend (the client connection
+does). The head, and any body bytes read with it, still go the usual way; the owner
+starts the splice only once the destination's transport has nothing buffered, so order
+holds, and pauses the source's transport for as long as it runs.
 
-While splicing, both transports stay open but the backend's is paused: this module
-watches duplicates of the two sockets' descriptors (uvloop refuses a reader on a
-descriptor a transport owns), so a transport closing its socket can never leave a
-watcher on a reused descriptor number.
+While splicing, both transports stay open: this module watches duplicates of the two
+sockets' descriptors (uvloop refuses a reader on a descriptor a transport owns), so a
+transport closing its socket can never leave a watcher on a reused descriptor number.
 """
 
 from __future__ import annotations
@@ -66,31 +68,35 @@ class SpliceState(IntEnum):
 
 # How a splice ended, as its owner hears it.
 SPLICE_DONE = 0  # the whole body went through
-SPLICE_BACKEND_CLOSED = 1  # the backend closed (or failed) before the end of the body
-SPLICE_CLIENT_GONE = 2  # the client socket refused the bytes (reset, closed)
+SPLICE_SOURCE_CLOSED = 1  # the source closed (or failed) before the end of the body
+SPLICE_DESTINATION_GONE = 2  # the destination socket refused the bytes (reset, closed)
 
 
 class SpliceOwner(Protocol):
-    """What a splice reports to (the backend connection whose response it carries)."""
+    """What a splice reports to (the connection whose body it carries)."""
 
     def splice_read(self, size: int) -> None: ...
     def splice_written(self, size: int) -> None: ...
-    def splice_waiting(self, for_client: bool) -> None: ...
+    def splice_waiting(self, for_destination: bool) -> None: ...
     def splice_ended(self, outcome: int) -> None: ...
 
 
-class ResponseSplice:
-    """Moves `remaining` body bytes from one socket to another, then reports how it ended."""
+class BodySplice:
+    """Moves `remaining` body bytes from one socket to another, then reports how it ended.
 
-    __slots__ = ("_backend_fd", "_client_fd", "_in_pipe", "_loop", "_owner", "_pipe", "_pipes",
+    The owner pauses the source's transport before and resumes it after: the transport
+    must not read what the splice moves.
+    """
+
+    __slots__ = ("_destination_fd", "_in_pipe", "_loop", "_owner", "_pipe", "_pipes", "_source_fd",
                  "remaining", "state")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         pipes: PipePool,
-        backend: asyncio.Transport,
-        client: asyncio.Transport,
+        source: asyncio.Transport,
+        destination: asyncio.Transport,
         remaining: int,
         owner: SpliceOwner,
     ) -> None:
@@ -99,27 +105,26 @@ class ResponseSplice:
         self.remaining = remaining
         self._owner = owner
         self._in_pipe = 0
-        self._backend_fd = os.dup(backend.get_extra_info("socket").fileno())
-        self._client_fd = os.dup(client.get_extra_info("socket").fileno())
+        self._source_fd = os.dup(source.get_extra_info("socket").fileno())
+        self._destination_fd = os.dup(destination.get_extra_info("socket").fileno())
         self._pipe = pipes.acquire()
         self.state = SpliceState.FILLING
-        backend.pause_reading()
-        loop.add_reader(self._backend_fd, self._fill)
+        loop.add_reader(self._source_fd, self._fill)
 
     def _fill(self) -> None:
-        """The backend socket is readable: move what it has into the pipe, then on."""
+        """The source socket is readable: move what it has into the pipe, then on."""
         if self.state is not SpliceState.FILLING:
             return
         room = min(self.remaining, self._pipes.capacity - self._in_pipe)
         try:
-            moved = os.splice(self._backend_fd, self._pipe[1], room, flags=_FLAGS)
+            moved = os.splice(self._source_fd, self._pipe[1], room, flags=_FLAGS)
         except BlockingIOError:
             return
         except OSError:
-            self._end(SPLICE_BACKEND_CLOSED)
+            self._end(SPLICE_SOURCE_CLOSED)
             return
         if moved == 0:
-            self._end(SPLICE_BACKEND_CLOSED)
+            self._end(SPLICE_SOURCE_CLOSED)
             return
         self.remaining -= moved
         self._in_pipe += moved
@@ -127,19 +132,19 @@ class ResponseSplice:
         self._drain()
 
     def _drain(self) -> None:
-        """Move the pipe's bytes to the client socket; wait for it to be writable if full."""
+        """Move the pipe's bytes to the destination; wait for it to be writable if full."""
         while self._in_pipe:
             try:
-                moved = os.splice(self._pipe[0], self._client_fd, self._in_pipe, flags=_FLAGS)
+                moved = os.splice(self._pipe[0], self._destination_fd, self._in_pipe, flags=_FLAGS)
             except BlockingIOError:
                 if self.state is SpliceState.FILLING:
                     self.state = SpliceState.DRAINING
-                    self._loop.remove_reader(self._backend_fd)
-                    self._loop.add_writer(self._client_fd, self._drain)
-                    self._owner.splice_waiting(for_client=True)
+                    self._loop.remove_reader(self._source_fd)
+                    self._loop.add_writer(self._destination_fd, self._drain)
+                    self._owner.splice_waiting(for_destination=True)
                 return
-            except OSError:  # EPIPE, ECONNRESET: the client is gone
-                self._end(SPLICE_CLIENT_GONE)
+            except OSError:  # EPIPE, ECONNRESET: the destination is gone
+                self._end(SPLICE_DESTINATION_GONE)
                 return
             self._in_pipe -= moved
             self._owner.splice_written(moved)
@@ -147,9 +152,9 @@ class ResponseSplice:
             self._end(SPLICE_DONE)
         elif self.state is SpliceState.DRAINING:
             self.state = SpliceState.FILLING
-            self._loop.remove_writer(self._client_fd)
-            self._loop.add_reader(self._backend_fd, self._fill)
-            self._owner.splice_waiting(for_client=False)
+            self._loop.remove_writer(self._destination_fd)
+            self._loop.add_reader(self._source_fd, self._fill)
+            self._owner.splice_waiting(for_destination=False)
 
     def cancel(self) -> None:
         """Stop without reporting (the owner is closing the connection anyway)."""
@@ -162,10 +167,24 @@ class ResponseSplice:
 
     def _release(self) -> None:
         if self.state is SpliceState.FILLING:
-            self._loop.remove_reader(self._backend_fd)
+            self._loop.remove_reader(self._source_fd)
         elif self.state is SpliceState.DRAINING:
-            self._loop.remove_writer(self._client_fd)
+            self._loop.remove_writer(self._destination_fd)
         self.state = SpliceState.ENDED
-        os.close(self._backend_fd)
-        os.close(self._client_fd)
+        os.close(self._source_fd)
+        os.close(self._destination_fd)
         self._pipes.release(self._pipe, empty=self._in_pipe == 0)
+
+
+class SpliceHolder:
+    """Mixed into a connection that may run one splice (its `splice` slot)."""
+
+    __slots__ = ()
+    splice: BodySplice | None
+
+    def stop_splice(self) -> None:
+        """Release the running splice, if any, without a report (the connection is closing)."""
+        splice = self.splice
+        if splice is not None:
+            self.splice = None
+            splice.cancel()
