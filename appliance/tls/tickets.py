@@ -133,6 +133,7 @@ class TicketKeyCallback:
         self.tags = {vhost: tag for tag, vhost in enumerate(self.vhosts, start=1)}
         self.default_tag = self.tags.get(default_vhost, len(self.vhosts))
         self.seq = -1
+        # The ctypes callback's table (the C one keeps its own).
         self.keys: list[_Key] = []
         self.decrypt: dict[bytes, tuple[_Key, int]] = {}  # wire name → key, vhost tag
         self.encrypt_names: list[bytes] = []
@@ -170,17 +171,18 @@ class TicketKeyCallback:
 
     def _refresh(self) -> None:
         seq, keys, _ = self.ring.read()
-        prepared = [_Key(key, newest=index == 0) for index, key in enumerate(keys)]
         names = [(wire_name(key.name, vhost), index, tag)
                  for index, key in enumerate(keys) for tag, vhost in enumerate(self.vhosts, start=1)]
-        self.decrypt = {name: (prepared[index], tag) for name, index, tag in names}
         # The key name of new tickets, by vhost tag - 1 (none until the ring has a key).
         self.encrypt_names = [wire_name(keys[0].name, vhost) for vhost in self.vhosts] if keys else []
-        self.keys, self.seq = prepared, seq
         if self.lib is not None:
             blob = self._pack(keys, sorted(names))
             if not self.lib.rk_set_keys(seq, blob, len(blob)):
                 raise RuntimeError("the C ticket callback refused the key table")
+        else:  # the ctypes callback's own table
+            self.keys = [_Key(key, newest=index == 0) for index, key in enumerate(keys)]
+            self.decrypt = {name: (self.keys[index], tag) for name, index, tag in names}
+        self.seq = seq
 
     def _pack(self, keys: list[TicketKey], names: list[tuple[bytes, int, int]]) -> bytes:
         """The table in ticketkeys.c's layout: keys, wire names sorted, encryption name per tag."""
