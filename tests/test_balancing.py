@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import re
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from appliance.config.values import Address
 from appliance.upstream.balance import ConsistentHash
-from tests.support import Origin, ScriptedBackend, free_port, served_by
+from tests.support import Origin, ScriptedBackend, free_port, served_by, wait_connected_to, wait_for
 from tests.support.replay import REPLAY_BODY, Handler, on_new_connections, put, read_request
 
 
@@ -24,9 +25,9 @@ def tally(url: str, count: int, headers: dict | None = None) -> collections.Coun
 
 def balanced_proxy(make_proxy, servers: list[str], method: str, options: str = ""):
     proxy = make_proxy(backends={"pool": servers}, backend_options=f'balance = "{method}"\n{options}')
-    # Let every server's warm-up connection open: until then a request the balancer sends
-    # to a server still connecting is served by whichever connection is ready first.
-    time.sleep(0.3)
+    # Wait for every server's warm-up connection: until it is open, a request the balancer
+    # sends to a server still connecting is served by whichever connection is ready first.
+    wait_connected_to([int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", " ".join(servers))])
     return proxy
 
 
@@ -274,17 +275,16 @@ def test_active_health_probe_down_and_up(make_proxy):
             '[backend.pool.health]\npath = "/health"\ninterval = "100ms"\nrise = 2\nfall = 2\n',
         )
         assert set(tally(proxy.url + "/", 10)) == {"a", "b"}
+        # Each verdict takes fall (or rise) probes 100 ms apart; 5 s is a generous bound.
         httpx.get(f"http://{b.address}/health/down")
-        time.sleep(0.8)
-        assert tally(proxy.url + "/", 10) == {"a": 10}
+        wait_for(lambda: tally(proxy.url + "/", 10) == {"a": 10}, 5, "b taken out")
         httpx.get(f"http://{a.address}/health/down")
-        time.sleep(0.8)
-        every_down = httpx.get(proxy.url + "/")
-        assert every_down.status_code == 503 and every_down.headers["retry-after"] == "1"
+        every_down = wait_for(lambda: (r := httpx.get(proxy.url + "/")).status_code == 503 and r, 5,
+                              "every server down")
+        assert every_down.headers["retry-after"] == "1"
         httpx.get(f"http://{a.address}/health/up")
         httpx.get(f"http://{b.address}/health/up")
-        time.sleep(0.8)
-        assert set(tally(proxy.url + "/", 10)) == {"a", "b"}
+        wait_for(lambda: set(tally(proxy.url + "/", 10)) == {"a", "b"}, 5, "both back")
     finally:
         a.stop()
         b.stop()
@@ -325,7 +325,8 @@ def test_active_probe_down_moves_the_requests_queued_for_the_server(origins, mak
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         try:
             busy = pool.submit(httpx.get, proxy.url + "/", headers=user, timeout=20)
-            time.sleep(0.3)  # the first request holds the server's one connection
+            wait_for(lambda: any(r.startswith(b"GET / ") for r in server.requests), 5,
+                     "the first request to hold the server's one connection")
             queued = pool.submit(httpx.get, proxy.url + "/", headers=user, timeout=20)
             time.sleep(0.3)  # the second waits in the server's own queue (hash is sticky)
             healthy.clear()

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import wait_for
 from tests.support.tls import client_context, https_get, make_certs
-from tests.support_proc import Rproxyd, config_text, demo_origin, get, wait_for
+from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import ScriptedBackend, free_port, raw_exchange, read_all, status_codes
+from tests.support import ScriptedBackend, free_port, raw_exchange, read_all, status_codes, wait_for
 
 SMALL_LIMITS = """
 max_header_bytes = "1k"
@@ -185,7 +185,7 @@ def test_pending_queue_overflow_and_timeout_get_503(make_proxy):
     )
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         busy = pool.submit(httpx.get, proxy.url + "/busy", timeout=10)
-        time.sleep(0.3)  # the one connection is now ACTIVE
+        wait_for(lambda: backend.requests, 5, "/busy to take the one connection")
         queued = pool.submit(httpx.get, proxy.url + "/queued", timeout=10)
         time.sleep(0.1)
         overflow = httpx.get(proxy.url + "/overflow", timeout=10)

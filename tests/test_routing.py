@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 
 import httpx
 import pytest
 
 from appliance.config.docs import documented_examples
-from tests.support import RPROXYD, ScriptedBackend, read_all, served_by
+from tests.support import RPROXYD, ScriptedBackend, read_all, served_by, wait_connected_to
 from tests.support.replay import REPLAY_BODY, on_new_connections, put, read_request
 
 VHOSTS = """
@@ -264,7 +263,8 @@ def test_internal_redirect_replays_a_buffered_body(origins, make_proxy, chunked)
     """
     proxy = make_proxy(backends={"redirector": [backend.address], "a": [origins["a"].address]},
                        vhosts=vhosts)
-    time.sleep(0.3)  # the redirector drops the proxy's warm connection: the PUT body is buffered
+    # The redirector drops the proxy's warm connection: the PUT body is buffered.
+    wait_connected_to([backend.port, origins["a"].port])
     status, head, echoed = put(proxy.port, "/upload", REPLAY_BODY, chunked)
     backend.stop()
     assert [r.split(b" ", 2)[:2] for r in backend.requests] == [[b"PUT", b"/upload"]]

@@ -26,8 +26,9 @@ import pytest
 from cryptography import x509
 
 from appliance.tls.contexts import CRL_CHECK_INTERVAL
+from tests.support import wait_for
 from tests.support.tls import TEAM_OID, Certs, client_context, https_get, make_certs, s_client, write_crl
-from tests.support_proc import Rproxyd, config_text, demo_origin, wait_for
+from tests.support_proc import Rproxyd, config_text, demo_origin
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import wait_for
 from tests.support.tls import Certs, client_context, https_get, make_certs, s_client
-from tests.support_proc import Rproxyd, config_text, demo_origin, wait_for
+from tests.support_proc import Rproxyd, config_text, demo_origin
 
 pytestmark = pytest.mark.timeout(120)
 RESUMPTIONS = 8

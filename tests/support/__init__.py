@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # One port picker for tests and the bench: see its docstring for why not bind(0).
 from perf.tools import free_port
@@ -32,6 +33,51 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = 
             return
         time.sleep(0.02)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """The first truthy value of `predicate`, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _tcp_sockets() -> list[tuple[int, int, str]]:
+    """(local port, remote port, state) of this network namespace's IPv4 TCP sockets."""
+    sockets = []
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            local, remote, state = line.split()[1:4]
+            sockets.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state))
+    return sockets
+
+
+ESTABLISHED, TIME_WAIT, LISTEN = "01", "06", "0A"
+
+
+def wait_connected_to(ports: list[int], timeout: float = 10.0) -> None:
+    """Until every port in `ports` that something listens on has been connected to.
+
+    How a test knows rproxyd's warm-up connections (one per server, opened when a worker
+    starts) are up, from the kernel's socket table instead of a guessed sleep: a port
+    counts once a connection to it is established, or was closed by its server (TIME_WAIT
+    on the server's side: a backend that drops the warm connection). Ports nothing
+    listens on (servers meant to be down) are skipped.
+    """
+    def all_connected() -> bool:
+        sockets = _tcp_sockets()
+        listening = {local for local, _, state in sockets if state == LISTEN}
+        connected = {remote for _, remote, state in sockets if state == ESTABLISHED}
+        connected |= {local for local, _, state in sockets if state == TIME_WAIT}
+        return all(port in connected for port in ports if port in listening)
+
+    wait_for(all_connected, timeout, f"connections to ports {ports}")
 
 
 class Origin:
