@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import load, proxies, report
+from . import breakdown, load, proxies, report
 from .tools import (
     CpuPlan,
     Service,
@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=int, default=5000,
                    help="offered requests/s in the latency scenario, the same for every proxy (default 5000)")
     p.add_argument("--tls-clients", type=int, default=3, help="parallel openssl s_time clients (default 3)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="record every measured run with perf and report the CPU per request by part "
+                   "(OpenSSL, kernel, libc, the proxy's own code); see perf/breakdown.py")
     p.add_argument("--access-log", action="store_true",
                    help="every proxy writes an access log (default: all off); for the logging cost")
     p.add_argument("--quick", action="store_true",
@@ -147,7 +150,8 @@ class Bench:
         if self.work.exists():
             shutil.rmtree(self.work)
         (self.work / "logs").mkdir(parents=True)
-        self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"])
+        self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"]
+                                  + (["perf"] if args.breakdown else []))
         self.cpus: CpuPlan = plan_cpus(args.workers)
         log(self.cpus.note)
         self.notes: dict[str, str] = {}
@@ -215,10 +219,28 @@ class Bench:
 
     def measure(self, sc: Scenario, proxy: str, svc: Service, seconds: float) -> dict:
         assert self.origin is not None
-        port = svc.port
         pids = svc.pids()
         opids = self.origin.pids()
-        before, obefore = cpu_ticks(pids), cpu_ticks(opids)
+        recording = None
+        if self.a.breakdown and proxy != "direct" and sc.kind != "idle":
+            recording = breakdown.PerfRecord(self.paths["perf"], pids,
+                                             self.work / f"perf-{sc.name}-{proxy}.data")
+        with recording or contextlib.nullcontext():
+            before, obefore = cpu_ticks(pids), cpu_ticks(opids)
+            res = self.run_load(sc, proxy, svc, seconds)
+            after, oafter = cpu_ticks(svc.pids() or pids), cpu_ticks(opids)
+        res["cpu_s"] = cpu_seconds_between(before, after)
+        res["origin_cpu_s"] = cpu_seconds_between(obefore, oafter)
+        if proxy == "direct":
+            res["origin_cpu_s"] = 0.0
+        if recording is not None:
+            res["cpu_parts_s"], res["own_code_s"] = breakdown.split(recording.shares(self.paths["perf"]),
+                                                                    res["cpu_s"])
+        return res
+
+    def run_load(self, sc: Scenario, proxy: str, svc: Service, seconds: float) -> dict:
+        """One bounded run of the scenario's load generator against one proxy: its raw figures."""
+        port = svc.port
         url = f"http://127.0.0.1:{port}{sc.path}"
         if sc.kind == "wrk":
             script = load.wrk_script(self.work, sc.body, sc.close)
@@ -234,11 +256,6 @@ class Bench:
                                 lambda: _rss(svc.pids()))
         else:  # pragma: no cover
             raise ValueError(sc.kind)
-        after, oafter = cpu_ticks(svc.pids() or pids), cpu_ticks(opids)
-        res["cpu_s"] = cpu_seconds_between(before, after)
-        res["origin_cpu_s"] = cpu_seconds_between(obefore, oafter)
-        if proxy == "direct":
-            res["origin_cpu_s"] = 0.0
         return res
 
     def run_scenario(self, sc: Scenario) -> None:
@@ -368,6 +385,26 @@ def _brief(sc: Scenario, r: dict) -> str:
     return s
 
 
+def _cpu_breakdown(sc: Scenario, runs: list[dict]) -> dict:
+    """Median CPU per request (per MiB for the byte scenarios) of each part, and of the own code's objects."""
+    per_mib = sc.metric == "bytes"
+
+    def per_unit(seconds: float, r: dict) -> float | None:
+        work = r["bytes"] / MIB if per_mib else r["requests"]
+        return seconds * 1e6 / work if work else None
+
+    recorded = [r for r in runs if "cpu_parts_s" in r]
+    objects = sorted({dso for r in recorded for dso in r["own_code_s"]})
+    own = {dso: _median([per_unit(r["own_code_s"].get(dso, 0.0), r) for r in recorded]) for dso in objects}
+    return {
+        "unit": "µs per MiB" if per_mib else "µs per request",
+        "total": _median([per_unit(r["cpu_s"], r) for r in recorded]),
+        "parts": {part: _median([per_unit(r["cpu_parts_s"][part], r) for r in recorded])
+                  for part in breakdown.PARTS},
+        "own_code": dict(sorted(own.items(), key=lambda item: -(item[1] or 0))),
+    }
+
+
 def _median(vals: list) -> float | None:
     vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.median(vals) if vals else None
@@ -403,6 +440,8 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
                   "rss_after_kib"):
             if any(k in r for r in per_run):
                 row[k] = _median([r.get(k) for r in per_run])
+        if any("cpu_parts_s" in r for r in rs):
+            row["cpu_breakdown"] = _cpu_breakdown(sc, rs)
         errs: dict[str, int] = {}
         for r in per_run:
             for k, v in r.get("errors", {}).items():

@@ -136,6 +136,7 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
                 f"| {_num(r.get('p99_ms'), '{:.2f}')} | {_ratio(r.get('vs_nginx'))} "
                 f"| {_ratio(r.get('vs_haproxy'))} | {'; '.join(notes)} |"
             )
+    out += _breakdown_section(rows, titles)
     if meta.get("failures"):
         out += ["", "## Failures", ""]
         out += [f"- {f.splitlines()[0][:400]}" for f in meta["failures"]]
@@ -146,6 +147,30 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
         out += ["", "## Chart", "", "![rproxyd and HAProxy relative to nginx](results.png)"]
     out += ["", "Raw figures, every run's median and the settings: [results.json](results.json).", ""]
     return "\n".join(out)
+
+
+def _breakdown_section(rows: list[dict], titles: dict) -> list[str]:
+    """`perf/run --breakdown`: each proxy's CPU per request split by where it runs."""
+    recorded = [r for r in rows if r.get("cpu_breakdown")]
+    if not recorded:
+        return []
+    out = ["", "## Where the CPU goes (`--breakdown`)", "",
+           "perf samples of the proxy's processes during the measured runs, by shared object "
+           "(perf/breakdown.py), times the CPU per request (per MiB in the byte scenarios); medians "
+           "of the runs. Own code: nginx's or HAProxy's binary; for the Python ones the interpreter, "
+           "uvloop, httptools and the C ticket callback.", "",
+           "| Scenario | Proxy | unit | total | OpenSSL | kernel | libc | own code "
+           "| largest parts of the own code |",
+           "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for name, sc in titles.items():
+        for r in (x for x in recorded if x["scenario"] == name):
+            b = r["cpu_breakdown"]
+            parts = [_num(b["parts"][p], "{:,.1f}") for p in ("OpenSSL", "kernel", "libc", "own code")]
+            largest = ", ".join(f"{dso} {_num(v, '{:,.1f}')}" for dso, v in list(b["own_code"].items())[:3])
+            total = _num(b["total"], "{:,.1f}")
+            out.append(f"| {sc.title} | {PROXY_NAMES[r['proxy']]} | {b['unit']} | {total} "
+                       f"| {' | '.join(parts)} | {largest} |")
+    return out
 
 
 def write_chart(path: Path, rows: list[dict], titles: dict) -> bool:

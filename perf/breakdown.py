@@ -1,0 +1,88 @@
+"""Where a proxy's CPU goes: `perf record` samples of its processes, split by shared object.
+
+`perf/run --breakdown` records every measured run of every proxy and reports the CPU per
+request (per MiB in the byte scenarios) in four parts:
+
+- OpenSSL: libcrypto and libssl, the handshake and record cryptography;
+- kernel: system calls, TCP on loopback, the scheduler;
+- libc: malloc, memcpy, the locks OpenSSL takes;
+- own code: everything else, the proxy itself. For nginx and HAProxy their binary; for
+  rproxyd and the TLS floor the Python interpreter, uvloop/libuv, httptools, the `_ssl`
+  glue and rproxyd's C ticket callback.
+
+Where two proxies spend the same on OpenSSL and the kernel, the difference in the last
+part is what their runtimes cost. Sampling costs CPU too (250 samples a second per CPU), so a
+--breakdown run's headline ratios are a little lower than a plain run's.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+PARTS = ("OpenSSL", "kernel", "libc", "own code")
+SAMPLE_HZ = 250
+_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S.*?)\s*$")
+
+
+def part_of(dso: str) -> str:
+    """Which of PARTS a shared object's samples count towards."""
+    if dso.startswith(("libcrypto.so", "libssl.so")):
+        return "OpenSSL"
+    if dso.startswith("[kernel"):
+        return "kernel"
+    if dso.startswith(("libc.so", "ld-linux", "libm.so", "[vdso]")):
+        return "libc"
+    return "own code"
+
+
+class PerfRecord:
+    """`perf record` of some processes for the duration of a `with` block."""
+
+    def __init__(self, perf: str, pids: list[int], out: Path) -> None:
+        self.argv = [perf, "record", "-q", "-F", str(SAMPLE_HZ), "-o", str(out),
+                     "-p", ",".join(str(pid) for pid in pids)]
+        self.out = out
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> PerfRecord:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.2)  # attaching to the processes; the load starts after
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"perf record failed: {self.proc.stderr.read().strip()[-300:]}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def shares(self, perf: str) -> dict[str, float]:
+        """Fraction of the samples in each shared object."""
+        report = subprocess.run([perf, "report", "-i", str(self.out), "--no-children", "--sort", "dso",
+                                 "--stdio", "-q", "-g", "none"], capture_output=True, text=True, check=True)
+        shares: dict[str, float] = {}
+        for line in report.stdout.splitlines():
+            m = _LINE.match(line)
+            if m:
+                shares[m[2]] = shares.get(m[2], 0.0) + float(m[1]) / 100
+        return shares
+
+
+def split(shares: dict[str, float], cpu_s: float) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU seconds per part, and per shared object of the own code."""
+    parts = dict.fromkeys(PARTS, 0.0)
+    own: dict[str, float] = {}
+    for dso, share in shares.items():
+        part = part_of(dso)
+        parts[part] += share * cpu_s
+        if part == "own code":
+            own[dso] = own.get(dso, 0.0) + share * cpu_s
+    return parts, own
