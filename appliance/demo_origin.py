@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,7 +47,11 @@ class DemoHandler(BaseHTTPRequestHandler):
     def _body_pieces(self) -> Iterator[bytes]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
+                try:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                except ValueError:  # a body cut short (the client went away) or malformed
+                    self.close_connection = True
+                    return
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
@@ -140,6 +145,16 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
 
+class DemoServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A peer that went away mid-response (a proxy dropping the connection of a client
+        # that left) is routine for an origin; anything else still gets its traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rproxyd demo origin")
     parser.add_argument("--bind", default="127.0.0.1")
@@ -147,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="demo", help="value of the X-Origin response header")
     args = parser.parse_args(argv)
     _State.name = args.name
-    server = ThreadingHTTPServer((args.bind, args.port), DemoHandler)
-    server.daemon_threads = True
+    server = DemoServer((args.bind, args.port), DemoHandler)
     print(f"demo origin on http://{args.bind}:{server.server_address[1]}/", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

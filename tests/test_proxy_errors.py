@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
-import random
 import socket
 import struct
 import time
@@ -260,20 +258,15 @@ def test_idle_keepalive_connection_closed_quietly(proxy):
     assert 0.8 < time.monotonic() - started < 3
 
 
-def test_random_garbage_never_crashes_the_worker(proxy):
-    rng = random.Random(1234)
-    seeds = [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-             b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd",
-             b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"]
-    for _ in range(300):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        if rng.random() < 0.3:
-            data += os.urandom(rng.randint(1, 64))
-        raw_exchange(proxy.port, bytes(data), timeout=2, shut_write=True)
-    assert proxy.alive()
-    assert httpx.get(proxy.url + "/").status_code == 200
+@pytest.mark.parametrize(("sent", "answers"), [
+    (b"GET / HT", []),
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /bytes/3 HTTP/1.1\r\nHo", [200]),
+], ids=["alone", "after-a-whole-request"])
+def test_stream_ending_inside_a_request_head(proxy, sent, answers):
+    # The cut request can never be whole: it is dropped unanswered at once (as nginx does),
+    # not answered 408 when header_timeout runs out; a whole request before it is answered.
+    raw = raw_exchange(proxy.port, sent, timeout=5, shut_write=True)
+    assert status_codes(raw) == answers
 
 
 def test_client_silent_mid_body_gets_408(proxy):

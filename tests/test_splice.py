@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ScriptedBackend, curl, running
+from tests.support import ScriptedBackend, curl, running, wait_for
 
 MIB = 1024 * 1024
 BODY = os.urandom(3 * MIB + 12345)  # not a multiple of any pipe or buffer size
@@ -29,19 +29,9 @@ def _fds(pid: int, kind: str) -> int:
 
 
 def _worker(proxy) -> int:
-    """The pid of the proxy's one worker, once it serves (the supervisor listens before it forks)."""
-    assert _wait_for(lambda: "worker 0 serving" in proxy.log())
-    (pid,) = proxy.worker_pids()
+    """The pid of the proxy's one worker, once it serves."""
+    (pid,) = proxy.serving_workers()
     return pid
-
-
-def _wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _serve_body(body: bytes, send: int | None = None):
@@ -86,7 +76,7 @@ def test_spliced_body_goes_through_a_pipe_and_a_small_one_does_not(make_proxy):
             head = b""
             while b"\r\n\r\n" not in head:  # the head, and whatever came with it; then stop reading
                 head += sock.recv(4096)
-            assert _wait_for(lambda: _fds(worker, "pipe") > pipes_before)
+            wait_for(lambda: _fds(worker, "pipe") > pipes_before, 5, "the worker's descriptors")
             # The body waits in the kernel: the worker does not buffer the stalled response.
             assert proxy.rss_kib() - rss_before < 16 * 1024
 
@@ -113,7 +103,7 @@ def test_backend_closing_mid_splice_cuts_the_response_and_the_worker_carries_on(
         assert code == b"200" and MIB <= int(size) < len(BODY)
         response = httpx.get(f"{proxy.url}/bytes/{2 * MIB}", timeout=30)
         assert response.status_code == 200 and len(response.content) == 2 * MIB
-        assert _wait_for(lambda: _fds(worker, "socket") <= sockets_before + 1)
+        wait_for(lambda: _fds(worker, "socket") <= sockets_before + 1, 5, "the worker's descriptors")
 
 
 def test_client_leaving_mid_splice_frees_both_sockets_and_the_pipe(make_proxy, origin):
@@ -131,7 +121,7 @@ def test_client_leaving_mid_splice_frees_both_sockets_and_the_pipe(make_proxy, o
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     # The aborted responses' backend connections are closed (their framing is lost), the
     # client sockets and the pipes that still held bytes are gone: nothing accumulates.
-    assert _wait_for(lambda: _fds(worker, "socket") <= sockets_before)
+    wait_for(lambda: _fds(worker, "socket") <= sockets_before, 5, "the worker's descriptors")
     assert _fds(worker, "pipe") <= pipes_before
     assert len(httpx.get(f"{proxy.url}/bytes/{4 * MIB}", timeout=30).content) == 4 * MIB
 
@@ -227,7 +217,7 @@ def test_client_leaving_mid_upload_splice_frees_everything(make_proxy):
                              + UPLOAD[:3 * MIB])
                 time.sleep(0.2)
         # Each cut body closed its backend connection (it can't be completed) and the client's.
-        assert _wait_for(lambda: _fds(worker, "socket") <= sockets_before)
+        wait_for(lambda: _fds(worker, "socket") <= sockets_before, 5, "the worker's descriptors")
         assert _fds(worker, "pipe") <= pipes_before
         after = httpx.post(f"{proxy.url}/up", content=UPLOAD, timeout=30)
         assert after.text == hashlib.sha256(UPLOAD).hexdigest()
@@ -261,5 +251,6 @@ def test_client_stalling_mid_upload_splice_gets_408_and_the_backend_connection_g
                          + UPLOAD[:2 * MIB])
             sock.settimeout(10)
             assert sock.recv(65536).startswith(b"HTTP/1.1 408")  # the body timeout ran during the splice
-        assert _wait_for(lambda: _fds(worker, "socket") <= sockets_before - 1)  # that backend connection
+        # That backend connection is closed.
+        wait_for(lambda: _fds(worker, "socket") <= sockets_before - 1, 5, "the worker's descriptors")
         assert "request body timed out" in proxy.log()

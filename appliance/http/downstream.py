@@ -201,9 +201,17 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         if self.state is ClientState.CLOSED:
             return False  # the client finished its side of a lingering close
         exchange = self.parsing
-        if exchange is not None and not exchange.request_done and exchange.state is not _S.HEAD:
-            # The body was cut short: the backend must not take it as complete.
-            self._fail_current(exchange, errors.ClientFault("request body truncated"))
+        if exchange is not None and not exchange.request_done:
+            if exchange.state is _S.HEAD:
+                # The stream ended inside a request head: that request can never be whole.
+                # Drop it unanswered, as nginx does, instead of waiting out header_timeout;
+                # the requests before it are still answered.
+                self._abandon(exchange)
+                self.exchanges.remove(exchange)
+                self.parsing = None
+            else:
+                # The body was cut short: the backend must not take it as complete.
+                self._fail_current(exchange, errors.ClientFault("request body truncated"))
         # Half-close: answer what was asked, then close (transport closes on return False
         # only once our writes are done, because we call close() ourselves).
         if not self.exchanges:

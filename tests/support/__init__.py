@@ -170,6 +170,12 @@ class Proxy:
         """The supervisor's children: its workers."""
         return _children(self.proc.pid)
 
+    def serving_workers(self, count: int = 1, timeout: float = 10.0) -> list[int]:
+        """The workers' pids once `count` of them serve (the supervisor listens before it forks)."""
+        wait_for(lambda: len(re.findall(r"\bworker \d+ serving ", self.log())) >= count, timeout,
+                 f"{count} worker(s) serving")
+        return self.worker_pids()
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
