@@ -11,7 +11,15 @@ import time
 import httpx
 import pytest
 
-from tests.support import ScriptedBackend, free_port, raw_exchange, read_all, status_codes, wait_for
+from tests.support import (
+    ScriptedBackend,
+    free_port,
+    raw_exchange,
+    read_all,
+    recv_until,
+    status_codes,
+    wait_for,
+)
 
 SMALL_LIMITS = """
 max_header_bytes = "1k"
@@ -156,6 +164,52 @@ def _garbage(conn: socket.socket, backend: ScriptedBackend) -> None:
 def test_invalid_backend_response_gets_502(make_proxy):
     backend = ScriptedBackend(_garbage)
     proxy = make_proxy(backends={"b": [backend.address]})
+    assert httpx.get(proxy.url + "/").status_code == 502
+    backend.stop()
+
+
+def _answers_with(response: bytes):
+    """A backend handler that answers every request on its connection with `response`."""
+    def answer(conn: socket.socket, backend: ScriptedBackend) -> None:
+        while backend.read_head(conn) is not None:
+            conn.sendall(response)
+    return answer
+
+
+def test_unsolicited_response_never_reaches_the_client(make_proxy):
+    # A second response in the same write as the first, with no request for it: the client
+    # gets the first only; the next request goes out on a new backend connection.
+    backend = ScriptedBackend(_answers_with(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                                            b"HTTP/1.1 200 Injected\r\nContent-Length: 3\r\n\r\nbad"))
+    proxy = make_proxy(backends={"b": [backend.address]})
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            raw = recv_until(sock, b"hello")
+            assert status_codes(raw) == [200] and b"Injected" not in raw, raw
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)  # and nothing after it
+    assert backend.connections >= 2  # the first connection was not reused
+    backend.stop()
+
+
+def test_headers_named_by_connection_are_removed_from_responses(make_proxy):
+    backend = ScriptedBackend(_answers_with(
+        b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: x-before, X-After\r\nX-After: 2\r\n"
+        b"X-Kept: 3\r\nContent-Length: 2\r\n\r\nok"))
+    proxy = make_proxy(backends={"b": [backend.address]})
+    response = httpx.get(proxy.url + "/")
+    backend.stop()
+    assert response.status_code == 200 and response.headers["x-kept"] == "3"
+    assert "x-before" not in response.headers and "x-after" not in response.headers
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"chunked, gzip", b"gzip"])
+def test_response_transfer_coding_other_than_chunked_gets_502(make_proxy, coding):
+    backend = ScriptedBackend(_answers_with(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % coding))
+    proxy = make_proxy(backends={"b": [backend.address]}, backend_options="max_fails = 0")
     assert httpx.get(proxy.url + "/").status_code == 502
     backend.stop()
 

@@ -58,6 +58,10 @@ _TRANSITIONS: frozenset[tuple[ConnState, ConnState]] = frozenset(
 
 MAX_INTERNAL_REDIRECTS = 5
 
+class _UnsolicitedMessage(Exception):
+    """Raised in a parser callback to stop llhttp at a message after the complete response."""
+
+
 # Response body framing as received from the backend.
 BODY_NONE = 0
 BODY_LENGTH = 1
@@ -87,6 +91,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         "resp_close",
         "resp_content_length",
         "resp_headers",
+        "resp_hop_names",
         "resp_keep_alive",
         "resp_reason",
         "resp_via",
@@ -126,6 +131,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         self.resp_close = False
         self.resp_keep_alive = False
         self.resp_via: bytes | None = None
+        self.resp_hop_names: set[bytes] | None = None  # headers the Connection header named
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.head_done = False
         self.informational = False
@@ -177,10 +183,13 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             failure = exc.__context__
-            if not isinstance(failure, errors.ProxyFailure):
+            if isinstance(failure, errors.ProxyFailure):
+                self._fail(failure)
+                return
+            if not isinstance(failure, _UnsolicitedMessage):
                 raise
-            self._fail(failure)
-            return
+            # The parser stopped at a message after the complete response (extra_bytes is
+            # set): this response is delivered, then the connection closes.
         except httptools.HttpParserError as exc:
             if self.complete:
                 self.extra_bytes = True  # garbage after a complete response
@@ -338,16 +347,25 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             self.resp_keep_alive = self.resp_keep_alive or b"keep-alive" in tokens
             named = {t for t in tokens if t not in (b"close", b"keep-alive")}
             if named:
-                self.resp_headers = hdr.remove_named(self.resp_headers, named)
+                # Headers named by Connection are hop-by-hop too, wherever they stand in the
+                # head; removed once it is complete.
+                self.resp_hop_names = named if self.resp_hop_names is None else self.resp_hop_names | named
         elif action == hdr.RESP_VIA:
             self.resp_via = value if self.resp_via is None else self.resp_via + b", " + value
         elif action == hdr.RESP_TRANSFER_ENCODING:
-            # Hop-by-hop: the body is re-framed for the client. Only a final "chunked"
-            # coding delimits the body; any other means it runs until close (RFC 9112 6.3).
-            self.resp_chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+            # Hop-by-hop: the body is re-framed for the client, so only plain "chunked" can
+            # be passed on. Another coding (gzip, chunked twice) would reach the client
+            # undecoded under a false framing: refused with 502, as nginx does.
+            if self.resp_chunked or value.strip().lower() != b"chunked":
+                raise errors.BadBackendResponse(
+                    f"unsupported Transfer-Encoding {value.decode('latin-1')!r}")
+            self.resp_chunked = True
         # RESP_DROP: other hop-by-hop headers.
 
     def on_headers_complete(self) -> None:
+        if self.resp_hop_names is not None:
+            self.resp_headers = hdr.remove_named(self.resp_headers, self.resp_hop_names)
+            self.resp_hop_names = None
         status = self.parser.get_status_code()
         if status < 200:
             self._on_informational(status)
@@ -373,7 +391,10 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.complete:
+            # A second response in the same read, with no request for it: stop llhttp here,
+            # before its callbacks could send the client a head it never asked for.
             self.extra_bytes = True
+            raise _UnsolicitedMessage
 
     # ------------------------------------------------------- response side
     def _on_informational(self, status: int) -> None:
