@@ -272,6 +272,43 @@ def test_internal_redirect_replays_a_buffered_body(origins, make_proxy, chunked)
     assert echoed == REPLAY_BODY  # the redirected request carried the whole body again
 
 
+def _echo_request_line(name: bytes):
+    """A backend handler answering every request with its name and the request line it got."""
+    def answer(conn: socket.socket, backend: ScriptedBackend) -> None:
+        while (head := backend.read_head(conn)) is not None:
+            body = name + b" " + head.split(b" HTTP/1.1\r\n", 1)[0]
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    return answer
+
+
+@pytest.mark.parametrize(("target", "answer"), [
+    (b"/public/x?q=/../a", b"public GET /public/x?q=/../a"),  # the query is not a path
+    (b"/public/../admin", b"admin GET /admin"),
+    (b"/public/%2e%2E/admin", b"admin GET /admin"),  # escaped dots are dots
+    (b"//admin//x", b"admin GET /admin/x"),
+    (b"/admin/../public/./x", b"public GET /public/x"),
+    (b"/public/%7euser/%2fx", b"public GET /public/~user/%2Fx"),  # %2F is not a separator
+    (b"http://a/admin/../public/", b"public GET /public/"),
+    (b"/public/../../etc/passwd", b"400"),
+], ids=lambda v: v.decode())
+def test_paths_are_normalized_before_routing(make_proxy, target, answer):
+    # Routing on the raw path would send /public/../admin to the public backend, which then
+    # serves /admin: the path is normalized first, and the backend gets what was routed.
+    public = ScriptedBackend(_echo_request_line(b"public"))
+    admin = ScriptedBackend(_echo_request_line(b"admin"))
+    proxy = make_proxy(backends={"pub": [public.address], "adm": [admin.address]},
+                       routes=[("/admin", "adm"), ("/public/", "pub")])
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % target)
+        head, _, body = read_all(sock, 5).partition(b"\r\n\r\n")
+    public.stop()
+    admin.stop()
+    if answer == b"400":
+        assert head.startswith(b"HTTP/1.1 400 ") and not public.requests and not admin.requests
+    else:
+        assert head.startswith(b"HTTP/1.1 200 ") and body == answer
+
+
 def test_pipelined_requests_across_vhosts(routed):
     with socket.create_connection(("127.0.0.1", routed.port), 5) as sock:
         sock.sendall(b"GET /exact HTTP/1.1\r\nHost: api.example.com\r\n\r\n"

@@ -21,6 +21,7 @@ from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
 from appliance.http.exchange import Exchange, ExchangeState
+from appliance.http.target import PathAboveRoot, normalize_path
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.tls.session import TlsConnection
@@ -391,7 +392,14 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         host = exchange.host or b""
         url = exchange.url
         query = url.find(b"?")
-        path = url if query < 0 else url[:query]
+        raw_path = url if query < 0 else url[:query]
+        try:
+            path = normalize_path(raw_path)
+        except PathAboveRoot:
+            self.fail(exchange, errors.ClientFault("request path climbs above the root"))
+            return
+        if path is not raw_path:
+            url = path if query < 0 else path + url[query:]  # routed, rewritten and sent on
         router = self.ctx.router
         tls = self.tls
         if tls is not None:
