@@ -214,6 +214,26 @@ def test_response_transfer_coding_other_than_chunked_gets_502(make_proxy, coding
     backend.stop()
 
 
+def _endless_header(conn: socket.socket, backend: ScriptedBackend) -> None:
+    backend.read_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+    with contextlib.suppress(OSError):  # until the proxy gives up on us
+        for _ in range(64 * 1024):  # 1 GiB at most, far beyond the limit
+            conn.sendall(b"a" * 16384)
+
+
+def test_endless_response_head_gets_502_and_bounded_memory(make_proxy):
+    backend = ScriptedBackend(_endless_header)
+    proxy = make_proxy(backends={"b": [backend.address]},
+                       backend_options='max_response_header_bytes = "64k"\nmax_fails = 0')
+    rss_before = proxy.rss_kib()
+    response = httpx.get(proxy.url + "/", timeout=30)
+    assert response.status_code == 502
+    assert proxy.rss_kib() - rss_before < 16 * 1024  # the head was cut at 64 KiB, not buffered
+    assert "response head too large" in proxy.log()
+    backend.stop()
+
+
 def test_slow_backend_gets_504(make_proxy, origin):
     proxy = make_proxy(backends={"demo": [origin.address]}, backend_options='read_timeout = "300ms"')
     started = time.monotonic()

@@ -202,6 +202,12 @@ class BackendConfig:
         60.0, kind=DURATION, minimum=0.001,
         doc="Longest time a server may leave our writes unread while a request is sent.",
     )
+    max_response_header_bytes: int = key(
+        64 * 1024, kind=SIZE, minimum=1024,
+        doc="Bytes a server may send before its response head is complete; past it the "
+        "client gets a 502 (as with nginx's proxy_buffer_size or HAProxy's bufsize), so a "
+        "server cannot make a worker buffer an endless head.",
+    )
     retry_delay: float = key(
         1.0, kind=DURATION, minimum=0.001,
         doc="Wait before reconnecting to a server after a failed connect; doubles on "

@@ -79,6 +79,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         "discard",
         "exchange",
         "extra_bytes",
+        "head_bytes",
         "head_done",
         "informational",
         "keep_alive_client",
@@ -134,6 +135,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         self.resp_hop_names: set[bytes] | None = None  # headers the Connection header named
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.head_done = False
+        self.head_bytes = 0  # raw bytes read while the response head is incomplete
         self.informational = False
         self.complete = False
         self.extra_bytes = False
@@ -179,6 +181,8 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         if self.bypass_remaining:
             self._forward_length_body(data)
             return
+        if not self.head_done:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -486,6 +490,10 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
     def _after_feed(self) -> None:
         """Act on what the parser recorded during one read."""
         if self.state is not ConnState.ACTIVE:
+            return
+        if not self.head_done and self.head_bytes > self.server.config.max_response_header_bytes:
+            # llhttp would keep an unfinished head in memory without bound: cap it here.
+            self._fail(errors.BadBackendResponse("response head too large"))
             return
         if self.complete:
             self._complete_response()
