@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import socket
 import struct
+import threading
 import time
 
 import httpx
@@ -230,7 +231,43 @@ def test_endless_response_head_gets_502_and_bounded_memory(make_proxy):
     response = httpx.get(proxy.url + "/", timeout=30)
     assert response.status_code == 502
     assert proxy.rss_kib() - rss_before < 16 * 1024  # the head was cut at 64 KiB, not buffered
-    assert "response head too large" in proxy.log()
+    assert "response head or trailers too large" in proxy.log()
+    backend.stop()
+
+
+def _send_endless(sock: socket.socket, start: bytes) -> None:
+    """`start`, then an endless header value, until the peer stops taking it (64 MiB at most)."""
+    sock.sendall(start)
+    with contextlib.suppress(OSError):
+        for _ in range(4096):
+            sock.sendall(b"a" * 16384)
+
+
+def test_endless_request_trailer_gets_431_and_bounded_memory(proxy):
+    rss_before = proxy.rss_kib()
+    with socket.create_connection(("127.0.0.1", proxy.port), 10) as sock:
+        sender = threading.Thread(target=_send_endless, args=(sock, (
+            b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: ")))
+        sender.start()
+        answer = recv_until(sock, b"\r\n\r\n", timeout=10)
+        sender.join(30)
+    assert status_codes(answer) == [431]
+    assert proxy.rss_kib() - rss_before < 16 * 1024
+
+
+def _endless_trailer(conn: socket.socket, backend: ScriptedBackend) -> None:
+    backend.read_head(conn)
+    _send_endless(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+
+
+def test_endless_response_trailer_cuts_the_response_with_bounded_memory(make_proxy):
+    backend = ScriptedBackend(_endless_trailer)
+    proxy = make_proxy(backends={"b": [backend.address]}, backend_options="max_fails = 0")
+    rss_before = proxy.rss_kib()
+    with pytest.raises(httpx.RemoteProtocolError):  # the head went out: the client sees a cut
+        httpx.get(proxy.url + "/", timeout=30)
+    assert proxy.rss_kib() - rss_before < 16 * 1024
+    assert "response head or trailers too large" in proxy.log()
     backend.stop()
 
 

@@ -204,8 +204,9 @@ class BackendConfig:
     )
     max_response_header_bytes: int = key(
         64 * 1024, kind=SIZE, minimum=1024,
-        doc="Bytes a server may send before its response head is complete; past it the "
-        "client gets a 502 (as with nginx's proxy_buffer_size or HAProxy's bufsize), so a "
+        doc="Bytes a server may send before its response head (or the trailer section of a "
+        "chunked body) is complete; past it the client gets a 502, or a cut response once "
+        "it has started (as with nginx's proxy_buffer_size or HAProxy's bufsize), so a "
         "server cannot make a worker buffer an endless head.",
     )
     retry_delay: float = key(
@@ -509,7 +510,8 @@ class LimitsConfig:
 
     max_header_bytes: int = key(
         16 * 1024, kind=SIZE, minimum=256,
-        doc="Largest request line plus header block; larger gets 431.",
+        doc="Largest request line plus header block, and largest trailer section of a chunked "
+        "body; larger gets 431.",
     )
     max_body_bytes: int = key(
         0, kind=SIZE,

@@ -109,7 +109,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.exchanges: list[Exchange] = []
         self.parsing: Exchange | None = None
         self.bypass_remaining = 0
-        # Raw bytes received since the current request head began (for max_header_bytes).
+        # Raw bytes received since the current request head began, or in a chunked body since
+        # the last body bytes: what llhttp may be holding as an unfinished head, chunk line
+        # or trailer section (bounded by max_header_bytes).
         self.head_raw = 0
         self.response_framing = FRAME_RAW
         # A response head waiting to go out with the first body bytes: one send, not two.
@@ -191,6 +193,11 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             # llhttp keeps an unfinished head in memory without bound: cap it here.
             if self.head_raw > self.ctx.limits.max_header_bytes:
                 self._reject(errors.HeadTooLarge("request head too large"))
+            return
+        limit = self.ctx.limits.max_header_bytes
+        if exchange.chunked and self.head_raw > limit and not exchange.request_done:
+            # The same for the trailer section (and chunk lines) of a chunked body.
+            self._reject(errors.HeadTooLarge("request trailers too large"))
             return
         self.deadline.set(self.ctx.limits.body_timeout)
         if exchange.content_length and not exchange.request_done:
@@ -341,6 +348,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             exchange.transition(_S.WAITING_TURN)
 
     def on_body(self, body: bytes) -> None:
+        self.head_raw = 0
         self._request_body(self.parsing, body)
 
     def on_message_complete(self) -> None:

@@ -135,7 +135,9 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         self.resp_hop_names: set[bytes] | None = None  # headers the Connection header named
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.head_done = False
-        self.head_bytes = 0  # raw bytes read while the response head is incomplete
+        # Raw bytes read while the head is incomplete, or in a chunked body since the last
+        # body bytes: what llhttp may hold as an unfinished head or trailer section.
+        self.head_bytes = 0
         self.informational = False
         self.complete = False
         self.extra_bytes = False
@@ -181,8 +183,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         if self.bypass_remaining:
             self._forward_length_body(data)
             return
-        if not self.head_done:
-            self.head_bytes += len(data)
+        self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -381,6 +382,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         if self.complete:
             self.extra_bytes = True
             return
+        self.head_bytes = 0
         self.body_seen += len(body)
         if self.discard is None:
             self.exchange.client.send_body(body)
@@ -491,9 +493,9 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         """Act on what the parser recorded during one read."""
         if self.state is not ConnState.ACTIVE:
             return
-        if not self.head_done and self.head_bytes > self.server.config.max_response_header_bytes:
-            # llhttp would keep an unfinished head in memory without bound: cap it here.
-            self._fail(errors.BadBackendResponse("response head too large"))
+        if self.head_bytes > self.server.config.max_response_header_bytes and not self.complete:
+            # llhttp would keep an unfinished head or trailer section in memory without bound.
+            self._fail(errors.BadBackendResponse("response head or trailers too large"))
             return
         if self.complete:
             self._complete_response()
