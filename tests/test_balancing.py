@@ -14,7 +14,15 @@ import pytest
 
 from appliance.config.values import Address
 from appliance.upstream.balance import ConsistentHash
-from tests.support import Origin, ScriptedBackend, free_port, served_by, wait_connected_to, wait_for
+from tests.support import (
+    Origin,
+    ScriptedBackend,
+    free_port,
+    served_by,
+    wait_connected_to,
+    wait_dropped,
+    wait_for,
+)
 from tests.support.replay import REPLAY_BODY, Handler, on_new_connections, put, read_request
 
 
@@ -23,11 +31,20 @@ def tally(url: str, count: int, headers: dict | None = None) -> collections.Coun
         return collections.Counter(served_by(client.get(url, headers=headers)) for _ in range(count))
 
 
-def balanced_proxy(make_proxy, servers: list[str], method: str, options: str = ""):
+def balanced_proxy(make_proxy, servers: list[str], method: str, options: str = "",
+                   dropping: ScriptedBackend | None = None):
+    """rproxyd balancing over `servers`, once every server's warm-up connection is open.
+
+    Until it is, a request the balancer sends to a server still connecting is served by
+    whichever connection is ready first. `dropping`: a server that closes the warm
+    connection (on_new_connections); it is waited for until the proxy has seen it closed.
+    """
     proxy = make_proxy(backends={"pool": servers}, backend_options=f'balance = "{method}"\n{options}')
-    # Wait for every server's warm-up connection: until it is open, a request the balancer
-    # sends to a server still connecting is served by whichever connection is ready first.
-    wait_connected_to([int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", " ".join(servers))])
+    ports = [int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", " ".join(servers))]
+    if dropping is not None:
+        ports.remove(dropping.port)
+        wait_dropped(dropping)
+    wait_connected_to(ports)
     return proxy
 
 
@@ -241,7 +258,7 @@ def _close_after_reading(conn: socket.socket, backend: ScriptedBackend) -> None:
 def test_buffered_put_is_replayed_with_its_whole_body(origins, make_proxy, fault, chunked):
     first = ScriptedBackend(on_new_connections(fault))
     proxy = balanced_proxy(make_proxy, [first.address, origins["a"].address], "round-robin",
-                           "retry_on_status = [503]\nmax_fails = 0")
+                           "retry_on_status = [503]\nmax_fails = 0", dropping=first)
     status, head, echoed = put(proxy.port, "/echo", REPLAY_BODY, chunked)
     first.stop()
     assert [r.split(b" ", 1)[0] for r in first.requests] == [b"PUT"]  # the first try happened

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from appliance.config.docs import documented_examples
-from tests.support import RPROXYD, ScriptedBackend, read_all, served_by, wait_connected_to
+from tests.support import RPROXYD, ScriptedBackend, read_all, served_by, wait_connected_to, wait_dropped
 from tests.support.replay import REPLAY_BODY, on_new_connections, put, read_request
 
 VHOSTS = """
@@ -264,7 +264,8 @@ def test_internal_redirect_replays_a_buffered_body(origins, make_proxy, chunked)
     proxy = make_proxy(backends={"redirector": [backend.address], "a": [origins["a"].address]},
                        vhosts=vhosts)
     # The redirector drops the proxy's warm connection: the PUT body is buffered.
-    wait_connected_to([backend.port, origins["a"].port])
+    wait_dropped(backend)
+    wait_connected_to([origins["a"].port])
     status, head, echoed = put(proxy.port, "/upload", REPLAY_BODY, chunked)
     backend.stop()
     assert [r.split(b" ", 2)[:2] for r in backend.requests] == [[b"PUT", b"/upload"]]

@@ -58,26 +58,38 @@ def _tcp_sockets() -> list[tuple[int, int, str]]:
     return sockets
 
 
-ESTABLISHED, TIME_WAIT, LISTEN = "01", "06", "0A"
+ESTABLISHED, CLOSE_WAIT, LISTEN = "01", "08", "0A"
 
 
 def wait_connected_to(ports: list[int], timeout: float = 10.0) -> None:
-    """Until every port in `ports` that something listens on has been connected to.
+    """Until every port in `ports` that something listens on has an established connection to it.
 
     How a test knows rproxyd's warm-up connections (one per server, opened when a worker
-    starts) are up, from the kernel's socket table instead of a guessed sleep: a port
-    counts once a connection to it is established, or was closed by its server (TIME_WAIT
-    on the server's side: a backend that drops the warm connection). Ports nothing
-    listens on (servers meant to be down) are skipped.
+    starts) are up, from the kernel's socket table instead of a guessed sleep. Ports
+    nothing listens on (servers meant to be down) are skipped. A backend that drops the
+    warm connection has none left: wait for its ScriptedBackend.connections instead.
     """
     def all_connected() -> bool:
         sockets = _tcp_sockets()
         listening = {local for local, _, state in sockets if state == LISTEN}
         connected = {remote for _, remote, state in sockets if state == ESTABLISHED}
-        connected |= {local for local, _, state in sockets if state == TIME_WAIT}
         return all(port in connected for port in ports if port in listening)
 
     wait_for(all_connected, timeout, f"connections to ports {ports}")
+
+
+def wait_dropped(backend: ScriptedBackend, timeout: float = 10.0) -> None:
+    """Until `backend` accepted a connection and the proxy closed its side of every one.
+
+    For a backend that drops rproxyd's warm-up connection: from then on a request finds no
+    open connection to it and waits for a new one.
+    """
+    def dropped() -> bool:
+        open_states = (ESTABLISHED, CLOSE_WAIT)
+        return backend.connections > 0 and not any(
+            remote == backend.port and state in open_states for _, remote, state in _tcp_sockets())
+
+    wait_for(dropped, timeout, f"the proxy to close its connection to port {backend.port}")
 
 
 class Origin:
