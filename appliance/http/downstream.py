@@ -21,7 +21,7 @@ from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
 from appliance.http.exchange import Exchange, ExchangeState
-from appliance.http.target import PathAboveRoot, normalize_path
+from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.tls.session import TlsConnection
@@ -333,6 +333,10 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             raise errors.ClientFault("CONNECT is not supported")
         if exchange.url[:1] != b"/":
             self._absolute_form(exchange)
+        if exchange.host is not None and not valid_host(exchange.host):
+            raise errors.ClientFault("invalid Host")
+        if b"#" in exchange.url:
+            raise errors.ClientFault("fragment in the request target")
         if limits.max_body_bytes and (exchange.content_length or 0) > limits.max_body_bytes:
             raise errors.BodyTooLarge("declared body too large")
         if not exchange.chunked and not exchange.content_length:

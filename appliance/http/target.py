@@ -1,4 +1,13 @@
-"""The path of a request target, normalized before routing (RFC 3986 6.2.2).
+"""Request targets and Host values: checked, and the path normalized before routing.
+
+A Host (or the authority of an absolute-form target) may hold only what RFC 3986 allows
+in a host and port: unreserved characters, sub-delims, `%`, `:` and the brackets of an
+IPv6 literal. A space, `@` (userinfo, which RFC 9110 4.2.4 asks recipients to refuse),
+`/`, `\\` or a control character gets 400 (nginx refuses such Hosts too), so no backend
+or log sees a Host the proxy did not route by. A fragment (`#`) has no place in a
+request target (RFC 9112 3.2): 400, as HAProxy answers.
+
+The path (RFC 3986 6.2.2):
 
 Routing on the raw path would let `/public/../admin` take the `/public/` rule while the
 backend, which resolves the dot segments itself, serves `/admin`. So the path is
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import re
 
+HOST_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]"
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SLASHES = re.compile(rb"//+")
@@ -23,6 +33,11 @@ _SLASHES = re.compile(rb"//+")
 
 class PathAboveRoot(ValueError):
     """A `..` segment climbed above `/`."""
+
+
+def valid_host(host: bytes) -> bool:
+    """Whether a Host value holds only characters a host and port may have."""
+    return bool(host) and not host.translate(None, HOST_CHARS)
 
 
 def _unescape_unreserved(match: re.Match[bytes]) -> bytes:
