@@ -58,6 +58,7 @@ _TRANSITIONS: frozenset[tuple[ConnState, ConnState]] = frozenset(
 
 MAX_INTERNAL_REDIRECTS = 5
 
+
 class _UnsolicitedMessage(Exception):
     """Raised in a parser callback to stop llhttp at a message after the complete response."""
 
