@@ -35,7 +35,7 @@ def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         port = free_port()
         directory = tmp_path / f"proxy{len(started)}"
         directory.mkdir()
-        proxy = Proxy(directory, proxy_config(port, **options), port)
+        proxy = Proxy(directory, proxy_config(port, **options), port, workers=int(options.get("workers", 1)))
         started.append(proxy)
         return proxy
 

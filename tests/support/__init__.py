@@ -148,9 +148,9 @@ def proxy_config(
 
 
 class Proxy:
-    """rproxyd started from a config file, waited for until it accepts."""
+    """rproxyd started from a config file, waited for until its workers serve."""
 
-    def __init__(self, config_dir: Path, config_text: str, port: int) -> None:
+    def __init__(self, config_dir: Path, config_text: str, port: int, workers: int = 1) -> None:
         self.port = port
         self.config_path = config_dir / "rproxy.toml"
         self.config_path.write_text(config_text)
@@ -160,6 +160,9 @@ class Proxy:
             [RPROXYD, "-c", str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT
         )
         wait_port(port, proc=self.proc)
+        # The supervisor listens before it forks: a test starts once its workers serve
+        # (their RSS counted, their warm-up connections being opened).
+        self.serving_workers(workers)
 
     @property
     def url(self) -> str:
