@@ -210,6 +210,11 @@ def test_host_must_agree_with_sni(proxy: Rproxyd, certs: Certs) -> None:
     assert https_get(port, "a.test", client_context(certs), host="b.test").status == 421
     assert https_get(port, "b.test", client_context(certs, "client.pem"), host="a.test").status == 421
     assert https_get(port, "a.test", client_context(certs), host="a.test:443").status == 200
+    # Other spellings of b, and b as an absolute-form target under Host a, are still b.
+    for host in ("B.TEST", "b.test.", "b.test:443"):
+        assert https_get(port, "a.test", client_context(certs), host=host).status == 421, host
+    absolute = https_get(port, "a.test", client_context(certs), host="a.test", path="https://b.test/")
+    assert absolute.status == 421
     # Without SNI, a vhost that verifies client certificates is never reached.
     assert https_get(port, None, client_context(certs), host="b.test").status == 421
     assert https_get(port, None, client_context(certs), host="a.test").status == 200
