@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ScriptedBackend, free_port, read_all, status_codes
+from tests.support import ScriptedBackend, free_port, read_all, read_until_close, status_codes
 from tests.support.tls import client_context, https_get, make_certs
 
 pytestmark = pytest.mark.timeout(300)
@@ -91,22 +91,13 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]
         with contextlib.suppress(OSError):  # the proxy may close before it read it all
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(timeout)
-        chunks = []
-        try:
-            while piece := sock.recv(65536):
-                chunks.append(piece)
-        except TimeoutError:
-            return b"".join(chunks), False
-        except ConnectionResetError:
-            pass
-    return b"".join(chunks), True
+        return read_until_close(sock, timeout)
 
 
 def test_mutated_requests(make_proxy, origin):
     proxy = make_proxy(backends={"demo": [origin.address]},
                        limits='header_timeout = "2s"\nbody_timeout = "2s"\n')
-    workers = proxy.serving_workers()
+    workers = proxy.worker_pids()  # make_proxy returns once they serve
     rng = random.Random(20261202)
     seen: dict[int, int] = {}
     for case in range(1500):
@@ -137,7 +128,7 @@ def test_mutated_responses(make_proxy):
     backend = ScriptedBackend(fuzzed)
     proxy = make_proxy(backends={"b": [backend.address]},
                        backend_options='read_timeout = "2s"\nmax_fails = 0\n')
-    workers = proxy.serving_workers()
+    workers = proxy.worker_pids()  # make_proxy returns once they serve
     seen: dict[int, int] = {}
     for case in range(600):
         raw, closed = exchange(proxy.port, b"GET /r%d HTTP/1.1\r\nHost: a\r\n\r\n" % case)
@@ -174,7 +165,7 @@ def test_garbage_on_a_tls_listener(make_proxy, origin, tmp_path: Path):
         enabled = true
         certificate = "{certs.path('a.test.pem')}"
         """)
-    workers = proxy.serving_workers()
+    workers = proxy.worker_pids()  # make_proxy returns once they serve
     rng = random.Random(2026)
     hello = _client_hello("a.test")
     for case in range(300):

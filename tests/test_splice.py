@@ -29,8 +29,8 @@ def _fds(pid: int, kind: str) -> int:
 
 
 def _worker(proxy) -> int:
-    """The pid of the proxy's one worker, once it serves."""
-    (pid,) = proxy.serving_workers()
+    """The pid of the proxy's one worker (make_proxy returns once it serves)."""
+    (pid,) = proxy.worker_pids()
     return pid
 
 

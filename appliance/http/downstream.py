@@ -194,8 +194,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if self.head_raw > self.ctx.limits.max_header_bytes:
                 self._reject(errors.HeadTooLarge("request head too large"))
             return
-        limit = self.ctx.limits.max_header_bytes
-        if exchange.chunked and self.head_raw > limit and not exchange.request_done:
+        if (exchange.chunked and not exchange.request_done
+                and self.head_raw > self.ctx.limits.max_header_bytes):
             # The same for the trailer section (and chunk lines) of a chunked body.
             self._reject(errors.HeadTooLarge("request trailers too large"))
             return

@@ -494,7 +494,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         """Act on what the parser recorded during one read."""
         if self.state is not ConnState.ACTIVE:
             return
-        if self.head_bytes > self.server.config.max_response_header_bytes and not self.complete:
+        if not self.complete and self.head_bytes > self.server.config.max_response_header_bytes:
             # llhttp would keep an unfinished head or trailer section in memory without bound.
             self._fail(errors.BadBackendResponse("response head or trailers too large"))
             return

@@ -279,15 +279,21 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0, shut_write: bool 
 
 
 def read_all(sock: socket.socket, timeout: float) -> bytes:
+    return read_until_close(sock, timeout)[0]
+
+
+def read_until_close(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """What the peer sends until it closes, and whether it closed before `timeout` of silence."""
     sock.settimeout(timeout)
     chunks = []
-    with contextlib.suppress(TimeoutError, ConnectionResetError):
-        while True:
-            piece = sock.recv(65536)
-            if not piece:
-                break
+    try:
+        while piece := sock.recv(65536):
             chunks.append(piece)
-    return b"".join(chunks)
+    except TimeoutError:
+        return b"".join(chunks), False
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks), True
 
 
 def recv_until(sock: socket.socket, suffix: bytes, timeout: float = 5.0) -> bytes:
