@@ -99,6 +99,13 @@ class Worker:
         """
         try:
             return uvloop.run(self._serve())
+        except OSError as exc:
+            if self._accepting:
+                raise
+            # A file that `rproxyd -t` found openable and that changed since: one line, the
+            # file named, no traceback.
+            log.error("worker %d failed to start: %s", self.slot, exc)
+            return EXIT_BOOT_FAILURE
         except Exception:
             if self._accepting:
                 raise

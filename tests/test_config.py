@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from appliance import __version__
-from appliance.config import ConfigError, load
+from appliance.config import ConfigError, load, loader, schema
 from appliance.config.values import parse_duration, parse_size
 from tests.support import RPROXYD
 
@@ -122,3 +123,76 @@ def test_address_already_in_use_is_refused(tmp_path):
         result = rproxyd("-c", str(main))
     assert result.returncode != 0
     assert f"listener http: cannot bind 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+def test_every_problem_in_one_pass(tmp_path):
+    """Type errors, references, regexes, TLS files, paths and ALPN all show in one `-t` run."""
+    main = tmp_path / "rproxy.toml"
+    main.write_text(MINIMAL.replace('backend = "app"', 'backend = "missing"\nmatch = "regex"\npath = "(("')
+                    .replace('bind = "127.0.0.1:8080"', 'bind = "127.0.0.1:8080"\n'
+                             'tls = { alpn = ["h2", "http/1.1"] }')
+                    .replace('name = "default"', f'name = "default"\ncertificate = "{tmp_path}/absent.pem"')
+                    + '\n[[vhost]]\nname = "second"\n'  # no route: the vhost is still checked
+                    + '\n[limits]\nkeepalive_timeout = true\n')
+    result = rproxyd("-t", "-c", str(main))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    expected = [
+        f"{main}: limits.keepalive_timeout: expected a duration such as 10, \"10s\" or \"500ms\", got true",
+        f"{main}: vhost[1].route: required key is missing (array of tables)",
+        f"{main}: vhost[0].route[0].backend: no backend named 'missing' (known: app)",
+        f"{main}: vhost[0].route[0].path: invalid regular expression: ",
+        f"{main}: vhost[0].certificate: cannot read certificate {tmp_path}/absent.pem: No such file",
+        f"{main}: listener[0].tls.alpn: h2 is not supported yet; expected http/1.1 or http/1.0",
+    ]
+    for start in expected:
+        assert any(line.startswith(f"rproxyd: {start}") for line in lines), (start, lines)
+    # The missing route is reported once, not again by the rule that a vhost needs one.
+    assert sum("vhost[1].route" in line for line in lines) == 1, lines
+    assert lines[-1] == f"rproxyd: configuration {main} test failed"
+
+
+def test_every_kind_of_key_says_what_it_got():
+    """A wrong value of any kind (true included: bools are ints in Python) is quoted back."""
+    builder = loader._Builder(loader._Origins())
+    kinds = {**loader._SCALARS, schema.TABLE: None, schema.TABLE_ARRAY: None, schema.TABLE_MAP: None}
+    for kind in kinds:
+        meta = {"kind": kind, "item": schema.LogConfig, "minimum": None, "maximum": None, "choices": None}
+        for wrong in (True, 2.5, "wrong"):
+            builder.problems.clear()
+            if builder.value(meta, wrong, ("key",)) is loader._INVALID:
+                assert builder.problems and "got " in builder.problems[0], (kind, wrong, builder.problems)
+
+
+def test_unopenable_log_files_fail_the_check_and_the_start(tmp_path):
+    missing = tmp_path / "no-such-dir"
+    main = tmp_path / "rproxy.toml"
+    main.write_text(MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:0") + f"""
+[log]
+file = "{missing}/err.log"
+
+[access_log]
+enabled = true
+file = "{tmp_path}"
+
+[process]
+runtime_dir = "{main}/run"
+""")
+    expected = [
+        f"rproxyd: {main}: log.file: cannot create {missing}/err.log: directory {missing} does not exist",
+        f"rproxyd: {main}: access_log.file: {tmp_path} is a directory",
+        f"rproxyd: {main}: process.runtime_dir: cannot create {main}/run: {main} is not a directory",
+    ]
+    checked = rproxyd("-t", "-c", str(main))
+    assert checked.returncode == 1
+    assert checked.stderr.splitlines() == [*expected, f"rproxyd: configuration {main} test failed"]
+    started = rproxyd("-c", str(main))
+    assert started.returncode == 1
+    assert started.stderr.splitlines() == expected  # one line each, no traceback
+    # The default runtime directory is named as such, with what decides it.
+    main.write_text(MINIMAL)
+    result = subprocess.run([RPROXYD, "-t", "-c", str(main)], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "RUNTIME_DIRECTORY": f"{main}/run"})
+    assert result.returncode == 1
+    assert (f"process.runtime_dir: cannot create {main}/run: {main} is not a directory (the default: "
+            "$RUNTIME_DIRECTORY, else /run/rproxyd; set [process] runtime_dir") in result.stderr

@@ -23,6 +23,7 @@ from typing import Any
 from appliance.config import schema
 from appliance.config.rewrite import expand_template
 from appliance.config.values import (
+    given,
     parse_address,
     parse_cpu_list,
     parse_duration,
@@ -31,6 +32,7 @@ from appliance.config.values import (
     parse_size,
     parse_worker_count,
 )
+from appliance.process.plan import slot_cpus
 
 DEFAULT_PATH = Path("/etc/rproxy/rproxy.toml")
 
@@ -114,8 +116,13 @@ class _Builder:
     def __init__(self, origins: _Origins) -> None:
         self.origins = origins
         self.problems: list[str] = []
+        self._reported: set[tuple[str | int, ...]] = set()
+        self.checking = False  # set once the tree is built and the cross-key rules run
 
     def problem(self, path: tuple[str | int, ...], message: str) -> None:
+        if self.checking and path in self._reported:
+            return  # a rule spanning keys adds nothing about a key already reported wrong
+        self._reported.add(path)
         source = self.origins.find(path)
         where = f"{source}: " if source else ""
         self.problems.append(f"{where}{_dotted(path)}: {message}")
@@ -123,8 +130,8 @@ class _Builder:
     def table(self, cls: type, raw: Any, path: tuple[str | int, ...],
               extra: dict[str, Any] | None = None) -> Any:
         if not isinstance(raw, dict):
-            self.problem(path, f"expected a table, got {type(raw).__name__}")
-            return None
+            self.problem(path, f"expected a table, got {given(raw)}")
+            return _INVALID
         values: dict[str, Any] = dict(extra or {})
         declared = {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata}
         for name in raw:
@@ -139,37 +146,39 @@ class _Builder:
             if name not in raw:
                 if meta["required"]:
                     self.problem((*path, name), f"required key is missing ({meta['kind']})")
-                    failed = True
-                    continue
-                if meta["kind"] == schema.TABLE:
+                    value = _INVALID
+                elif meta["kind"] == schema.TABLE:
                     value = self.table(meta["item"], {}, (*path, name))
                 else:
                     continue  # the dataclass default applies
             else:
                 value = self.value(meta, raw[name], (*path, name))
-            if value is _INVALID:
-                failed = True
-            else:
+            if value is not _INVALID:
                 values[name] = value
-        if failed:
-            return _INVALID
-        return cls(**values)
+            elif meta["required"] and meta["kind"] in _EMPTY:
+                values[name] = _EMPTY[meta["kind"]]()
+            elif meta["required"]:
+                failed = True
+            # Otherwise the key keeps its default. Either way the table is built, so the
+            # rules spanning keys (references, TLS files, paths) still run and `rproxyd -t`
+            # reports every problem in one pass; only a required scalar leaves nothing to build.
+        return _INVALID if failed else cls(**values)
 
     def value(self, meta: Any, raw: Any, path: tuple[str | int, ...]) -> Any:
         kind = meta["kind"]
         try:
             if kind == schema.TABLE:
-                return _valid(self.table(meta["item"], raw, path))
+                return self.table(meta["item"], raw, path)
             if kind == schema.TABLE_ARRAY:
                 if not isinstance(raw, list) or not all(isinstance(i, dict) for i in raw):
-                    raise ValueError("expected an array of tables ([[name]] sections)")
-                items = [self.table(meta["item"], item, (*path, i)) for i, item in enumerate(raw)]
-                return _INVALID if _INVALID in items else items
+                    raise ValueError(f"expected an array of tables ([[name]] sections), got {given(raw)}")
+                # An entry too broken to build stays as None, so the others keep their index.
+                return [_built(self.table(meta["item"], item, (*path, i))) for i, item in enumerate(raw)]
             if kind == schema.TABLE_MAP:
                 if not isinstance(raw, dict):
-                    raise ValueError("expected a table of named tables ([name.NAME] sections)")
-                items = {n: self.table(meta["item"], item, (*path, n)) for n, item in raw.items()}
-                return _INVALID if _INVALID in items.values() else items
+                    raise ValueError(f"expected a table of named tables ([name.NAME] sections), "
+                                     f"got {given(raw)}")
+                return {n: _built(self.table(meta["item"], item, (*path, n))) for n, item in raw.items()}
             value = _SCALARS[kind](raw)
         except ValueError as exc:
             self.problem(path, str(exc))
@@ -190,12 +199,12 @@ class _Builder:
 
 
 _INVALID: Any = object()
+# What a required list or map that is missing or wrong counts as while the rest is checked.
+_EMPTY: dict[str, Callable[[], Any]] = {schema.TABLE_ARRAY: list, schema.TABLE_MAP: dict}
 
 
-def _valid(value: Any) -> Any:
-    if value is None:
-        return _INVALID
-    return value
+def _built(value: Any) -> Any:
+    return None if value is _INVALID else value
 
 
 def _suggest(name: str, declared: dict[str, Any]) -> str:
@@ -205,49 +214,49 @@ def _suggest(name: str, declared: dict[str, Any]) -> str:
 
 def _integer(raw: Any) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise ValueError(f"expected an integer, got {raw!r}")
+        raise ValueError(f"expected an integer, got {given(raw)}")
     return raw
 
 
 def _string(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError(f"expected a string, got {raw!r}")
+        raise ValueError(f"expected a string, got {given(raw)}")
     return raw
 
 
 def _boolean(raw: Any) -> bool:
     if not isinstance(raw, bool):
-        raise ValueError(f"expected true or false, got {raw!r}")
+        raise ValueError(f"expected true or false, got {given(raw)}")
     return raw
 
 
 def _string_list(raw: Any) -> list[str]:
     if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
-        raise ValueError(f"expected a list of strings, got {raw!r}")
+        raise ValueError(f"expected a list of strings, got {given(raw)}")
     return list(raw)
 
 
 def _address_list(raw: Any) -> list[Any]:
     if not isinstance(raw, list) or not raw:
-        raise ValueError(f"expected a non-empty list of \"host:port\" strings, got {raw!r}")
+        raise ValueError(f"expected a non-empty list of \"host:port\" strings, got {given(raw)}")
     return [parse_address(item) for item in raw]
 
 
 def _server_list(raw: Any) -> list[Any]:
     if not isinstance(raw, list) or not raw:
-        raise ValueError(f"expected a non-empty list of servers, got {raw!r}")
+        raise ValueError(f"expected a non-empty list of servers, got {given(raw)}")
     return [parse_server(item) for item in raw]
 
 
 def _network_list(raw: Any) -> list[Any]:
     if not isinstance(raw, list):
-        raise ValueError(f"expected a list of addresses or CIDR blocks, got {raw!r}")
+        raise ValueError(f"expected a list of addresses or CIDR blocks, got {given(raw)}")
     return [parse_network(item) for item in raw]
 
 
 def _integer_list(raw: Any) -> list[int]:
     if not isinstance(raw, list):
-        raise ValueError(f"expected a list of integers, got {raw!r}")
+        raise ValueError(f"expected a list of integers, got {given(raw)}")
     return [_integer(item) for item in raw]
 
 
@@ -256,13 +265,13 @@ def _path_list(raw: Any) -> list[str]:
     if isinstance(raw, str):
         return [raw]
     if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
-        raise ValueError(f"expected a path or a list of paths, got {raw!r}")
+        raise ValueError(f"expected a path or a list of paths, got {given(raw)}")
     return list(raw)
 
 
 def _string_map(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise ValueError(f"expected a table of strings such as {{ X-Name = \"value\" }}, got {raw!r}")
+        raise ValueError(f"expected a table of strings such as {{ X-Name = \"value\" }}, got {given(raw)}")
     return dict(raw)
 
 
@@ -291,21 +300,22 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
         builder.problem(("listener",), "at least one [[listener]] is required")
     seen_names: set[str] = set()
     seen_binds: set[Any] = set()
-    for i, listener in enumerate(config.listener):
+    for i, listener in schema.entries(config.listener):
         if listener.name in seen_names:
             builder.problem(("listener", i, "name"), f"duplicate listener name {listener.name!r}")
         if listener.bind in seen_binds and listener.bind.port != 0:
             builder.problem(("listener", i, "bind"), f"{listener.bind} is bound twice")
         seen_names.add(listener.name)
         seen_binds.add(listener.bind)
+        _check_alpn(listener.tls.alpn, ("listener", i, "tls", "alpn"), builder)
     vhost_names: set[str] = set()
-    for i, vhost in enumerate(config.vhost):
+    for i, vhost in schema.entries(config.vhost):
         if vhost.name in vhost_names:
             builder.problem(("vhost", i, "name"), f"duplicate vhost name {vhost.name!r}")
         vhost_names.add(vhost.name)
         if not vhost.route:
             builder.problem(("vhost", i, "route"), "a vhost needs at least one [[vhost.route]]")
-        for j, route in enumerate(vhost.route):
+        for j, route in schema.entries(vhost.route):
             if route.backend not in config.backend:
                 known = ", ".join(sorted(config.backend)) or "none defined"
                 builder.problem(
@@ -315,10 +325,10 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
             _check_route(route, ("vhost", i, "route", j), builder)
     if not config.vhost:
         builder.problem(("vhost",), "at least one [[vhost]] is required")
-    defaults = [i for i, vhost in enumerate(config.vhost) if vhost.default]
+    defaults = [i for i, vhost in schema.entries(config.vhost) if vhost.default]
     for i in defaults[1:]:
         builder.problem(("vhost", i, "default"), "only one vhost may be the default")
-    for name, backend in config.backend.items():
+    for name, backend in schema.entries(config.backend):
         _check_hash_key(backend.hash_key, ("backend", name, "hash_key"), builder)
         health = backend.health
         if health.path and not health.path.startswith("/"):
@@ -330,10 +340,21 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
     if unknown:
         builder.problem(("access_log", "fields"), f"unknown fields {', '.join(unknown)} (known: "
                         f"{', '.join(schema.ACCESS_LOG_FIELDS)})")
+    try:
+        slot_cpus(config.process)
+    except ValueError as exc:
+        builder.problem(("process", "cpus"), str(exc))
     limits = config.limits
     if limits.write_low_watermark >= limits.write_high_watermark:
         builder.problem(("limits", "write_low_watermark"),
                         "must be smaller than write_high_watermark")
+
+
+def _check_alpn(protocols: list[str], path: tuple[str | int, ...], builder: _Builder) -> None:
+    for protocol in protocols:
+        if protocol not in schema.ALPN_PROTOCOLS:
+            why = "h2 is not supported yet" if protocol == "h2" else f"unknown protocol {protocol!r}"
+            builder.problem(path, f"{why}; expected {' or '.join(schema.ALPN_PROTOCOLS)}")
 
 
 def _check_hash_key(spec: str, path: tuple[str | int, ...], builder: _Builder) -> None:
@@ -398,14 +419,18 @@ def load(path: Path = DEFAULT_PATH) -> schema.Config:
     builder = _Builder(origins)
     config = builder.table(schema.Config, merged, (), extra={"sources": tuple(files)})
     if config is not _INVALID:
+        # The tree is built even where keys were wrong (they keep their defaults), so the
+        # rules below run too and `rproxyd -t` reports every problem in one pass.
+        builder.checking = True
         _cross_check(config, builder)
-        if not builder.problems:
-            # Certificates, keys, CAs and ticket-key files are read and checked here, so
-            # `rproxyd -t`, a reload and an upgrade refuse a broken file before any worker starts.
-            from appliance.tls.check import check_tls
+        # Certificates, keys, CAs and ticket-key files are read and checked here, and every
+        # file and directory the processes will open, so `rproxyd -t`, a reload and an
+        # upgrade refuse a broken file before any worker starts.
+        from appliance.config.paths import check_paths
+        from appliance.tls.check import check_tls
 
-            for path, message in check_tls(config):
-                builder.problem(path, message)
+        for path, message in [*check_tls(config), *check_paths(config)]:
+            builder.problem(path, message)
     if builder.problems:
         raise ConfigError(builder.problems)
     return config

@@ -9,10 +9,11 @@ carry EXAMPLES (title -> TOML), printed under its heading; tests check each one 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from appliance.config.values import Address, ServerSpec
 
@@ -41,8 +42,22 @@ PATH_LIST = "path or list of paths"
 
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 CLIENT_VERIFY = ("off", "optional", "required")
+# What the workers speak; h2 would be offered and then refused (400 on the preface).
+ALPN_PROTOCOLS = ("http/1.1", "http/1.0")
 
 REQUIRED = object()
+
+T = TypeVar("T")
+
+
+def entries(items: list[T] | dict[str, T]) -> Iterator[tuple[Any, T]]:
+    """(index or name, entry) of a table array or map, skipping the entries None.
+
+    While the loader collects every problem for `rproxyd -t`, an entry too broken to
+    build (a required key missing) is None, so the others keep their index in messages.
+    """
+    pairs = items.items() if isinstance(items, dict) else enumerate(items)
+    return ((at, entry) for at, entry in pairs if entry is not None)
 
 
 def key(
@@ -97,7 +112,11 @@ class ListenerTlsConfig:
         doc="OpenSSL cipher list for TLS 1.2 and older; empty: Python's secure default.",
     )
     ciphersuites: str = key("", kind=STR, doc="TLS 1.3 cipher suites; empty: OpenSSL's default.")
-    alpn: list[str] = key(["http/1.1"], kind=STR_LIST, doc="ALPN protocols offered.")
+    alpn: list[str] = key(
+        ["http/1.1"], kind=STR_LIST,
+        doc="ALPN protocols offered, from " + " and ".join(ALPN_PROTOCOLS) + " (h2 is not "
+        "supported yet: `rproxyd -t` refuses it).",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,6 +18,13 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
+def given(raw: Any) -> str:
+    """A raw value as the message's "got ..." shows it: booleans as TOML spells them."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    return repr(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A TCP endpoint written as host:port ([v6]:port for IPv6)."""
@@ -47,69 +54,66 @@ def parse_server(raw: Any) -> ServerSpec:
             raise ValueError(f"unknown server key(s) {', '.join(sorted(unknown))}; expected address, weight")
         weight = raw.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
-            raise ValueError(f"expected a weight from 1 to 1000, got {weight!r}")
+            raise ValueError(f"expected a weight from 1 to 1000, got {given(weight)}")
         return ServerSpec(parse_address(raw.get("address")), weight)
-    raise ValueError(f"expected \"host:port\" or {{address = \"host:port\", weight = N}}, got {raw!r}")
+    raise ValueError(f"expected \"host:port\" or {{address = \"host:port\", weight = N}}, got {given(raw)}")
 
 
 def parse_network(raw: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """An address or CIDR block: "10.0.0.0/8", "::1"."""
     if not isinstance(raw, str):
-        raise ValueError(f"expected an address or CIDR block such as \"10.0.0.0/8\", got {raw!r}")
+        raise ValueError(f"expected an address or CIDR block such as \"10.0.0.0/8\", got {given(raw)}")
     try:
         return ipaddress.ip_network(raw, strict=False)
     except ValueError:
-        raise ValueError(f"expected an address or CIDR block such as \"10.0.0.0/8\", got {raw!r}") from None
+        raise ValueError(f"expected an address or CIDR block such as \"10.0.0.0/8\", "
+                         f"got {given(raw)}") from None
 
 
 def parse_duration(raw: Any) -> float:
     """Seconds, as a number or a string with a unit: 500ms, 10s, 2m, 1h."""
-    if isinstance(raw, bool):
-        raise ValueError("expected a duration such as 10, \"10s\" or \"500ms\"")
-    if isinstance(raw, int | float):
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
         value = float(raw)
     elif isinstance(raw, str) and (m := _DURATION.match(raw)):
         value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
-        raise ValueError(f"expected a duration such as 10, \"10s\" or \"500ms\", got {raw!r}")
+        raise ValueError(f"expected a duration such as 10, \"10s\" or \"500ms\", got {given(raw)}")
     if value < 0:
-        raise ValueError(f"expected a duration of 0 or more, got {raw!r}")
+        raise ValueError(f"expected a duration of 0 or more, got {given(raw)}")
     return value
 
 
 def parse_size(raw: Any) -> int:
     """Bytes, as an integer or a string with a binary unit: 16k, 4m, 1g."""
-    if isinstance(raw, bool):
-        raise ValueError("expected a size such as 8192, \"16k\" or \"1g\"")
-    if isinstance(raw, int):
+    if isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
     elif isinstance(raw, str) and (m := _SIZE.match(raw)):
         unit = (m.group(2) or "").lower()[:1]
         value = int(m.group(1)) * _SIZE_UNITS[unit]
     else:
-        raise ValueError(f"expected a size such as 8192, \"16k\" or \"1g\", got {raw!r}")
+        raise ValueError(f"expected a size such as 8192, \"16k\" or \"1g\", got {given(raw)}")
     if value < 0:
-        raise ValueError(f"expected a size of 0 or more, got {raw!r}")
+        raise ValueError(f"expected a size of 0 or more, got {given(raw)}")
     return value
 
 
 def parse_address(raw: Any) -> Address:
     """host:port, with the host a name or an IP address, IPv6 in brackets."""
     if not isinstance(raw, str):
-        raise ValueError(f"expected \"host:port\", got {raw!r}")
+        raise ValueError(f"expected \"host:port\", got {given(raw)}")
     host, sep, port_text = raw.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"expected \"host:port\", got {raw!r}")
+        raise ValueError(f"expected \"host:port\", got {given(raw)}")
     if host.startswith("["):
         if not host.endswith("]"):
-            raise ValueError(f"expected \"[ipv6]:port\", got {raw!r}")
+            raise ValueError(f"expected \"[ipv6]:port\", got {given(raw)}")
         host = host[1:-1]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{host!r} is not an IPv6 address") from None
     elif ":" in host:
-        raise ValueError(f"write IPv6 addresses in brackets, as \"[::1]:80\", got {raw!r}")
+        raise ValueError(f"write IPv6 addresses in brackets, as \"[::1]:80\", got {given(raw)}")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"expected a port from 0 to 65535, got {port_text!r}")
     return Address(host, int(port_text))
@@ -120,7 +124,7 @@ def parse_worker_count(raw: Any) -> int:
     if raw == "auto":
         return 0
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise ValueError(f"expected \"auto\" or a worker count of 1 or more, got {raw!r}")
+        raise ValueError(f"expected \"auto\" or a worker count of 1 or more, got {given(raw)}")
     return raw
 
 
@@ -133,10 +137,10 @@ def parse_cpu_list(raw: Any) -> list[int]:
         for part in filter(None, (p.strip() for p in raw.split(","))):
             first, _, last = part.partition("-")
             if not first.isdigit() or (last and not last.isdigit()):
-                raise ValueError(f"expected CPU numbers such as \"0-3,6\", got {raw!r}")
+                raise ValueError(f"expected CPU numbers such as \"0-3,6\", got {given(raw)}")
             cpus.extend(range(int(first), int(last or first) + 1))
     else:
-        raise ValueError(f"expected a CPU list such as [0, 1] or \"0-3,6\", got {raw!r}")
+        raise ValueError(f"expected a CPU list such as [0, 1] or \"0-3,6\", got {given(raw)}")
     if any(cpu < 0 for cpu in cpus) or len(set(cpus)) != len(cpus):
-        raise ValueError(f"expected distinct CPU numbers of 0 or more, got {raw!r}")
+        raise ValueError(f"expected distinct CPU numbers of 0 or more, got {given(raw)}")
     return cpus

@@ -26,17 +26,20 @@ class ReopenableFileHandler(logging.FileHandler):
 
 
 def setup(config: LogConfig) -> None:
-    """Point the root logger at the configured destination (replacing earlier handlers)."""
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-        old.close()
+    """Point the root logger at the configured destination (replacing earlier handlers).
+
+    The new destination is opened first: if that fails (OSError), logging is unchanged.
+    """
     handler: logging.Handler
     if config.file:
         handler = ReopenableFileHandler(config.file, delay=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(config.format))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(config.level.upper())
 

@@ -20,7 +20,7 @@ def slot_cpus(process: ProcessConfig) -> list[int]:
     usable = os.sched_getaffinity(0)
     missing = [cpu for cpu in process.cpus if cpu not in usable]
     if missing:
-        raise ValueError(f"process.cpus: CPU {_ranges(missing)} not usable by this process "
+        raise ValueError(f"CPU {_ranges(missing)} not usable by this process "
                          f"(usable: {_ranges(list(usable))})")
     cpus = process.cpus or sorted(usable)
     count = process.workers or len(cpus)

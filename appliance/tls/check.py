@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from appliance.config.schema import Config, ListenerTlsConfig
+from appliance.config.schema import Config, ListenerTlsConfig, entries
 from appliance.tls.contexts import unknown_ciphersuites
 from appliance.tls.crl import load_crls
 from appliance.tls.keyfiles import read_key_files
@@ -128,7 +128,7 @@ def _check_ciphers(tls: ListenerTlsConfig, where: tuple[str | int, ...]) -> Iter
 def check_tls(config: Config) -> list[Problem]:
     """Every TLS problem in the configuration, as (key path, message)."""
     problems: list[Problem] = []
-    for i, listener in enumerate(config.listener):
+    for i, listener in entries(config.listener):
         tls = listener.tls
         where: tuple[str | int, ...] = ("listener", i, "tls")
         if not tls.enabled:
@@ -139,7 +139,7 @@ def check_tls(config: Config) -> list[Problem]:
         if _VERSIONS[tls.min_version] > _VERSIONS[tls.max_version]:
             problems.append(((*where, "min_version"), "must not be newer than max_version"))
         problems.extend(_check_ciphers(tls, where))
-    for i, vhost in enumerate(config.vhost):
+    for i, vhost in entries(config.vhost):
         where = ("vhost", i)
         problems.extend(_pairs(vhost.certificate, vhost.certificate_key, where))
         if vhost.client_verify != "off":
@@ -157,7 +157,7 @@ def check_tls(config: Config) -> list[Problem]:
                 x509.ObjectIdentifier(oid)
             except ValueError:
                 problems.append(((*where, "ssl_headers", "extensions", header), f"{oid!r} is not an OID"))
-    for name, backend in config.backend.items():
+    for name, backend in entries(config.backend):
         where = ("backend", name)
         if backend.tls and backend.tls_ca:
             problems.extend(_check_ca(backend.tls_ca, (*where, "tls_ca")))
