@@ -25,8 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reload", type=int, metavar="PID",
-        help="for systemd's ExecReload: send SIGHUP to the supervisor PID and wait for the "
-        "reload's outcome; exit 0 if the new generation serves, 1 if it was rejected",
+        help="for systemd's ExecReload: send SIGHUP to the supervisor PID, which reloads the "
+        "file it was started with, and wait for the outcome; exit 0 if the new generation "
+        "serves, 1 if the reload failed, 2 if no such supervisor was found (its status.json "
+        "is in [process] runtime_dir of -c FILE, else $RUNTIME_DIRECTORY or /run/rproxyd)",
     )
     parser.add_argument(
         "--reload-timeout", type=float, default=120.0, metavar="SECONDS",
@@ -39,8 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 def _reload(args: argparse.Namespace) -> int:
     from appliance.process import status
 
-    directory = status.find_runtime_dir(args.reload, args.config)
-    ok, message = status.request_reload(args.reload, directory, args.reload_timeout)
+    try:
+        directory, before = status.locate(args.reload, args.config)
+        started_with = before.get("config")
+        if started_with and Path(started_with) != args.config.absolute():
+            print(f"rproxyd: note: {args.config} only locates the status file; rproxyd "
+                  f"{args.reload} reloads {started_with}, the file it was started with")
+        ok, message = status.request_reload(args.reload, directory, before, args.reload_timeout)
+    except status.NoSupervisor as exc:
+        print(f"rproxyd: cannot find the supervisor: {exc}", file=sys.stderr)
+        return 2
     print(f"rproxyd: {message}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
@@ -51,17 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return _reload(args)
     try:
         config = load(args.config)
-        from appliance.process.plan import slot_cpus
-
-        slot_cpus(config.process)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"rproxyd: {problem}", file=sys.stderr)
-        if args.test:
-            print(f"rproxyd: configuration {args.config} test failed", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"rproxyd: {exc}", file=sys.stderr)
         if args.test:
             print(f"rproxyd: configuration {args.config} test failed", file=sys.stderr)
         return 1

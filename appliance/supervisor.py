@@ -257,6 +257,12 @@ class Supervisor:
         self.phase = _PHASE_MOVES.check("supervisor", self.phase, new)
         self._dirty = True
 
+    def _serving_on(self) -> str:
+        assert self.current is not None
+        listeners = self.current.config.listener
+        bound = self.listeners.addresses(listeners)
+        return ", ".join(f"{'https' if lc.tls.enabled else 'http'}://{bound[lc.name]}/" for lc in listeners)
+
     def _status_line(self) -> str:
         gen = self.current
         if gen is None:
@@ -405,7 +411,8 @@ class Supervisor:
                     self._spawn(gen, slot, now)
         if self.phase is Phase.STARTING and self.current and self.current.all_serving():
             self._transition(Phase.RUNNING)
-            log.info("%s", self._status_line())
+            # The line `make run` and an operator wait for: bound and serving, not before.
+            log.info("serving on %s; %s", self._serving_on(), self._status_line())
             self.notifier.ready(self._status_line())
         elif self.pending is not None and self.pending.all_serving():
             self._commit(now)
@@ -462,7 +469,11 @@ class Supervisor:
             slot.transition(SlotState.RETIRED)
         self.listeners.commit(new.config.listener)
         if new.config.log != self.config.log:
-            logs.setup(new.config.log)
+            try:
+                logs.setup(new.config.log)
+            except OSError as exc:  # checked at load; it may have changed since
+                log.error("log destination unchanged: cannot open %s: %s", new.config.log.file,
+                          exc.strerror)
         if self.tickets is not None:
             try:
                 self.tickets.configure(new.config.tls)  # key files re-read: rotation by replace + HUP
@@ -530,6 +541,7 @@ class Supervisor:
         gen = self.current
         state = {
             "pid": os.getpid(),
+            "config": str(self.config_path.absolute()),  # what a reload reads, for --reload to say
             "phase": self.phase.value,
             "generation": gen.number if gen else 0,
             "reload": self.reload,
@@ -659,6 +671,10 @@ class Supervisor:
 def run(config_path: Path, config: Config) -> int:
     """`rproxyd -c FILE`: start a supervisor, or resume one across an in-place upgrade."""
     inherited = os.environ.pop(UPGRADE_ENV, None)
-    logs.setup(config.log)
+    try:
+        logs.setup(config.log)
+    except OSError as exc:  # checked at load; it may have changed since
+        print(f"rproxyd: cannot open the log file {config.log.file}: {exc.strerror}", file=sys.stderr)
+        return 1
     supervisor = Supervisor(config_path, config)
     return supervisor.run(json.loads(inherited) if inherited else None)

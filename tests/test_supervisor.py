@@ -308,9 +308,12 @@ def test_failed_reload_that_grows_workers_leaves_no_unserved_queue(start: StartF
                                                                     tmp_path: Path) -> None:
     proxy = start(process="workers = 1")
     before = proxy.current_workers()
-    # Valid for `-t`, but every new worker fails at boot (its access log cannot be opened),
-    # so the rollout of four slots, hence three more sockets per listener, is aborted.
-    broken = f'[access_log]\nenabled = true\nfile = "{tmp_path}/missing/access.log"\n'
+    # Valid for `-t`, but every new worker fails at boot, so the rollout of four slots, hence
+    # three more sockets per listener, is aborted: its access log is a unix socket, which
+    # access(2) lets its owner write (`-t` checks permissions) and open(2) refuses (ENXIO).
+    with socket.socket(socket.AF_UNIX) as holder:
+        holder.bind(str(tmp_path / "access.sock"))
+    broken = f'[access_log]\nenabled = true\nfile = "{tmp_path}/access.sock"\n'
     _rewrite(proxy, origin, extra=broken, process="workers = 4")
     done = proxy.reload()
     assert done.returncode == 1 and "died while starting" in done.stderr, done.stderr
@@ -436,3 +439,68 @@ def test_upgrade_check_runs_beside_the_loop_and_a_failure_refuses_the_upgrade(st
     status = proxy.wait_running(generation=1)
     assert status["pid"] == proxy.pid and proxy.current_workers() == before
     assert get(proxy.address)[2] == GREETING
+
+
+def _reload_cmd(*args: str, runtime_dir: Path) -> subprocess.CompletedProcess[str]:
+    # RUNTIME_DIRECTORY points at an empty directory: the machine's own /run/rproxyd is none
+    # of the test's business.
+    return subprocess.run([sys.executable, "-m", "appliance", "--reload", *args], capture_output=True,
+                          text=True, timeout=30, check=False,
+                          env={**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir)})
+
+
+def test_reload_tells_a_missing_supervisor_from_a_failed_reload(start: StartFn, tmp_path: Path) -> None:
+    proxy = start()
+    host, port = proxy.address
+    assert f"serving on http://{host}:{port}/; generation 1: " in proxy.log()
+    elsewhere = tmp_path / "empty"
+    elsewhere.mkdir()
+    config = str(proxy.config_path)
+    # Without -c the status file is looked for where the default says, and the hint names -c.
+    lost = _reload_cmd(str(proxy.pid), runtime_dir=elsewhere)
+    assert lost.returncode == 2, lost
+    assert lost.stderr.startswith(f"rproxyd: cannot find the supervisor: process {proxy.pid} is not an "
+                                  "rproxyd supervisor, or it publishes its status elsewhere.")
+    assert f"{elsewhere}/status.json (the default: $RUNTIME_DIRECTORY, else /run/rproxyd): no such file" \
+        in lost.stderr
+    assert "[process] runtime_dir of the configuration the supervisor was started with: pass that " \
+        "file with -c" in lost.stderr
+    # A live process that is no supervisor: both places are named, with what they hold.
+    other = _reload_cmd(str(os.getpid()), "-c", config, runtime_dir=elsewhere)
+    assert other.returncode == 2
+    assert (f"{proxy.run_dir}/status.json ([process] runtime_dir of {config}): it is rproxyd "
+            f"{proxy.pid}'s") in other.stderr
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = _reload_cmd(str(gone.pid), "-c", config, runtime_dir=elsewhere)
+    assert dead.returncode == 2
+    assert dead.stderr == f"rproxyd: cannot find the supervisor: no process {gone.pid}\n"
+    # The reload itself: it says which file the supervisor read, and why it was refused.
+    good = proxy.config_path.read_text()
+    proxy.config_path.write_text(good + '\n[limits]\nkeepalive_timeout = true\n')
+    refused = proxy.reload()
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"rproxyd: reload failed: rproxyd {proxy.pid} refused {config} (the "
+                                     f"file rproxyd {proxy.pid} was started with), generation 1 keeps "
+                                     f"serving: {config}: limits.keepalive_timeout: expected a duration")
+    proxy.config_path.write_text(good)
+    done = proxy.reload()
+    assert (done.returncode, done.stdout) == (0, f"rproxyd: reloaded {config} (the file rproxyd "
+                                                 f"{proxy.pid} was started with): generation 2 serves\n")
+
+
+def test_make_run_prints_no_success_when_the_port_is_taken(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "rproxy.toml"
+        config.write_text(config_text(1, tmp_path).replace("127.0.0.1:0", f"127.0.0.1:{port}")
+                          .replace(f'file = "{tmp_path}/rproxyd.log"', ""))
+        result = subprocess.run(["make", "-s", "run", f"CONFIG={config}", "ORIGIN_PORT=0"], cwd=repo,
+                                capture_output=True, text=True, timeout=60, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"listener l0: cannot bind 127.0.0.1:{port}: Address already in use" in output
+    assert "serving on" not in output and "rproxyd on http" not in output, output

@@ -47,15 +47,50 @@ def _configured_dir(config_path: Path) -> str:
     return found
 
 
-def find_runtime_dir(pid: int, config_path: Path) -> Path:
-    """The runtime directory whose status.json belongs to supervisor `pid`."""
-    candidates = [Path(p) for p in (_configured_dir(config_path),) if p]
-    candidates.append(runtime_dir(None))
-    for directory in candidates:
+class NoSupervisor(Exception):
+    """`rproxyd --reload PID` cannot find (or signal) that supervisor: nothing was sent."""
+
+
+def _where(config_path: Path) -> list[tuple[Path, str]]:
+    """The directories a supervisor started with `config_path` may publish in, each with why."""
+    places = []
+    configured = _configured_dir(config_path)
+    if configured:
+        places.append((Path(configured), f"[process] runtime_dir of {config_path}"))
+    places.append((runtime_dir(None), f"the default: $RUNTIME_DIRECTORY, else {DEFAULT_RUNTIME_DIR}"))
+    return places
+
+
+def _describe(directory: Path) -> str:
+    try:
+        found = json.loads((directory / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    except ValueError:
+        return "not JSON"
+    return f"it is rproxyd {found.get('pid')}'s"
+
+
+def locate(pid: int, config_path: Path) -> tuple[Path, dict[str, Any]]:
+    """The runtime directory and status of supervisor `pid`; raise NoSupervisor saying why not.
+
+    The directory is [process] runtime_dir of the file the supervisor was started with,
+    which is why `--reload` reads `-c FILE` (leniently: the file may be broken now).
+    """
+    if not _alive(pid):
+        raise NoSupervisor(f"no process {pid}")
+    places = _where(config_path)
+    for directory, _ in places:
         found = read_status(directory)
         if found is not None and found.get("pid") == pid:
-            return directory
-    return candidates[0]
+            return directory, found
+    looked = "; ".join(f"{d / STATUS_FILE} ({why}): {_describe(d)}" for d, why in places)
+    raise NoSupervisor(
+        f"process {pid} is not an rproxyd supervisor, or it publishes its status elsewhere. "
+        f"Looked for {looked}. The status file is in [process] runtime_dir of the configuration "
+        f"the supervisor was started with: pass that file with -c")
 
 
 def write_status(directory: Path, status: dict[str, Any]) -> None:
@@ -87,28 +122,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def request_reload(pid: int, directory: Path, timeout: float) -> tuple[bool, str]:
-    """SIGHUP the supervisor and wait for the outcome of a reload that saw it.
+def request_reload(pid: int, directory: Path, before: dict[str, Any], timeout: float) -> tuple[bool, str]:
+    """SIGHUP the supervisor found by `locate` and wait for the outcome of a reload that saw it.
 
-    Returns (succeeded, message).
+    Returns (succeeded, message); raises NoSupervisor if the signal cannot be sent.
     """
-    before = read_status(directory)
-    if before is None or before.get("pid") != pid:
-        return False, f"no status for rproxyd PID {pid} in {directory / STATUS_FILE}"
     target = before["reload"]["requested"] + 1
+    what = f"{before['config']} (the file rproxyd {pid} was started with)" if "config" in before else (
+        f"the file rproxyd {pid} was started with")
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
-        return False, f"no process {pid}"
+        raise NoSupervisor(f"no process {pid}") from None
+    except PermissionError:
+        raise NoSupervisor(f"not allowed to signal process {pid} (run as its user or root)") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = read_status(directory)
         if status is not None and status.get("pid") == pid and status["reload"]["covers"] >= target:
             reload = status["reload"]
             if reload["ok"]:
-                return True, f"reloaded: generation {status['generation']}"
-            return False, f"reload failed, generation {status['generation']} keeps serving: {reload['error']}"
+                return True, f"reloaded {what}: generation {status['generation']} serves"
+            return False, (f"reload failed: rproxyd {pid} refused {what}, generation "
+                           f"{status['generation']} keeps serving: {reload['error']}")
         if not _alive(pid):
-            return False, f"rproxyd {pid} exited during the reload"
+            return False, f"reload failed: rproxyd {pid} exited during the reload"
         time.sleep(0.02)
-    return False, f"no reload outcome from rproxyd {pid} within {timeout:g}s"
+    return False, f"reload failed: no outcome from rproxyd {pid} within {timeout:g}s"
