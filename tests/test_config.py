@@ -196,3 +196,25 @@ runtime_dir = "{main}/run"
     assert result.returncode == 1
     assert (f"process.runtime_dir: cannot create {main}/run: {main} is not a directory (the default: "
             "$RUNTIME_DIRECTORY, else /run/rproxyd; set [process] runtime_dir") in result.stderr
+
+
+def test_syslog_address_that_cannot_be_used_fails_the_check(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    config = MINIMAL + """
+[access_log]
+enabled = true
+destination = "syslog"
+syslog_address = "{}"
+"""
+    for address, problem in [
+        ("no-such-host.invalid:514", "cannot resolve 'no-such-host.invalid:514'"),
+        ("localhost", "expected a unix socket path or host:port"),
+    ]:
+        main.write_text(config.format(address))
+        checked = rproxyd("-t", "-c", str(main))
+        assert checked.returncode == 1
+        assert f"access_log.syslog_address: {problem}" in checked.stderr
+        assert "Traceback" not in checked.stderr
+    for usable in ("127.0.0.1:514", "/dev/log"):
+        main.write_text(config.format(usable))
+        assert rproxyd("-t", "-c", str(main)).returncode == 0

@@ -1,4 +1,4 @@
-"""Configuration-time checks that every file and directory the processes write can be opened.
+"""Configuration-time checks that every log destination the processes write can be opened.
 
 The error log, the access log and the runtime directory (status.json) are opened at
 start-up, by every worker and again on each reload; one that cannot be opened would
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
 from pathlib import Path
 
 from appliance.config.schema import Config
+from appliance.config.values import parse_address
 from appliance.process import status
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -70,6 +72,26 @@ def creatable_dir(path: Path) -> str | None:
     return None
 
 
+def syslog_reachable(address: str) -> str | None:
+    """Why a syslog address cannot be used; None if it can.
+
+    A unix socket is not checked: like openlog(3), the workers connect when the daemon is
+    there, and a syslog that starts after rproxyd is fine. A host:port must parse and its
+    name resolve now (as nginx resolves its syslog server at configuration time): each
+    worker resolves it when it boots, and a name that does not resolve stops the boot.
+    """
+    if address.startswith("/"):
+        return None
+    try:
+        parsed = parse_address(address)
+        socket.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_DGRAM)
+    except ValueError as exc:
+        return f"expected a unix socket path or host:port: {exc}"
+    except OSError as exc:
+        return f"cannot resolve {address!r}: {exc.strerror or exc}"
+    return None
+
+
 def check_paths(config: Config) -> list[Problem]:
     """Every log file or directory of `config` that cannot be opened, as (key path, message)."""
     problems: list[Problem] = []
@@ -78,8 +100,8 @@ def check_paths(config: Config) -> list[Problem]:
     access = config.access_log
     if access.enabled and access.destination == "file" and (why := appendable(access.file)):
         problems.append((("access_log", "file"), why))
-    # The syslog socket is not checked: like openlog(3), the workers connect when the
-    # daemon is there, and a syslog that starts after rproxyd is fine.
+    if access.enabled and access.destination == "syslog" and (why := syslog_reachable(access.syslog_address)):
+        problems.append((("access_log", "syslog_address"), why))
     run_dir = status.runtime_dir(config.process)
     if why := creatable_dir(run_dir):
         default = "" if config.process.runtime_dir else (
