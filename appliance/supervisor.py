@@ -34,6 +34,7 @@ from typing import Any
 
 from appliance import shm
 from appliance.config import Config, ConfigError, load
+from appliance.config.paths import runtime_dir
 from appliance.observe import metrics
 from appliance.observe.hub import ObserveHub
 from appliance.process import heartbeat, logs, plan, status
@@ -97,7 +98,7 @@ class Supervisor:
         self.reload_wanted = False
         self.upgrade_check: UpgradeCheck | None = None  # in UPGRADING, until the exec
         self.stop_deadline: float | None = None
-        self.runtime_dir = status.runtime_dir(config.process)
+        self.runtime_dir = runtime_dir(config.process)
         self.listeners = ListenerSet()
         self.shared = shm.SharedMemory()
         self.board: HeartbeatBoard | None = None

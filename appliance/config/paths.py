@@ -18,13 +18,20 @@ import pwd
 import socket
 from pathlib import Path
 
-from appliance.config.schema import Config
+from appliance.config.schema import Config, ProcessConfig
 from appliance.config.values import parse_address
-from appliance.process import status
 
 Problem = tuple[tuple[str | int, ...], str]
 
 _WRITE = os.W_OK | os.X_OK  # creating a file in a directory needs both
+DEFAULT_RUNTIME_DIR = Path("/run/rproxyd")
+
+
+def runtime_dir(process: ProcessConfig | None) -> Path:
+    """Where status.json goes: [process] runtime_dir, else systemd's RuntimeDirectory=, else /run/rproxyd."""
+    if process is not None and process.runtime_dir:
+        return Path(process.runtime_dir)
+    return Path(os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or DEFAULT_RUNTIME_DIR)
 
 
 def _user() -> str:
@@ -102,10 +109,10 @@ def check_paths(config: Config) -> list[Problem]:
         problems.append((("access_log", "file"), why))
     if access.enabled and access.destination == "syslog" and (why := syslog_reachable(access.syslog_address)):
         problems.append((("access_log", "syslog_address"), why))
-    run_dir = status.runtime_dir(config.process)
+    run_dir = runtime_dir(config.process)
     if why := creatable_dir(run_dir):
         default = "" if config.process.runtime_dir else (
-            f" (the default: $RUNTIME_DIRECTORY, else {status.DEFAULT_RUNTIME_DIR}; set [process] "
+            f" (the default: $RUNTIME_DIRECTORY, else {DEFAULT_RUNTIME_DIR}; set [process] "
             "runtime_dir, or run under systemd with RuntimeDirectory=)")
         problems.append((("process", "runtime_dir"), f"{why}{default}"))
     return problems

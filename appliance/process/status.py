@@ -23,16 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config.loader import config_files
-from appliance.config.schema import ProcessConfig
+from appliance.config.paths import DEFAULT_RUNTIME_DIR, runtime_dir
 
-DEFAULT_RUNTIME_DIR = Path("/run/rproxyd")
 STATUS_FILE = "status.json"
-
-
-def runtime_dir(process: ProcessConfig | None) -> Path:
-    if process is not None and process.runtime_dir:
-        return Path(process.runtime_dir)
-    return Path(os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or DEFAULT_RUNTIME_DIR)
 
 
 def _configured_dir(config_path: Path) -> str:
