@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import wait_for
+from tests.support import curl, wait_for
 from tests.support.tls import client_context, https_get, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
@@ -215,6 +215,39 @@ backend = "demo"
         assert (first["tls_resumed"], second["tls_resumed"]) == (False, True)
         assert second["tls_version"] == resumed.version and second["tls_cipher"] == first["tls_cipher"]
         assert first["host"] == "a.test" and first["vhost"] == "a"
+    finally:
+        proxy.stop()
+
+
+def test_access_log_client_address_over_tls(tmp_path: Path, origin_port: int) -> None:
+    """The client address is taken when the connection is made: by the time a batch is written
+    the TLS transport no longer reports its peer, least of all for a client already gone."""
+    (tmp_path / "certs").mkdir()
+    certs = make_certs(tmp_path / "certs")
+    proxy = start(tmp_path, origin_port, tables=f"""
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+[listener.tls]
+enabled = true
+certificate = "{certs.path('a.test.pem')}"
+""")
+    try:
+        port = int(proxy.status()["listeners"]["tls"].rsplit(":", 1)[1])
+        result = curl("--cacert", certs.path("trust.pem"), "--resolve", f"a.test:{port}:127.0.0.1",
+                      "-o", "/dev/null", "-w", "%{http_code} %{local_port}", f"https://a.test:{port}/?curl")
+        assert result.returncode == 0, result.stderr
+        status, curl_port = result.stdout.decode().split()
+        assert status == "200"
+        # A client that closes right after its request, before the answer (logged as 499).
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                client_context(certs).wrap_socket(raw, server_hostname="a.test") as sock:
+            sock.sendall(b"GET /delay/0.2?gone HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            gone_port = sock.getsockname()[1]
+        logged = {r["path"]: r for r in records(tmp_path / "access.log", 2)}
+        assert logged["/?curl"]["client"] == f"127.0.0.1:{curl_port}"
+        assert logged["/delay/0.2?gone"]["status"] == 499
+        assert logged["/delay/0.2?gone"]["client"] == f"127.0.0.1:{gone_port}"
     finally:
         proxy.stop()
 

@@ -81,6 +81,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         "held_head",
         "parser",
         "parsing",
+        "peer",
         "peer_ip",
         "proto",
         "response_framing",
@@ -119,6 +120,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.sent = 0  # response bytes written for the exchange now answering
         self.write_paused = False
         self._read_pauses = 0
+        self.peer: tuple | None = None  # (address, port, ...) as the socket reported it
         self.peer_ip = b""
         self.trusted = True  # the peer is a trusted proxy: its X-Forwarded-For is kept
         self.forwarded_tail = b""
@@ -137,7 +139,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.transport = transport
         limits = self.ctx.limits
         transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
-        peer = transport.get_extra_info("peername")
+        # Taken now, once: uvloop's TLS transport stops reporting its peer once the connection
+        # ends, and the access log formats its batch later (appliance/observe/accesslog.py).
+        self.peer = peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b""
         self.trusted = self.ctx.is_trusted(peer[0] if peer else "")
         self.forwarded_tail = b"%s\r\nX-Forwarded-Proto: %s\r\n" % (self.peer_ip, self.proto)
