@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import curl, wait_for
+from appliance.http.downstream import LINGER_SECONDS
+from tests.support import curl, wait_connected_to, wait_for
 from tests.support.tls import client_context, https_get, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
@@ -433,6 +434,28 @@ pending_timeout = "1500ms"
         assert metric_sum(text, "rproxyd_pending_wait_seconds_count", backend="slow") == len(waited)
         assert metric_sum(text, "rproxyd_pending_wait_seconds_sum", backend="slow") == pytest.approx(
             sum(waited), abs=1e-5 * len(waited))
+    finally:
+        proxy.stop()
+
+
+def test_connection_closed_by_the_client_is_not_kept_lingering(tmp_path: Path, origin_port: int) -> None:
+    """A lingering close reads on after our FIN so a client still sending gets no reset; once the
+    client has sent its own FIN there is nothing left to protect: the socket closes at once
+    (it used to stay open LINGER_SECONDS, counted in rproxyd_client_connections)."""
+    proxy = start(tmp_path, origin_port)
+    try:
+        worker = proxy.current_workers()[0]["pid"]
+        url = "http://{}:{}/".format(*proxy.address)
+        wait_connected_to([origin_port])  # the warm backend connection is part of the baseline
+        baseline = len(os.listdir(f"/proc/{worker}/fd"))
+        for _ in range(100):
+            result = curl("-o", "/dev/null", "-w", "%{http_code}", url)  # closes after its answer
+            assert result.stdout == b"200", result
+        # Bounded well below LINGER_SECONDS: before the fix the last connections were still open.
+        wait_for(lambda: len(os.listdir(f"/proc/{worker}/fd")) == baseline, LINGER_SECONDS * 0.75,
+                 "the worker's descriptors back to their baseline")
+        until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_client_connections") == 0,
+                      "no client connection counted")
     finally:
         proxy.stop()
 

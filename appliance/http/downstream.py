@@ -77,6 +77,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         "deadline",
         "exchanges",
         "forwarded_tail",
+        "half_closed",
         "head_raw",
         "held_head",
         "parser",
@@ -118,6 +119,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
         self.sent = 0  # response bytes written for the exchange now answering
+        self.half_closed = False  # the client sent FIN: it sends nothing more, so no lingering close
         self.write_paused = False
         self._read_pauses = 0
         self.peer: tuple | None = None  # (address, port, ...) as the socket reported it
@@ -212,6 +214,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state is ClientState.CLOSED:
             return False  # the client finished its side of a lingering close
+        self.half_closed = True
         exchange = self.parsing
         if exchange is not None and not exchange.request_done:
             if exchange.state is _S.HEAD:
@@ -787,11 +790,12 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             return
         if force:
             transport.abort()
-        elif transport.can_write_eof():
+        elif transport.can_write_eof() and not self.half_closed:
             # Lingering close (nginx's lingering_close): send FIN once our output is flushed,
             # then read and drop what the client still sends until it closes or LINGER_SECONDS
             # pass. Closing with unread input would send a reset, which can destroy a response
-            # the client has not read yet, or turn a keep-alive race into an error.
+            # the client has not read yet, or turn a keep-alive race into an error. A client
+            # that sent FIN sends nothing more: its socket closes once our output is flushed.
             transport.write_eof()
             transport.resume_reading()
             self.deadline.set(LINGER_SECONDS)
