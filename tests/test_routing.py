@@ -206,6 +206,30 @@ def test_trusted_client_x_forwarded_for_is_appended(origins, make_proxy):
     assert ["X-Forwarded-For", "6.6.6.6, 127.0.0.1"] in headers
 
 
+def real_ips(proxy, sent: dict[str, str]) -> list[str]:
+    """The X-Real-IP values the backend got for a request carrying `sent`."""
+    headers = httpx.get(proxy.url + "/headers", headers=sent).json()["headers"]
+    return [value for name, value in headers if name.lower().replace("_", "-") == "x-real-ip"]
+
+
+@pytest.mark.parametrize("trusted", ['["10.0.0.0/8"]', None], ids=["untrusted", "default-trust-everyone"])
+def test_forged_x_real_ip_is_replaced_by_the_client_address(origins, make_proxy, trusted):
+    # Trusting everyone (the default) vouches for nobody's address: X-Real-IP is what nginx's
+    # $remote_addr is without set_real_ip_from, the peer's address.
+    proxy = make_proxy(backends={"a": [origins["a"].address]},
+                       extra=f"[proxy]\ntrusted_proxies = {trusted}\n" if trusted else "")
+    assert real_ips(proxy, {}) == ["127.0.0.1"]
+    assert real_ips(proxy, {"X-Real-IP": "6.6.6.6"}) == ["127.0.0.1"]
+    assert real_ips(proxy, {"X_Real_IP": "6.6.6.6"}) == ["127.0.0.1"]
+
+
+def test_trusted_proxy_x_real_ip_is_kept(origins, make_proxy):
+    proxy = make_proxy(backends={"a": [origins["a"].address]},
+                       extra='[proxy]\ntrusted_proxies = ["127.0.0.0/8"]\n')
+    assert real_ips(proxy, {"X-Real-IP": "6.6.6.6"}) == ["6.6.6.6"]
+    assert real_ips(proxy, {}) == ["127.0.0.1"]
+
+
 def _redirecting(conn: socket.socket, backend: ScriptedBackend) -> None:
     while (head := backend.read_head(conn)) is not None:
         target = b"/headers" if b"GET /go " in head else b"/elsewhere"

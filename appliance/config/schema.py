@@ -572,7 +572,8 @@ class ProxyConfig:
         [IPv4Network("0.0.0.0/0"), IPv6Network("::/0")], kind=NETWORK_LIST,
         doc="Clients whose X-Forwarded-For is kept and appended to; from any other client it is "
         "replaced by the client address. The default trusts everyone (append, as nginx's "
-        "$proxy_add_x_forwarded_for does); narrow it on an edge proxy.",
+        "$proxy_add_x_forwarded_for does); narrow it on an edge proxy. X-Real-IP is set to the "
+        "client address, or kept from a client in these networks when they do not cover everyone.",
     )
     internal_redirect_status: int = key(
         377, kind=INT, minimum=100, maximum=599,

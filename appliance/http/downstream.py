@@ -313,6 +313,11 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         elif action == hdr.REQ_REQUEST_ID and self.trusted and exchange.request_id is None:
             # Only a trusted proxy's id is kept; anyone else's could collide or inject into logs.
             exchange.request_id = value
+        elif (action == hdr.REQ_REAL_IP and self.trusted and exchange.real_ip is None
+              and not self.ctx.trusted.everyone):
+            # Trusting everyone (the default, for appending X-Forwarded-For) vouches for no
+            # address: as nginx's $remote_addr without set_real_ip_from, the peer's is sent.
+            exchange.real_ip = value
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing

@@ -73,6 +73,7 @@ class Exchange:
         "method",
         "pending_since",
         "queue_wait",
+        "real_ip",
         "redirects",
         "request_done",
         "request_id",
@@ -106,6 +107,7 @@ class Exchange:
         self.chunked = False
         self.expect_continue = False
         self.forwarded_for: bytes | None = None
+        self.real_ip: bytes | None = None  # a trusted proxy's X-Real-IP (else the client address is sent)
         self.via: bytes | None = None
         # Facts from the Connection header; keep_alive is decided from them and the version.
         self.conn_close = False
