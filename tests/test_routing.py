@@ -146,6 +146,34 @@ def test_405_when_only_method_restricted_rules_match(origins, make_proxy):
     assert response.status_code == 405 and response.headers["allow"] == "GET"
 
 
+def test_trace_is_refused_unless_the_route_allows_it(origins, make_proxy):
+    # As nginx (405): TRACE echoes the request, cookies and credentials included, back to
+    # whoever can make a browser send it.
+    vhosts = """
+    [[vhost]]
+    name = "x"
+    hosts = ["*"]
+    [[vhost.route]]
+    path = "/debug/"
+    rewrite = "^/debug(/.*)$"
+    rewrite_to = "$1"
+    allow_trace = true
+    backend = "a"
+    [[vhost.route]]
+    path = "/"
+    backend = "a"
+    """
+    proxy = make_proxy(backends={"a": [origins["a"].address]}, vhosts=vhosts)
+    with httpx.Client() as client:
+        refused = client.request("TRACE", proxy.url + "/headers")
+        assert refused.status_code == 405
+        assert refused.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+        assert "x-origin" not in refused.headers
+        forwarded = client.request("TRACE", proxy.url + "/debug/headers")
+        assert served_by(forwarded) == "a" and forwarded.json()["method"] == "TRACE"
+        assert client.get(proxy.url + "/").status_code == 200  # the 405 kept the connection
+
+
 def test_rewrite_replaces_query_when_the_replacement_has_one(routed):
     info = get(routed, "/old/some/thing?dropped=1", "www.example.com").json()
     assert info["path"] == "/headers?from=some/thing"

@@ -321,7 +321,13 @@ class RouteConfig:
         "(* also crosses /); regex: a Python regular expression searched in the path.",
     )
     methods: list[str] = key(
-        [], kind=STR_LIST, doc="Methods this rule takes, such as [\"GET\", \"HEAD\"]; empty: any."
+        [], kind=STR_LIST, doc="Methods this rule takes, such as [\"GET\", \"HEAD\"]; empty: any "
+        "(but TRACE, unless allow_trace)."
+    )
+    allow_trace: bool = key(
+        False, kind=BOOL,
+        doc="Forward TRACE requests. Off: they get 405 with an Allow header, as nginx answers "
+        "(TRACE echoes the request, cookies and credentials included, back to the caller).",
     )
     rewrite: str = key(
         "", kind=STR,

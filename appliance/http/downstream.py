@@ -436,6 +436,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             allowed = router.allowed_methods(host, path)
             self.fail(exchange, errors.MethodNotAllowed(allowed) if allowed else errors.NoRoute("no route"))
             return
+        if exchange.method == b"TRACE" and not route.allow_trace:
+            self.fail(exchange, errors.MethodNotAllowed(route.allowed_methods()))
+            return
         exchange.route = route
         exchange.backend = route.backend
         exchange.target = route.target(url)
