@@ -354,8 +354,9 @@ class RouteConfig:
     internal_redirect: list[str] = key(
         [], kind=STR_LIST,
         doc="Path globs a backend may send this request to with an internal redirect (an "
-        "answer with [proxy] internal_redirect_status and X-Internal-Redirect: PATH); empty: "
-        "internal redirects are refused with 502.",
+        "answer with [proxy] internal_redirect_status and X-Internal-Redirect: PATH), which "
+        "makes it a GET without the body (HEAD stays HEAD), as nginx's X-Accel-Redirect; "
+        "empty: internal redirects are refused with 502.",
     )
 
     EXAMPLES: ClassVar[dict[str, str]] = {

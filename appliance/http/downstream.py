@@ -445,7 +445,20 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         route.backend.acquire(exchange)
 
     def redirect(self, exchange: Exchange, target: bytes) -> None:
-        """Replay the request to another path, as a backend's internal redirect asked."""
+        """Route the request again to another path, as a backend's internal redirect asked.
+
+        As nginx's X-Accel-Redirect: the new request is a GET (a HEAD stays HEAD) without the
+        body, which the backend that redirected has had.
+        """
+        if not exchange.request_done:
+            # The client is still sending the body: the rest is not read (it goes nowhere), and
+            # the connection closes after the answer (response_keep_alive sees CLOSING), with a
+            # lingering close, so no body byte is ever parsed as the next request.
+            self.stop_splice()
+            self.deadline.clear()
+            self._stop_reading_requests()
+        exchange.drop_body()
+        exchange.upstream = None  # the backend that redirected is done with it
         exchange.redirects += 1
         exchange.url = target
         exchange.tried = []

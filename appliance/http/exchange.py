@@ -167,6 +167,20 @@ class Exchange:
     def finished(self) -> bool:
         return self.state is _S.FINISHED
 
+    def drop_body(self) -> None:
+        """Make this a GET (a HEAD stays HEAD) without a body: an internal redirect's new request."""
+        if not self.is_head:
+            self.method = b"GET"
+        if self.content_length is not None:
+            self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-length"]
+            self.content_length = None
+        self.chunked = False
+        self.trailers = None
+        self.expect_continue = False
+        self.body_buffer = []
+        self.body_buffered = 0
+        self.body_streamed = False  # nothing of the new request's is streamed: it may be replayed
+
     def replayable(self) -> bool:
         """Safe to send again: idempotent, and no body byte has left the proxy."""
         return self.method in IDEMPOTENT_METHODS and not self.body_streamed and (

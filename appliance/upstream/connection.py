@@ -600,7 +600,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         if not path.startswith(b"/") or not exchange.route.redirect_allowed(path):
             reason = f"internal redirect to {target.decode('latin-1')!r} is not allowed"
             exchange.client.fail(exchange, errors.BadBackendResponse(reason))
-        elif exchange.redirects >= MAX_INTERNAL_REDIRECTS or not exchange.replayable():
+        elif exchange.redirects >= MAX_INTERNAL_REDIRECTS:
             exchange.client.fail(exchange, errors.BadBackendResponse("internal redirect refused"))
         else:
             exchange.client.redirect(exchange, target)
