@@ -75,6 +75,16 @@ def test_cross_reference_errors(tmp_path):
     assert f"{main}: limits.write_low_watermark: must be smaller than write_high_watermark" in problems
 
 
+def test_trace_in_methods_needs_allow_trace(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    main.write_text(MINIMAL.replace('backend = "app"', 'backend = "app"\nmethods = ["GET", "TRACE"]'))
+    with pytest.raises(ConfigError) as caught:
+        load(main)
+    assert caught.value.problems == [
+        f"{main}: vhost[0].route[0].methods: TRACE is listed but allow_trace is false (TRACE is refused "
+        "with 405 unless allow_trace = true)"]
+
+
 def test_missing_file_and_syntax_error(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load(tmp_path / "absent.toml")

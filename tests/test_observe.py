@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import wait_for
+from appliance.http.downstream import LINGER_SECONDS
+from tests.support import curl, wait_connected_to, wait_for
 from tests.support.tls import client_context, https_get, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
@@ -219,6 +220,39 @@ backend = "demo"
         proxy.stop()
 
 
+def test_access_log_client_address_over_tls(tmp_path: Path, origin_port: int) -> None:
+    """The client address is taken when the connection is made: by the time a batch is written
+    the TLS transport no longer reports its peer, least of all for a client already gone."""
+    (tmp_path / "certs").mkdir()
+    certs = make_certs(tmp_path / "certs")
+    proxy = start(tmp_path, origin_port, tables=f"""
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+[listener.tls]
+enabled = true
+certificate = "{certs.path('a.test.pem')}"
+""")
+    try:
+        port = int(proxy.status()["listeners"]["tls"].rsplit(":", 1)[1])
+        result = curl("--cacert", certs.path("trust.pem"), "--resolve", f"a.test:{port}:127.0.0.1",
+                      "-o", "/dev/null", "-w", "%{http_code} %{local_port}", f"https://a.test:{port}/?curl")
+        assert result.returncode == 0, result.stderr
+        status, curl_port = result.stdout.decode().split()
+        assert status == "200"
+        # A client that closes right after its request, before the answer (logged as 499).
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                client_context(certs).wrap_socket(raw, server_hostname="a.test") as sock:
+            sock.sendall(b"GET /delay/0.2?gone HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            gone_port = sock.getsockname()[1]
+        logged = {r["path"]: r for r in records(tmp_path / "access.log", 2)}
+        assert logged["/?curl"]["client"] == f"127.0.0.1:{curl_port}"
+        assert logged["/delay/0.2?gone"]["status"] == 499
+        assert logged["/delay/0.2?gone"]["client"] == f"127.0.0.1:{gone_port}"
+    finally:
+        proxy.stop()
+
+
 def test_access_log_to_stdout(tmp_path: Path, origin_port: int) -> None:
     proxy = start(tmp_path, origin_port, access='destination = "stdout"\nfields = ["status", "path"]')
     try:
@@ -400,6 +434,28 @@ pending_timeout = "1500ms"
         assert metric_sum(text, "rproxyd_pending_wait_seconds_count", backend="slow") == len(waited)
         assert metric_sum(text, "rproxyd_pending_wait_seconds_sum", backend="slow") == pytest.approx(
             sum(waited), abs=1e-5 * len(waited))
+    finally:
+        proxy.stop()
+
+
+def test_connection_closed_by_the_client_is_not_kept_lingering(tmp_path: Path, origin_port: int) -> None:
+    """A lingering close reads on after our FIN so a client still sending gets no reset; once the
+    client has sent its own FIN there is nothing left to protect: the socket closes at once
+    (it used to stay open LINGER_SECONDS, counted in rproxyd_client_connections)."""
+    proxy = start(tmp_path, origin_port)
+    try:
+        worker = proxy.current_workers()[0]["pid"]
+        url = "http://{}:{}/".format(*proxy.address)
+        wait_connected_to([origin_port])  # the warm backend connection is part of the baseline
+        baseline = len(os.listdir(f"/proc/{worker}/fd"))
+        for _ in range(100):
+            result = curl("-o", "/dev/null", "-w", "%{http_code}", url)  # closes after its answer
+            assert result.stdout == b"200", result
+        # Bounded well below LINGER_SECONDS: before the fix the last connections were still open.
+        wait_for(lambda: len(os.listdir(f"/proc/{worker}/fd")) == baseline, LINGER_SECONDS * 0.75,
+                 "the worker's descriptors back to their baseline")
+        until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_client_connections") == 0,
+                      "no client connection counted")
     finally:
         proxy.stop()
 

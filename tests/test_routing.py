@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from appliance.config.docs import documented_examples
-from tests.support import RPROXYD, ScriptedBackend, read_all, served_by, wait_connected_to, wait_dropped
-from tests.support.replay import REPLAY_BODY, on_new_connections, put, read_request
+from tests.support import (
+    RPROXYD,
+    ScriptedBackend,
+    read_all,
+    served_by,
+    status_codes,
+    wait_connected_to,
+    wait_for,
+)
+from tests.support.replay import REPLAY_BODY, put, read_request
 
 VHOSTS = """
 [[vhost]]
@@ -146,6 +156,34 @@ def test_405_when_only_method_restricted_rules_match(origins, make_proxy):
     assert response.status_code == 405 and response.headers["allow"] == "GET"
 
 
+def test_trace_is_refused_unless_the_route_allows_it(origins, make_proxy):
+    # As nginx (405): TRACE echoes the request, cookies and credentials included, back to
+    # whoever can make a browser send it.
+    vhosts = """
+    [[vhost]]
+    name = "x"
+    hosts = ["*"]
+    [[vhost.route]]
+    path = "/debug/"
+    rewrite = "^/debug(/.*)$"
+    rewrite_to = "$1"
+    allow_trace = true
+    backend = "a"
+    [[vhost.route]]
+    path = "/"
+    backend = "a"
+    """
+    proxy = make_proxy(backends={"a": [origins["a"].address]}, vhosts=vhosts)
+    with httpx.Client() as client:
+        refused = client.request("TRACE", proxy.url + "/headers")
+        assert refused.status_code == 405
+        assert refused.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+        assert "x-origin" not in refused.headers
+        forwarded = client.request("TRACE", proxy.url + "/debug/headers")
+        assert served_by(forwarded) == "a" and forwarded.json()["method"] == "TRACE"
+        assert client.get(proxy.url + "/").status_code == 200  # the 405 kept the connection
+
+
 def test_rewrite_replaces_query_when_the_replacement_has_one(routed):
     info = get(routed, "/old/some/thing?dropped=1", "www.example.com").json()
     assert info["path"] == "/headers?from=some/thing"
@@ -206,6 +244,30 @@ def test_trusted_client_x_forwarded_for_is_appended(origins, make_proxy):
     assert ["X-Forwarded-For", "6.6.6.6, 127.0.0.1"] in headers
 
 
+def real_ips(proxy, sent: dict[str, str]) -> list[str]:
+    """The X-Real-IP values the backend got for a request carrying `sent`."""
+    headers = httpx.get(proxy.url + "/headers", headers=sent).json()["headers"]
+    return [value for name, value in headers if name.lower().replace("_", "-") == "x-real-ip"]
+
+
+@pytest.mark.parametrize("trusted", ['["10.0.0.0/8"]', None], ids=["untrusted", "default-trust-everyone"])
+def test_forged_x_real_ip_is_replaced_by_the_client_address(origins, make_proxy, trusted):
+    # Trusting everyone (the default) vouches for nobody's address: X-Real-IP is what nginx's
+    # $remote_addr is without set_real_ip_from, the peer's address.
+    proxy = make_proxy(backends={"a": [origins["a"].address]},
+                       extra=f"[proxy]\ntrusted_proxies = {trusted}\n" if trusted else "")
+    assert real_ips(proxy, {}) == ["127.0.0.1"]
+    assert real_ips(proxy, {"X-Real-IP": "6.6.6.6"}) == ["127.0.0.1"]
+    assert real_ips(proxy, {"X_Real_IP": "6.6.6.6"}) == ["127.0.0.1"]
+
+
+def test_trusted_proxy_x_real_ip_is_kept(origins, make_proxy):
+    proxy = make_proxy(backends={"a": [origins["a"].address]},
+                       extra='[proxy]\ntrusted_proxies = ["127.0.0.0/8"]\n')
+    assert real_ips(proxy, {"X-Real-IP": "6.6.6.6"}) == ["6.6.6.6"]
+    assert real_ips(proxy, {}) == ["127.0.0.1"]
+
+
 def _redirecting(conn: socket.socket, backend: ScriptedBackend) -> None:
     while (head := backend.read_head(conn)) is not None:
         target = b"/headers" if b"GET /go " in head else b"/elsewhere"
@@ -240,37 +302,98 @@ def test_internal_redirect_replays_to_allowed_target_only(origins, make_proxy):
     backend.stop()
 
 
-def _redirect_to_echo(conn: socket.socket, backend: ScriptedBackend) -> None:
-    if read_request(conn, backend) is not None:
-        conn.sendall(b"HTTP/1.1 377 Internal Redirect\r\nX-Internal-Redirect: /echo\r\n"
-                     b"Content-Length: 4\r\nConnection: close\r\n\r\nskip")
+REDIRECT_VHOSTS = """
+[[vhost]]
+name = "x"
+hosts = ["*"]
+[[vhost.route]]
+path = "/upload"
+backend = "redirector"
+internal_redirect = ["/done"]
+[[vhost.route]]
+path = "/done"
+backend = "target"
+"""
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_internal_redirect_replays_a_buffered_body(origins, make_proxy, chunked):
-    backend = ScriptedBackend(on_new_connections(_redirect_to_echo))
-    vhosts = """
-    [[vhost]]
-    name = "x"
-    hosts = ["*"]
-    [[vhost.route]]
-    path = "/upload"
-    backend = "redirector"
-    internal_redirect = ["/echo"]
-    [[vhost.route]]
-    path = "/"
-    backend = "a"
-    """
-    proxy = make_proxy(backends={"redirector": [backend.address], "a": [origins["a"].address]},
-                       vhosts=vhosts)
-    # The redirector drops the proxy's warm connection: the PUT body is buffered.
-    wait_dropped(backend)
-    wait_connected_to([origins["a"].port])
-    status, head, echoed = put(proxy.port, "/upload", REPLAY_BODY, chunked)
-    backend.stop()
-    assert [r.split(b" ", 2)[:2] for r in backend.requests] == [[b"PUT", b"/upload"]]
-    assert status == 200 and b"X-Origin: a" in head
-    assert echoed == REPLAY_BODY  # the redirected request carried the whole body again
+REDIRECT_TO_DONE = b"HTTP/1.1 377 Internal Redirect\r\nX-Internal-Redirect: /done\r\nContent-Length: 4\r\n"
+
+
+def _redirect_whole_requests(conn: socket.socket, backend: ScriptedBackend) -> None:
+    while read_request(conn, backend) is not None:
+        conn.sendall(REDIRECT_TO_DONE + b"\r\nskip")
+
+
+def _redirect_at_head(conn: socket.socket, backend: ScriptedBackend) -> None:
+    """Redirects as soon as the head is in, before the body, then closes."""
+    if backend.read_head(conn) is not None:
+        conn.sendall(REDIRECT_TO_DONE + b"Connection: close\r\n\r\nskip")
+
+
+def _answer_ok(conn: socket.socket, backend: ScriptedBackend) -> None:
+    while read_request(conn, backend) is not None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+
+
+def redirect_pair(make_proxy, redirecting: Callable[[socket.socket, ScriptedBackend], None]) -> tuple:
+    """A proxy whose /upload backend redirects to /done (whose backend records what it gets)."""
+    redirector = ScriptedBackend(redirecting)
+    target = ScriptedBackend(_answer_ok)
+    proxy = make_proxy(backends={"redirector": [redirector.address], "target": [target.address]},
+                       vhosts=REDIRECT_VHOSTS)
+    return proxy, redirector, target
+
+
+@pytest.mark.parametrize(("method", "chunked", "wait_for_connection"), [
+    ("POST", False, True), ("POST", True, True), ("POST", False, False), ("PUT", False, True),
+], ids=["post-length-streamed", "post-chunked-streamed", "post-buffered", "put"])
+def test_internal_redirect_of_a_request_with_a_body_is_a_get_without_it(make_proxy, method, chunked,
+                                                                         wait_for_connection):
+    # As nginx's X-Accel-Redirect: the redirected request is a GET, and the body is not sent again.
+    proxy, redirector, target = redirect_pair(make_proxy, _redirect_whole_requests)
+    if wait_for_connection:
+        wait_connected_to([redirector.port])  # the body streams to the redirector
+    status, head, body = put(proxy.port, "/upload", REPLAY_BODY, chunked, method=method)
+    redirector.stop()
+    target.stop()
+    assert (status, body) == (200, b"done")
+    assert b"Connection: close" in head  # put() asks for it
+    assert redirector.requests[0].startswith(method.encode() + b" /upload ")
+    redirected, = target.requests
+    assert redirected.startswith(b"GET /done HTTP/1.1\r\n") and redirected.endswith(b"\r\n\r\n")
+    assert not re.search(rb"(?im)^(content-length|transfer-encoding):", redirected)
+
+
+def test_internal_redirect_of_head_stays_head(make_proxy):
+    proxy, redirector, target = redirect_pair(make_proxy, _redirect_whole_requests)
+    response = httpx.head(proxy.url + "/upload")
+    redirector.stop()
+    target.stop()
+    assert response.status_code == 200 and response.headers["content-length"] == "4"
+    assert target.requests[0].startswith(b"HEAD /done HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("copies", [1000, 10000], ids=["copied", "spliced"])  # splice_min_bytes: 64 KiB
+def test_internal_redirect_while_the_body_streams_answers_then_closes(make_proxy, copies):
+    """The redirect comes before the client has sent its whole body: the rest is not read, and
+    the connection closes after the answer, so body bytes are never taken for a request."""
+    proxy, redirector, target = redirect_pair(make_proxy, _redirect_at_head)
+    wait_connected_to([redirector.port])
+    smuggled = b"GET /upload HTTP/1.1\r\nHost: t\r\n\r\n"
+    body = smuggled * copies
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body[:100]))
+        wait_for(lambda: redirector.requests, 5, "the redirector to get the request")
+        sock.sendall(body[100:-100])  # more of the body, which now goes nowhere; not the end
+        raw = read_all(sock, 5)
+    redirector.stop()
+    target.stop()
+    assert status_codes(raw) == [200] and raw.endswith(b"\r\n\r\ndone")
+    assert b"\r\nConnection: close\r\n" in raw
+    assert len(redirector.requests) == 1
+    redirected, = target.requests
+    assert redirected.startswith(b"GET /done HTTP/1.1\r\n") and b"Content-Length" not in redirected
 
 
 def _echo_request_line(name: bytes):

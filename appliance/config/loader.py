@@ -381,6 +381,9 @@ def _check_route(route: schema.RouteConfig, path: tuple[str | int, ...], builder
     for method in route.methods:
         if not method.isupper() or not method.isalpha():
             builder.problem((*path, "methods"), f"expected upper-case method names, got {method!r}")
+    if "TRACE" in route.methods and not route.allow_trace:
+        builder.problem((*path, "methods"), "TRACE is listed but allow_trace is false (TRACE is refused "
+                        "with 405 unless allow_trace = true)")
     if route.hash_key:
         _check_hash_key(route.hash_key, (*path, "hash_key"), builder)
 

@@ -340,7 +340,13 @@ class RouteConfig:
         "(* also crosses /); regex: a Python regular expression searched in the path.",
     )
     methods: list[str] = key(
-        [], kind=STR_LIST, doc="Methods this rule takes, such as [\"GET\", \"HEAD\"]; empty: any."
+        [], kind=STR_LIST, doc="Methods this rule takes, such as [\"GET\", \"HEAD\"]; empty: any "
+        "(but TRACE, unless allow_trace)."
+    )
+    allow_trace: bool = key(
+        False, kind=BOOL,
+        doc="Forward TRACE requests. Off: they get 405 with an Allow header, as nginx answers "
+        "(TRACE echoes the request, cookies and credentials included, back to the caller).",
     )
     rewrite: str = key(
         "", kind=STR,
@@ -367,8 +373,9 @@ class RouteConfig:
     internal_redirect: list[str] = key(
         [], kind=STR_LIST,
         doc="Path globs a backend may send this request to with an internal redirect (an "
-        "answer with [proxy] internal_redirect_status and X-Internal-Redirect: PATH); empty: "
-        "internal redirects are refused with 502.",
+        "answer with [proxy] internal_redirect_status and X-Internal-Redirect: PATH), which "
+        "makes it a GET without the body (HEAD stays HEAD), as nginx's X-Accel-Redirect; "
+        "empty: internal redirects are refused with 502.",
     )
 
     EXAMPLES: ClassVar[dict[str, str]] = {
@@ -591,7 +598,8 @@ class ProxyConfig:
         [IPv4Network("0.0.0.0/0"), IPv6Network("::/0")], kind=NETWORK_LIST,
         doc="Clients whose X-Forwarded-For is kept and appended to; from any other client it is "
         "replaced by the client address. The default trusts everyone (append, as nginx's "
-        "$proxy_add_x_forwarded_for does); narrow it on an edge proxy.",
+        "$proxy_add_x_forwarded_for does); narrow it on an edge proxy. X-Real-IP is set to the "
+        "client address, or kept from a client in these networks when they do not cover everyone.",
     )
     internal_redirect_status: int = key(
         377, kind=INT, minimum=100, maximum=599,

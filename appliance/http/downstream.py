@@ -77,10 +77,12 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         "deadline",
         "exchanges",
         "forwarded_tail",
+        "half_closed",
         "head_raw",
         "held_head",
         "parser",
         "parsing",
+        "peer",
         "peer_ip",
         "proto",
         "response_framing",
@@ -117,8 +119,10 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
         self.sent = 0  # response bytes written for the exchange now answering
+        self.half_closed = False  # the client sent FIN: it sends nothing more, so no lingering close
         self.write_paused = False
         self._read_pauses = 0
+        self.peer: tuple | None = None  # (address, port, ...) as the socket reported it
         self.peer_ip = b""
         self.trusted = True  # the peer is a trusted proxy: its X-Forwarded-For is kept
         self.forwarded_tail = b""
@@ -137,7 +141,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.transport = transport
         limits = self.ctx.limits
         transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
-        peer = transport.get_extra_info("peername")
+        # Taken now, once: uvloop's TLS transport stops reporting its peer once the connection
+        # ends, and the access log formats its batch later (appliance/observe/accesslog.py).
+        self.peer = peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b""
         self.trusted = self.ctx.is_trusted(peer[0] if peer else "")
         self.forwarded_tail = b"%s\r\nX-Forwarded-Proto: %s\r\n" % (self.peer_ip, self.proto)
@@ -208,6 +214,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state is ClientState.CLOSED:
             return False  # the client finished its side of a lingering close
+        self.half_closed = True
         exchange = self.parsing
         if exchange is not None and not exchange.request_done:
             if exchange.state is _S.HEAD:
@@ -306,6 +313,11 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         elif action == hdr.REQ_REQUEST_ID and self.trusted and exchange.request_id is None:
             # Only a trusted proxy's id is kept; anyone else's could collide or inject into logs.
             exchange.request_id = value
+        elif (action == hdr.REQ_REAL_IP and self.trusted and exchange.real_ip is None
+              and not self.ctx.trusted.everyone):
+            # Trusting everyone (the default, for appending X-Forwarded-For) vouches for no
+            # address: as nginx's $remote_addr without set_real_ip_from, the peer's is sent.
+            exchange.real_ip = value
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing
@@ -424,13 +436,29 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             allowed = router.allowed_methods(host, path)
             self.fail(exchange, errors.MethodNotAllowed(allowed) if allowed else errors.NoRoute("no route"))
             return
+        if exchange.method == b"TRACE" and not route.allow_trace:
+            self.fail(exchange, errors.MethodNotAllowed(route.allowed_methods()))
+            return
         exchange.route = route
         exchange.backend = route.backend
         exchange.target = route.target(url)
         route.backend.acquire(exchange)
 
     def redirect(self, exchange: Exchange, target: bytes) -> None:
-        """Replay the request to another path, as a backend's internal redirect asked."""
+        """Route the request again to another path, as a backend's internal redirect asked.
+
+        As nginx's X-Accel-Redirect: the new request is a GET (a HEAD stays HEAD) without the
+        body, which the backend that redirected has had.
+        """
+        if not exchange.request_done:
+            # The client is still sending the body: the rest is not read (it goes nowhere), and
+            # the connection closes after the answer (response_keep_alive sees CLOSING), with a
+            # lingering close, so no body byte is ever parsed as the next request.
+            self.stop_splice()
+            self.deadline.clear()
+            self._stop_reading_requests()
+        exchange.drop_body()
+        exchange.upstream = None  # the backend that redirected is done with it
         exchange.redirects += 1
         exchange.url = target
         exchange.tried = []
@@ -783,11 +811,12 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             return
         if force:
             transport.abort()
-        elif transport.can_write_eof():
+        elif transport.can_write_eof() and not self.half_closed:
             # Lingering close (nginx's lingering_close): send FIN once our output is flushed,
             # then read and drop what the client still sends until it closes or LINGER_SECONDS
             # pass. Closing with unread input would send a reset, which can destroy a response
-            # the client has not read yet, or turn a keep-alive race into an error.
+            # the client has not read yet, or turn a keep-alive race into an error. A client
+            # that sent FIN sends nothing more: its socket closes once our output is flushed.
             transport.write_eof()
             transport.resume_reading()
             self.deadline.set(LINGER_SECONDS)

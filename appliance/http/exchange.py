@@ -73,6 +73,7 @@ class Exchange:
         "method",
         "pending_since",
         "queue_wait",
+        "real_ip",
         "redirects",
         "request_done",
         "request_id",
@@ -106,6 +107,7 @@ class Exchange:
         self.chunked = False
         self.expect_continue = False
         self.forwarded_for: bytes | None = None
+        self.real_ip: bytes | None = None  # a trusted proxy's X-Real-IP (else the client address is sent)
         self.via: bytes | None = None
         # Facts from the Connection header; keep_alive is decided from them and the version.
         self.conn_close = False
@@ -164,6 +166,20 @@ class Exchange:
     @property
     def finished(self) -> bool:
         return self.state is _S.FINISHED
+
+    def drop_body(self) -> None:
+        """Make this a GET (a HEAD stays HEAD) without a body: an internal redirect's new request."""
+        if not self.is_head:
+            self.method = b"GET"
+        if self.content_length is not None:
+            self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-length"]
+            self.content_length = None
+        self.chunked = False
+        self.trailers = None
+        self.expect_continue = False
+        self.body_buffer = []
+        self.body_buffered = 0
+        self.body_streamed = False  # nothing of the new request's is streamed: it may be replayed
 
     def replayable(self) -> bool:
         """Safe to send again: idempotent, and no body byte has left the proxy."""

@@ -20,6 +20,7 @@ REQ_EXPECT = 6
 REQ_FORWARDED_FOR = 7
 REQ_VIA = 8
 REQ_REQUEST_ID = 9
+REQ_REAL_IP = 10
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the pre-standard Proxy-Connection.
 HOP_BY_HOP = frozenset(
@@ -45,11 +46,14 @@ REQUEST_ACTIONS: dict[bytes, int] = {
     b"via": REQ_VIA,
     # Kept only from trusted proxies, then sent again by the proxy (appliance/observe/request_id.py).
     b"x-request-id": REQ_REQUEST_ID,
+    # Kept only from trusted proxies; else the proxy sets it to the client address.
+    b"x-real-ip": REQ_REAL_IP,
 }
 
 # Headers the proxy sets or extends itself (appliance/upstream/pool.py: request_head); a client's
 # copy may only arrive in the canonical spelling, through the action REQUEST_ACTIONS gives it.
-PROXY_HEADERS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via")
+PROXY_HEADERS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via",
+                 b"x-real-ip")
 # X-SSL-* describe the proxy's own TLS session; a client-sent one is always a spoof.
 SSL_PREFIXES = frozenset((b"x-ssl-", b"x_ssl_", b"x-ssl_", b"x_ssl-"))
 

@@ -42,8 +42,7 @@ def _tls(exchange: Exchange) -> Any:
 
 
 def _client(exchange: Exchange) -> str:
-    transport = exchange.client.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
+    peer = exchange.client.peer  # taken when the connection was made
     if not peer:
         return "-"
     return f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"

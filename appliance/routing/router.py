@@ -21,6 +21,8 @@ from appliance.routing.policy import HeaderPolicy
 
 _HOST_MEMO_LIMIT = 4096
 _NO_EXACT = 1 << 30
+# What Allow says a rule taking any method accepts (TRACE refused, CONNECT never proxied).
+ANY_METHOD = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -33,6 +35,7 @@ class Route:
     backend: Any  # the worker's BackendPool
     balancer: Any  # the rule's Balancer over that pool's servers
     methods: frozenset[bytes] | None
+    allow_trace: bool  # else TRACE gets 405 (ClientConnection._start)
     rewrite: re.Pattern[bytes] | None
     rewrite_to: bytes
     request_policy: HeaderPolicy | None
@@ -50,6 +53,10 @@ class Route:
         if b"?" in new_path:
             return new_path  # the replacement brings its own query
         return new_path + mark + query
+
+    def allowed_methods(self) -> frozenset[bytes]:
+        """What a 405 for a refused TRACE lists in Allow: the rule's methods, or the common ones."""
+        return self.methods or ANY_METHOD
 
     def redirect_allowed(self, path: bytes) -> bool:
         return self.redirect_allow is not None and self.redirect_allow.fullmatch(path) is not None
@@ -144,6 +151,7 @@ class Router:
                 backend=pool,
                 balancer=pool.balancer(rule.balance, rule.hash_key),
                 methods=frozenset(m.encode() for m in rule.methods) or None,
+                allow_trace=rule.allow_trace,
                 rewrite=rewrite,
                 rewrite_to=(expand_template(rule.rewrite_to, re.compile(rule.rewrite)).encode()
                             if rewrite is not None else b""),

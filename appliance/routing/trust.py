@@ -1,4 +1,4 @@
-"""Which client addresses are trusted proxies (their X-Forwarded-For is kept)."""
+"""Which client addresses are trusted proxies (their X-Forwarded-For and X-Real-IP are kept)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from collections.abc import Sequence
 class TrustedProxies:
     """Decided once per client connection, not per request."""
 
-    __slots__ = ("_everyone", "_networks")
+    __slots__ = ("_networks", "everyone")
 
     def __init__(self, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self._networks = tuple(networks)
-        self._everyone = {str(n) for n in networks} >= {"0.0.0.0/0", "::/0"}
+        self.everyone = {str(n) for n in networks} >= {"0.0.0.0/0", "::/0"}
 
     def __contains__(self, address: str) -> bool:
-        if self._everyone:
+        if self.everyone:
             return True
         try:
             ip = ipaddress.ip_address(address)

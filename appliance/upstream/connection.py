@@ -590,8 +590,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             exchange.body_buffer = []  # answered: the body kept for a replay is not needed now
             exchange.client.finish_response(exchange, trailers, keep_alive)
         elif discard:
-            # The buffered body stays with the exchange: the replay sends it again.
-            self._internal_redirect(exchange, discard)
+            self._internal_redirect(exchange, discard)  # a GET without the body (Exchange.drop_body)
         elif not self.server.pool.retry_failed(exchange, self.server):
             exchange.client.fail(exchange, errors.BadBackendResponse("retries exhausted"))
 
@@ -600,7 +599,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         if not path.startswith(b"/") or not exchange.route.redirect_allowed(path):
             reason = f"internal redirect to {target.decode('latin-1')!r} is not allowed"
             exchange.client.fail(exchange, errors.BadBackendResponse(reason))
-        elif exchange.redirects >= MAX_INTERNAL_REDIRECTS or not exchange.replayable():
+        elif exchange.redirects >= MAX_INTERNAL_REDIRECTS:
             exchange.client.fail(exchange, errors.BadBackendResponse("internal redirect refused"))
         else:
             exchange.client.redirect(exchange, target)

@@ -471,6 +471,8 @@ class BackendPool:
         else:
             # "X-Forwarded-For: <peer>\r\nX-Forwarded-Proto: <proto>\r\n", built once per connection.
             lines.append(b"X-Forwarded-For: " + client.forwarded_tail)
+        real_ip = exchange.real_ip  # set only from a trusted proxy
+        lines.append(b"X-Real-IP: " + (client.peer_ip if real_ip is None else real_ip) + b"\r\n")
         if exchange.host is not None:
             lines.append(b"X-Forwarded-Host: " + exchange.host + b"\r\n")
         else:

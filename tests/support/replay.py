@@ -47,8 +47,9 @@ def on_new_connections(handler: Handler) -> Handler:
     return wrapped
 
 
-def put(port: int, path: str, body: bytes, chunked: bool, pause: float = 0.0) -> tuple[int, bytes, bytes]:
-    """Send a PUT; return the status, head and body of the response.
+def put(port: int, path: str, body: bytes, chunked: bool, pause: float = 0.0,
+        method: str = "PUT") -> tuple[int, bytes, bytes]:
+    """Send a PUT (or another `method` with a body); return the status, head and body of the response.
 
     With no pause the head and body go in one write, so the body is in before any new
     backend connection is ready: it is buffered. A pause after the head lets the request
@@ -59,7 +60,7 @@ def put(port: int, path: str, body: bytes, chunked: bool, pause: float = 0.0) ->
         payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:5], body[5:])) + b"0\r\n\r\n"
     else:
         framing, payload = b"Content-Length: %d\r\n\r\n" % len(body), body
-    head = b"PUT %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n%s" % (path.encode(), framing)
+    head = b"%s %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n%s" % (method.encode(), path.encode(), framing)
     with socket.create_connection(("127.0.0.1", port), 5) as sock:
         if pause:
             sock.sendall(head)
