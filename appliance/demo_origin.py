@@ -12,6 +12,9 @@ Endpoints:
   /status/CODE      an empty response with that status
   /health           200, or 503 after /health/down (until /health/up), for active probes
 Every response carries X-Origin: NAME (--name), so tests can see which server answered.
+With --max-requests N each connection closes after its Nth response, without announcing it
+in a `Connection: close` header: the per-connection request limit of many app servers, and
+the race it sets up for a client reusing the connection.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ _BLOCK = b"x" * 65536
 class _State:
     name = "demo"
     healthy = True
+    max_requests = 0  # responses per connection before closing it unannounced; 0: no limit
 
 
 class DemoHandler(BaseHTTPRequestHandler):
@@ -38,6 +42,18 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # the proxy's log is the one to read
+
+    def handle(self) -> None:
+        limit = _State.max_requests
+        if not limit:
+            super().handle()
+            return
+        self.close_connection = True
+        for _ in range(limit):
+            self.handle_one_request()
+            if self.close_connection:
+                return
+        # The limit is reached: the connection closes after a response that never said so.
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -160,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--name", default="demo", help="value of the X-Origin response header")
+    parser.add_argument("--max-requests", type=int, default=0,
+                        help="close each connection after this many responses, unannounced (0: no limit)")
     args = parser.parse_args(argv)
     _State.name = args.name
+    _State.max_requests = args.max_requests
     server = DemoServer((args.bind, args.port), DemoHandler)
     print(f"demo origin on http://{args.bind}:{server.server_address[1]}/", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

@@ -36,6 +36,9 @@ _ALLOWED: frozenset[tuple[ExchangeState, ExchangeState]] = frozenset(
 )
 
 IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+# Headers by which a client says a request of any method may be sent twice (an IETF draft,
+# and the spelling before it); Go's net/http replays such requests on a stale connection too.
+IDEMPOTENCY_KEY_HEADERS = frozenset((b"idempotency-key", b"x-idempotency-key"))
 
 
 class Exchange:
@@ -181,8 +184,20 @@ class Exchange:
         self.body_buffered = 0
         self.body_streamed = False  # nothing of the new request's is streamed: it may be replayed
 
+    def body_held(self) -> bool:
+        """The whole body (if any) is still here: no byte of it has left the proxy unkept."""
+        return not self.body_streamed and (self.request_done or not (self.chunked or self.content_length))
+
     def replayable(self) -> bool:
         """Safe to send again: idempotent, and no body byte has left the proxy."""
-        return self.method in IDEMPOTENT_METHODS and not self.body_streamed and (
-            self.request_done or not (self.chunked or self.content_length)
-        )
+        return self.method in IDEMPOTENT_METHODS and self.body_held()
+
+    def replayable_on_stale(self) -> bool:
+        """Safe to send again after a reused connection closed with no response byte.
+
+        Replayable, or carrying an Idempotency-Key: the client promises that a second copy
+        is harmless, which is what a stale connection risks (the backend may have read the
+        request before closing).
+        """
+        return self.body_held() and (self.method in IDEMPOTENT_METHODS or any(
+            name.lower() in IDEMPOTENCY_KEY_HEADERS for name, _ in self.headers))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         "keep_alive_client",
         "parser",
         "parser_clean",
+        "peer_watch",
         "read_deadline",
         "reading_paused",
         "requests_served",
@@ -116,6 +118,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         # same parser can read the next one.
         self.parser_clean = False
         self.requests_served = 0
+        self.peer_watch: select.poll | None = None  # set once connected; see peer_closed
         self.connect_time = 0.0  # how long opening this connection took (set by the pool)
         self.reading_paused = False
         self.sent_at = 0.0
@@ -166,6 +169,10 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         self.transport = transport
         limits = self.server.pool.limits
         transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
+        # Registered once, polled at each reuse (peer_closed): one syscall, no registration.
+        self.peer_watch = select.poll()
+        fd = transport.get_extra_info("socket").fileno()
+        self.peer_watch.register(fd, select.POLLIN | select.POLLRDHUP)
 
     def connected(self) -> None:
         """The pool's connect attempt finished: this connection is ready for requests."""
@@ -249,6 +256,22 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
                 self.read_deadline.set(self.server.config.read_timeout)
 
     # ---------------------------------------------------------- request side
+    def peer_closed(self) -> bool:
+        """Whether the backend closed this IDLE connection since the loop last read it; if so, close it.
+
+        An IDLE connection has nothing to read: readable means a FIN (or bytes nobody asked
+        for) that arrived after the loop's last poll. The common case is an origin that
+        writes its last response and its FIN back to back: the response completes, the
+        connection turns IDLE and would take the next request within the same read
+        callback, before the loop sees the EOF. Checked before every reuse, nothing has been
+        sent yet, so the request simply takes another connection, whatever its method
+        (urllib3's is_connection_dropped makes the same check).
+        """
+        if not self.peer_watch.poll(0):
+            return False
+        self.close()  # connection_lost does the accounting; it is no server failure
+        return True
+
     def attach(self, exchange: Exchange) -> None:
         """Start proxying `exchange` over this IDLE connection."""
         self._transition(ConnState.ACTIVE)
@@ -612,17 +635,22 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             return
         exchange.upstream = None
         unanswered = not self.head_done and not self.informational and self.body_seen == 0
-        pool = self.server.pool
-        if unanswered and self.requests_served and pool.retry_stale(exchange):
-            # A reused connection the backend closed as we sent: not the client's problem.
-            log.info("backend %s closed a reused connection; request sent again", self.server.address,
-                     extra=about(exchange))
-            return
         server = self.server
-        server.note_failure(pool.loop.time())
-        if unanswered and pool.retry_failed(exchange, server):
-            return
-        reason = f"backend {server.address} closed the connection"
+        pool = server.pool
+        if unanswered and self.requests_served:
+            # A reused connection the backend closed as the request went out (a keep-alive
+            # timeout or a per-connection request limit): stale, not a server failure, so
+            # it never counts toward passive health (nor does HAProxy count it).
+            if pool.retry_stale(exchange):
+                log.info("backend %s closed a reused connection; request sent again", server.address,
+                         extra=about(exchange))
+                return
+            reason = f"backend {server.address} closed a reused connection before answering"
+        else:
+            server.note_failure(pool.loop.time())
+            if unanswered and pool.retry_failed(exchange, server):
+                return
+            reason = f"backend {server.address} closed the connection"
         exchange.client.fail(exchange, errors.BackendRefused(reason))
 
     def _fail(self, failure: errors.ProxyFailure) -> None:

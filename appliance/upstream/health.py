@@ -24,7 +24,12 @@ log = logging.getLogger("rproxyd.health")
 
 
 class PassiveHealth:
-    """Failures within a sliding window; max_fails of them take the server out for down_time."""
+    """Failures within a sliding window; max_fails of them take the server out for down_time.
+
+    Only when another server of the backend is still usable (Server.note_failure decides):
+    passive counting alone never takes out a backend's last usable server, as nginx never
+    marks the only server of an upstream unavailable.
+    """
 
     __slots__ = ("_config", "_failures", "down_until")
 
@@ -34,7 +39,7 @@ class PassiveHealth:
         self.down_until = 0.0
 
     def failure(self, now: float) -> bool:
-        """Record a failure; True when it marks the server DOWN."""
+        """Record a failure; True when it makes max_fails within fail_window (the count restarts)."""
         config = self._config
         if not config.max_fails:
             return False
@@ -43,10 +48,12 @@ class PassiveHealth:
         while failures and failures[0] <= now - config.fail_window:
             failures.popleft()
         if len(failures) >= config.max_fails and now >= self.down_until:
-            self.down_until = now + config.down_time
             failures.clear()
             return True
         return False
+
+    def mark_down(self, now: float) -> None:
+        self.down_until = now + self._config.down_time
 
     def success(self) -> None:
         self._failures.clear()

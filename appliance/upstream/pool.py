@@ -194,12 +194,24 @@ class Server:
         self.pool.on_connect_failed(self, failure)
 
     def note_failure(self, now: float) -> None:
-        """A passive-health failure; may take the server out of rotation."""
-        if self.passive.failure(now):
-            log.warning("server %s is DOWN for %.1fs (%d failures within %.1fs)", self.address,
-                        self.config.down_time, self.config.max_fails, self.config.fail_window)
-            self.pool.rebalance(self)
-            self.pool.loop.call_at(self.passive.down_until, self.pool.grow)
+        """A passive-health failure: a failed connect, a timeout or a bad response.
+
+        max_fails of them take the server out of rotation, unless it is the backend's last
+        usable server: then a 503 for every request would only add an outage to the errors.
+        """
+        config = self.config
+        if not self.passive.failure(now):
+            return
+        if not any(server is not self and server.usable(now) for server in self.pool.servers):
+            log.warning("server %s: %d failures within %.1fs, kept in rotation: it is the last usable "
+                        "server of backend %s", self.address, config.max_fails, config.fail_window,
+                        self.pool.name)
+            return
+        self.passive.mark_down(now)
+        log.warning("server %s is DOWN for %.1fs (%d failures within %.1fs)", self.address,
+                    config.down_time, config.max_fails, config.fail_window)
+        self.pool.rebalance(self)
+        self.pool.loop.call_at(self.passive.down_until, self.pool.grow)
 
     def note_rtt(self, seconds: float) -> None:
         self.rtt = seconds if not self.rtt else self.rtt + RTT_SMOOTHING * (seconds - self.rtt)
@@ -212,6 +224,18 @@ class Server:
 
     def release(self, conn: BackendConnection) -> None:
         self.pool.on_idle(conn)
+
+    def take_idle(self) -> BackendConnection | None:
+        """The warmest IDLE connection the backend has not closed, or None.
+
+        The stale ones found on the way are closed (they reopen on demand).
+        """
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.peer_closed():
+                return conn
+        return None
 
     def on_closed(self, conn: BackendConnection, previous: ConnState) -> None:
         self.live -= 1
@@ -298,8 +322,10 @@ class BackendPool:
             # The common case, kept short: one server with a warm connection ready.
             server = servers[0]
             if server.idle and server.healthy(self.loop.time()):
-                server.idle.pop().attach(exchange)
-                return
+                conn = server.take_idle()
+                if conn is not None:
+                    conn.attach(exchange)
+                    return
         now = self.loop.time()
         if len(servers) == 1:
             usable = servers if servers[0].usable(now) else []
@@ -314,8 +340,9 @@ class BackendPool:
         balancer = exchange.route.balancer
         if balancer.sticky:
             server = balancer.pick(usable, exchange)
-            if server.idle:
-                server.idle.pop().attach(exchange)
+            conn = server.take_idle()
+            if conn is not None:
+                conn.attach(exchange)
             elif self._room(exchange):
                 self._queue(server.pending, exchange, front)
                 if server.connecting < len(server.pending) and server.can_connect(now):
@@ -325,16 +352,17 @@ class BackendPool:
             server for server in usable if server.idle or server.can_connect(now)
         ]
         server = balancer.pick(candidates, exchange)
-        if server is not None and server.idle:
-            server.idle.pop().attach(exchange)
+        conn = server.take_idle() if server is not None else None
+        if conn is not None:
+            conn.attach(exchange)
             return
         if not self._room(exchange):
             return
         self._queue(self.pending, exchange, front)
-        if server is not None:
+        if server is not None and server.can_connect(now):
             server.connect()
         else:
-            self.grow()
+            self.grow()  # also when the picked server's idle connections were all stale
 
     def _room(self, exchange: Exchange) -> bool:
         if self.waiting() >= self.limits.max_pending:
@@ -377,6 +405,8 @@ class BackendPool:
     def on_idle(self, conn: BackendConnection) -> None:
         """A connection turned IDLE: it serves its server's queue, then the backend's."""
         server = conn.server
+        if conn.peer_closed():
+            return  # its connection_lost reopens the slot if requests are waiting
         if server.healthy(self.loop.time()):
             exchange = server.pending.pop() or self.pending.pop()
             if exchange is not None:
@@ -423,7 +453,7 @@ class BackendPool:
     # ------------------------------------------------------------- retries
     def retry_stale(self, exchange: Exchange) -> bool:
         """Send again a request whose reused connection died before any answer."""
-        if exchange.stale_retries >= MAX_STALE_RETRIES or not exchange.replayable():
+        if exchange.stale_retries >= MAX_STALE_RETRIES or not exchange.replayable_on_stale():
             return False
         exchange.stale_retries += 1
         exchange.transition(ExchangeState.PENDING)

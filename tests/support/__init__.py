@@ -95,11 +95,12 @@ def wait_dropped(backend: ScriptedBackend, timeout: float = 10.0) -> None:
 class Origin:
     """The bundled demo origin (stdlib http.server), as its own process."""
 
-    def __init__(self, name: str = "demo", port: int | None = None) -> None:
+    def __init__(self, name: str = "demo", port: int | None = None, max_requests: int = 0) -> None:
         self.name = name
         self.port = port or free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.demo_origin", "--port", str(self.port), "--name", name],
+            [sys.executable, "-m", "appliance.demo_origin", "--port", str(self.port), "--name", name,
+             "--max-requests", str(max_requests)],
             stdout=subprocess.DEVNULL,
         )
         wait_port(self.port, proc=self.proc)
