@@ -405,9 +405,11 @@ class BackendPool:
     def on_idle(self, conn: BackendConnection) -> None:
         """A connection turned IDLE: it serves its server's queue, then the backend's."""
         server = conn.server
-        if conn.peer_closed():
-            return  # its connection_lost reopens the slot if requests are waiting
-        if server.healthy(self.loop.time()):
+        if (server.pending.entries or self.pending.entries) and server.healthy(self.loop.time()):
+            # Reused at once, often inside the read that completed its last response: check it
+            # as take_idle does (one check per reuse, none for a connection that just waits).
+            if conn.peer_closed():
+                return  # its connection_lost reopens the slot for the queue
             exchange = server.pending.pop() or self.pending.pop()
             if exchange is not None:
                 conn.attach(exchange)
