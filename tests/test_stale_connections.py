@@ -130,7 +130,8 @@ def test_request_with_idempotency_key_is_resent_on_a_stale_connection(make_proxy
 
 def _server_error(conn: socket.socket, backend: ScriptedBackend) -> None:
     while backend.read_head(conn) is not None:
-        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nX-Origin: %d\r\nContent-Length: 0\r\n\r\n"
+                     % backend.port)
 
 
 def test_last_usable_server_is_never_marked_down_by_passive_failures(make_proxy):
@@ -145,3 +146,21 @@ def test_last_usable_server_is_never_marked_down_by_passive_failures(make_proxy)
             codes = [client.get(proxy.url + "/").status_code for _ in range(6)]
     assert codes == [500] * 6, codes
     assert "kept in rotation: it is the last usable server of backend b" in proxy.log()
+
+
+def test_of_two_failing_servers_only_the_first_is_marked_down(make_proxy):
+    # Both fail every request: the first to reach max_fails is taken out, the other is then
+    # the last usable one and stays (its 500s reach the clients, never a 503).
+    first, second = ScriptedBackend(_server_error), ScriptedBackend(_server_error)
+    with running(first, second):
+        proxy = make_proxy(backends={"b": [first.address, second.address]},
+                           backend_options='balance = "round-robin"\nfail_on_5xx = true\n'
+                                           'max_fails = 2\ndown_time = "30s"')
+        with httpx.Client() as client:
+            answers = [client.get(proxy.url + "/") for _ in range(8)]
+    assert [r.status_code for r in answers] == [500] * 8
+    by = collections.Counter(r.headers["x-origin"] for r in answers)
+    assert by == {str(first.port): 2, str(second.port): 6}, by
+    log = proxy.log()
+    assert log.count("is DOWN") == 1 and f"server {first.address} is DOWN" in log
+    assert f"server {second.address}: 2 failures" in log and "kept in rotation" in log

@@ -248,9 +248,11 @@ class BackendConfig:
     )
     max_fails: int = key(
         3, kind=INT, minimum=0,
-        doc="Passive health: this many failures (failed connects, broken or timed-out "
-        "exchanges, and 5xx answers when fail_on_5xx) within fail_window mark a server DOWN "
-        "for down_time. 0 disables passive marking.",
+        doc="Passive health: this many failures (failed connects, timeouts, invalid or cut "
+        "responses, and 5xx answers when fail_on_5xx) within fail_window mark a server DOWN "
+        "for down_time, unless it is the backend's last usable server, which passive checks "
+        "never take out. A reused connection the backend closed before answering is no "
+        "failure. 0 disables passive marking.",
     )
     fail_window: float = key(
         10.0, kind=DURATION, minimum=0.001, doc="Window in which max_fails failures are counted."
@@ -266,7 +268,7 @@ class BackendConfig:
         2, kind=INT, minimum=0, maximum=10,
         doc="Extra tries, on another server when there is one, for a request whose backend "
         "failed before answering. Only idempotent requests whose body was not streamed are "
-        "retried; a POST is never sent twice.",
+        "retried; a POST is never sent twice to answer a server failure.",
     )
     retry_on_status: list[int] = key(
         [], kind=INT_LIST,
