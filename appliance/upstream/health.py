@@ -55,9 +55,6 @@ class PassiveHealth:
     def mark_down(self, now: float) -> None:
         self.down_until = now + self._config.down_time
 
-    def success(self) -> None:
-        self._failures.clear()
-
 
 class ActiveProbe:
     """GET health.path on one server every interval; rise/fall consecutive results flip it."""
