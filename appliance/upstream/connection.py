@@ -267,7 +267,9 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         sent yet, so the request simply takes another connection, whatever its method
         (urllib3's is_connection_dropped makes the same check).
         """
-        if not self.peer_watch.poll(0):
+        if not self.requests_served or not self.peer_watch.poll(0):
+            # Never checked before its first request: a fresh connection cannot be stale, and a
+            # TLS 1.3 backend's session tickets may still be unread in it (readable, not closed).
             return False
         self.close()  # connection_lost does the accounting; it is no server failure
         return True
