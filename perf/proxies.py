@@ -20,6 +20,9 @@ from .tools import CpuPlan, Service, free_port, log
 
 POOL = 64  # keep-alive connections to the origin, per worker (>= the highest load concurrency)
 KEEPALIVE_S = 75
+# Header timeout of every proxy (nginx client_header_timeout, HAProxy timeout http-request,
+# rproxyd header_timeout); the timeout-burst scenarios wait it out once per run.
+HEADER_TIMEOUT_S = 5
 SMALL_BYTES = 128
 ONE_MIB = 1 << 20
 FILES = {"small": SMALL_BYTES, "1m": ONE_MIB, "100m": 100 * ONE_MIB}
@@ -169,7 +172,7 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
     access_log {ACCESS_LOG_DIR}/nginx-access.log json buffer=64k flush=100ms;"""
     conf.write_text(_nginx_common(work, "nginx-proxy", workers) + access + f"""
     client_max_body_size 0;
-    client_header_timeout 10s;
+    client_header_timeout {HEADER_TIMEOUT_S}s;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;
     ssl_session_timeout 1h;
@@ -225,7 +228,7 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    timeout http-request 10s
+    timeout http-request {HEADER_TIMEOUT_S}s
     timeout http-keep-alive {KEEPALIVE_S}s
     timeout client-fin 5s
 
@@ -315,7 +318,7 @@ backend = "origin"
 
 [limits]
 keepalive_timeout = "{KEEPALIVE_S}s"
-header_timeout = "10s"
+header_timeout = "{HEADER_TIMEOUT_S}s"
 max_body_bytes = 0
 """ + (f"""
 [access_log]
