@@ -23,6 +23,9 @@ KEEPALIVE_S = 75
 # Header timeout of every proxy (nginx client_header_timeout, HAProxy timeout http-request,
 # rproxyd header_timeout); the timeout-burst scenarios wait it out once per run.
 HEADER_TIMEOUT_S = 5
+# Listen backlog of every proxy listener: the timeout-burst scenarios connect 2,000 clients
+# faster than a busy proxy accepts them, and a full queue drops SYNs (retried 1 s later).
+BACKLOG = 4096
 SMALL_BYTES = 128
 ONE_MIB = 1 << 20
 FILES = {"small": SMALL_BYTES, "1m": ONE_MIB, "100m": 100 * ONE_MIB}
@@ -184,17 +187,17 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
         keepalive_timeout {KEEPALIVE_S}s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=1024;
+        listen 127.0.0.1:{port} backlog={BACKLOG};
 {location}
     }}
     server {{
-        listen 127.0.0.1:{ec_port} ssl backlog=1024;
+        listen 127.0.0.1:{ec_port} ssl backlog={BACKLOG};
         ssl_certificate {certs.ec_cert};
         ssl_certificate_key {certs.ec_key};
 {location}
     }}
     server {{
-        listen 127.0.0.1:{rsa_port} ssl backlog=1024;
+        listen 127.0.0.1:{rsa_port} ssl backlog={BACKLOG};
         ssl_certificate {certs.rsa_cert};
         ssl_certificate_key {certs.rsa_key};
 {location}
@@ -233,9 +236,9 @@ defaults
     timeout client-fin 5s
 
 frontend fe
-    bind 127.0.0.1:{port} backlog 1024
-    bind 127.0.0.1:{ec_port} ssl crt {certs.ec_pem} backlog 1024
-    bind 127.0.0.1:{rsa_port} ssl crt {certs.rsa_pem} backlog 1024
+    bind 127.0.0.1:{port} backlog {BACKLOG}
+    bind 127.0.0.1:{ec_port} ssl crt {certs.ec_pem} backlog {BACKLOG}
+    bind 127.0.0.1:{rsa_port} ssl crt {certs.rsa_pem} backlog {BACKLOG}
     default_backend be
 
 backend be
@@ -257,7 +260,7 @@ RPROXYD_TLS_LISTENER_TEMPLATES = [
 [[listener]]
 name = "{name}"
 bind = "127.0.0.1:{port}"
-backlog = 1024
+backlog = {backlog}
 [listener.tls]
 enabled = true
 certificate = "{cert}"
@@ -302,7 +305,7 @@ def _rproxyd_base(port: int, origin_port: int) -> str:
 [[listener]]
 name = "http"
 bind = "127.0.0.1:{port}"
-backlog = 1024
+backlog = {BACKLOG}
 
 [backend.origin]
 servers = ["127.0.0.1:{origin_port}"]
@@ -371,8 +374,10 @@ def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, r
     tls = ""
     error = ""
     for tmpl in RPROXYD_TLS_LISTENER_TEMPLATES:
-        cand = (tmpl.format(name="tls_ecdsa", port=ec_port, cert=certs.ec_cert, key=certs.ec_key)
-                + tmpl.format(name="tls_rsa", port=rsa_port, cert=certs.rsa_cert, key=certs.rsa_key))
+        cand = (tmpl.format(name="tls_ecdsa", port=ec_port, cert=certs.ec_cert, key=certs.ec_key,
+                            backlog=BACKLOG)
+                + tmpl.format(name="tls_rsa", port=rsa_port, cert=certs.rsa_cert, key=certs.rsa_key,
+                              backlog=BACKLOG))
         ok, out = _config_ok(rproxyd, probe, head + base + cand + tail, env)
         if ok:
             tls = cand
