@@ -453,7 +453,7 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
             row[k] = _median([r.get(k) for r in per_run])
         for k in ("offered_rps", "resumed_pct", "idle_conns", "rss_per_conn_kib", "rss_before_kib",
                   "rss_after_kib", "stall_ms", "baseline_ms", "slow_conns", "answered_408", "closed",
-                  "open_spread_ms", "expiry_spread_ms"):
+                  "open_spread_ms", "expiry_spread_ms", "probe_realtime"):
             if any(k in r for r in per_run):
                 row[k] = _median([r.get(k) for r in per_run])
         if any("cpu_parts_s" in r for r in rs):

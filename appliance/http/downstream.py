@@ -744,7 +744,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self._note_timeout(metrics.T_HEADER, "408 request head timed out", exchange)
             self._refuse(errors.ClientTimeout("request head timed out"))
         else:
-            self._note_timeout(metrics.T_BODY, "408 request body timed out", exchange)
+            self._note_timeout(metrics.T_BODY, "request body timed out", exchange)
             self._fail_current(exchange, errors.ClientTimeout("request body timed out"))
             self.close(force=True)
 
