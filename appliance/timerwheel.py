@@ -6,8 +6,10 @@ single loop timer, for its earliest slot. When a slot's time comes, its deadline
 expiry backlog, and the backlog is worked through at most BATCH expiries per loop turn: the
 rest waits for the next turn (call_soon), so the loop polls its sockets between batches. A
 thousand clients timing out together thus cost the other connections of the worker a few
-short pauses instead of one long stall (nginx and HAProxy do the same with their timer
-trees; issue 13).
+short pauses instead of one long stall (issue 13). nginx and HAProxy also keep one timer
+tree per worker or thread; HAProxy also runs the tasks expired timers wake in bounded
+batches (tune.runqueue-depth), while nginx's per-expiry work is cheap enough to do all at
+once. Later work (more timers per worker, issue 15) files into this same wheel.
 
 Slack: a deadline fires 0 to TICK after it passes (slot rounding; never early), plus the
 time the loop needs to work through the expiries ahead of it in the backlog (BATCH per turn,
@@ -48,7 +50,7 @@ class TimerWheel:
     """The deadlines of one loop, filed by TICK slot, expired in bounded batches."""
 
     __slots__ = ("__weakref__", "_armed", "_backlog", "_draining", "_heap", "_loop", "_scheduled",
-                 "_slots", "_timer", "expired")
+                 "_slots", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -60,7 +62,6 @@ class TimerWheel:
         self._backlog: list[Deadline] = []  # taken from due slots, not yet looked at
         self._draining = 0  # position in _backlog
         self._scheduled = False  # _work is queued for the next loop turn
-        self.expired = 0  # deadlines expired so far (for tests and benchmarks)
 
     @staticmethod
     def of(loop: asyncio.AbstractEventLoop) -> TimerWheel:
@@ -135,8 +136,10 @@ class TimerWheel:
                 continue
             deadline.when = None
             expired += 1
-            deadline.on_expiry()
-        self.expired += expired
+            try:
+                deadline.on_expiry()
+            except Exception as exc:  # as the loop does for a failing callback: report, go on
+                self._loop.call_exception_handler({"message": "deadline expiry failed", "exception": exc})
         if i < len(backlog):
             self._draining = i
             self._scheduled = True

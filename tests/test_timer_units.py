@@ -10,7 +10,7 @@ from collections import Counter
 import uvloop
 
 from appliance.deadline import Deadline
-from appliance.timerwheel import BATCH, TimerWheel
+from appliance.timerwheel import BATCH
 
 
 class Owner:
@@ -26,6 +26,15 @@ class Owner:
 
 def run(main) -> None:
     uvloop.run(main())
+
+
+async def until(predicate, what: str, seconds: float = 5.0) -> None:
+    """Let the loop run until `predicate()` holds (a bound, not a measurement)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < give_up, f"still waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 def test_deadlines_fire_once_never_early_and_follow_moves_and_cancels() -> None:
@@ -73,8 +82,7 @@ def test_a_burst_expires_in_bounded_batches_per_loop_turn() -> None:
         for deadline in deadlines:
             deadline.set(0.05)
         loop.call_soon(next_turn)
-        while sum(by_turn.values()) < 1000:
-            await asyncio.sleep(0.01)
+        await until(lambda: sum(by_turn.values()) == 1000, "every deadline to expire")
         stop = True
         assert max(by_turn.values()) <= BATCH
         assert len(by_turn) >= 1000 // BATCH
@@ -93,6 +101,26 @@ def test_a_cancelled_deadline_does_not_keep_its_owner_alive() -> None:
         del owner
         gc.collect()
         assert gone() is None
-        assert TimerWheel.of(loop).expired == 0
+
+    run(main)
+
+
+def test_a_failing_expiry_does_not_stop_the_others() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        fired: list[int] = []
+
+        def expire(key: int) -> None:
+            fired.append(key)
+            if key % 10 == 0:
+                raise RuntimeError("broken callback")
+
+        deadlines = [Deadline(loop, lambda key=key: expire(key)) for key in range(100)]
+        for deadline in deadlines:
+            deadline.set(0.01)
+        await until(lambda: len(fired) == 100, "every deadline to expire")
+        assert len(errors) == 10
 
     run(main)
