@@ -1,10 +1,14 @@
-"""A cheap, movable deadline for per-connection timeouts.
+"""A cheap, movable deadline for per-connection timeouts, kept in the worker's timer wheel.
 
-Moving the deadline is an attribute write: the loop timer is only re-armed when
-it fires early (the deadline moved later) or when the deadline moves earlier
-than the armed timer. On the hot path a connection typically pushes its
-deadline forward on every read without touching the event loop's timer heap
-(aiohttp's keep-alive handling does the same).
+Moving the deadline later is an attribute write: its entry in the wheel
+(appliance/timerwheel.py) stays where it is and is refiled only when its slot
+comes. Moving it earlier refiles it at once; cancelling takes it out. No loop
+timer per connection: the wheel has one, for its earliest slot, and expires due
+deadlines in bounded batches per loop turn. On the hot path a connection pushes
+its deadline forward on every read without touching the event loop at all.
+
+A deadline fires between 0 and timerwheel.TICK after it passes, later only when
+many deadlines expire at once (see the wheel's slack).
 """
 
 from __future__ import annotations
@@ -12,54 +16,38 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from appliance.timerwheel import DUE, TICK, UNFILED, TimerWheel
+
 
 class Deadline:
-    __slots__ = ("_armed_at", "_handle", "_loop", "_on_expiry", "_when")
+    __slots__ = ("_loop", "_wheel", "on_expiry", "slot", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
         self._loop = loop
-        self._on_expiry = on_expiry
-        self._when: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0
+        self._wheel = TimerWheel.of(loop)
+        self.on_expiry = on_expiry
+        self.when: float | None = None  # loop time it expires at; None: not set
+        self.slot = UNFILED  # the wheel slot it is filed in, or UNFILED, or DUE (in the backlog)
 
     def set(self, timeout: float) -> None:
         """Expire `timeout` seconds from now, replacing any earlier setting."""
         when = self._loop.time() + timeout
-        self._when = when
-        handle = self._handle
-        if handle is None:
-            self._arm(when)
-        elif self._armed_at > when:
-            handle.cancel()
-            self._arm(when)
+        self.when = when
+        slot = self.slot
+        if slot == UNFILED:
+            self._wheel.file(self, when)
+        elif slot != DUE and when < (slot - 1) * TICK:
+            # Earlier than its slot begins: refile. (In the backlog it is due already; the
+            # wheel refiles it from there if it moved later.)
+            self._wheel.unfile(self)
+            self._wheel.file(self, when)
 
     def clear(self) -> None:
-        """Stop the deadline; an armed timer finds nothing to do when it fires."""
-        self._when = None
+        """Stop the deadline; its wheel entry finds nothing to do when its slot comes."""
+        self.when = None
 
     def cancel(self) -> None:
-        """Clear and release the loop timer (on connection close)."""
-        self._when = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    @property
-    def active(self) -> bool:
-        return self._when is not None
-
-    def _arm(self, when: float) -> None:
-        self._armed_at = when
-        self._handle = self._loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        when = self._when
-        if when is None:
-            return
-        if self._loop.time() < when:
-            self._arm(when)
-            return
-        self._when = None
-        self._on_expiry()
+        """Clear and leave the wheel (on connection close), so nothing keeps the owner alive."""
+        self.when = None
+        if self.slot >= 0:
+            self._wheel.unfile(self)

@@ -24,6 +24,7 @@ from appliance.observe.accesslog import AccessLog
 from appliance.observe.metrics import WorkerSlot
 from appliance.observe.observer import Observer
 from appliance.observe.recorder import Recorder
+from appliance.observe.sampled import SampledLog
 from appliance.process import heartbeat, logs
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
@@ -54,6 +55,8 @@ class WorkerContext:
     router: Router
     pools: dict[str, BackendPool]
     trusted: TrustedProxies
+    # The error-log lines about client timeouts, which can come a thousand at once.
+    timeout_log: SampledLog
     observer: Observer = field(default_factory=Observer)
     # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
     new_request_id: Callable[[], bytes | None] = request_id.never
@@ -123,6 +126,8 @@ class Worker:
         router = Router(config, pools.__getitem__)
         return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools,
                              trusted=TrustedProxies(config.proxy.trusted_proxies),
+                             timeout_log=SampledLog(logging.getLogger("rproxyd.client"), loop,
+                                                    "client timeouts", "rproxyd_client_timeouts_total"),
                              new_request_id=request_id.generator() if config.proxy.request_id
                              else request_id.never)
 

@@ -37,15 +37,15 @@ COMPETITORS = ("nginx", "haproxy")
 class Scenario:
     name: str
     title: str
-    kind: str  # wrk | rate | tls | idle
-    metric: str  # req | bytes | p99 | rss
+    kind: str  # wrk | rate | tls | idle | burst
+    metric: str  # req | bytes | p99 | rss | stall
     path: str = "/small"
     conns: int = 64
     body: int = 0
     close: bool = False
     tls_key: str = ""  # tls_ecdsa | tls_rsa
     resumed: bool = False
-    target: float | None = None  # minimum ratio vs nginx (req/bytes), maximum (p99), or KiB (rss)
+    target: float | None = None  # minimum ratio vs nginx (req/bytes), maximum (p99, stall), or KiB (rss)
     target_text: str = ""
 
     @property
@@ -68,6 +68,11 @@ SCENARIOS = [
              target=1.2, target_text="p99 <= 1.2x nginx"),
     Scenario("idle_10k", "10k idle keep-alive connections", "idle", "rss", "/small",
              target=4.0, target_text="<= 4 KiB RSS per connection"),
+    # conns: slow header senders, all hitting the header timeout together beside a latency probe.
+    Scenario("timeout_burst_500", "Header-timeout burst, 500 slow clients", "burst", "stall", conns=500),
+    Scenario("timeout_burst_1000", "Header-timeout burst, 1000 slow clients", "burst", "stall", conns=1000),
+    Scenario("timeout_burst_2000", "Header-timeout burst, 2000 slow clients", "burst", "stall", conns=2000,
+             target=2.0, target_text="worker stall <= 2x nginx"),
     Scenario("tls_full_ecdsa", "TLS full handshake, ECDSA P-256", "tls", "req", tls_key="tls_ecdsa",
              target=1.0, target_text="handshakes/CPU-s >= 1.0x nginx"),
     Scenario("tls_full_rsa", "TLS full handshake, RSA-2048", "tls", "req", tls_key="tls_rsa",
@@ -79,6 +84,8 @@ SCENARIOS = [
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 QUICK = ["small_get", "get_1m"]
+# Timeout bursts: a slow client sends one more header line this often (twice before the timeout).
+DRIBBLE_S = 2.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -254,6 +261,9 @@ class Bench:
         elif sc.kind == "idle":
             res = load.run_idle(self.cpus, port, proxies.idle_connections(),
                                 lambda: _rss(svc.pids()))
+        elif sc.kind == "burst":
+            res = load.run_timeout_burst(self.cpus, port, min(sc.conns, proxies.idle_connections()),
+                                         proxies.HEADER_TIMEOUT_S, DRIBBLE_S)
         else:  # pragma: no cover
             raise ValueError(sc.kind)
         return res
@@ -380,6 +390,10 @@ def _brief(sc: Scenario, r: dict) -> str:
         s += f", {r['idle_conns']} idle, {r['rss_per_conn_kib']:.2f} KiB/conn"
     if "resumed_pct" in r:
         s += f", resumed {r['resumed_pct']}%"
+    if r.get("stall_ms") is not None:
+        s += (f", stall {r['stall_ms']:.1f} ms (baseline {r['baseline_ms']:.1f}),"
+              f" {r['answered_408']} got 408, {r['closed']} closed, opened over {r['open_spread_ms']:.0f} ms,"
+              f" ended over {r['expiry_spread_ms']:.0f} ms")
     if r["errors"]:
         s += f", ERRORS {r['errors']}"
     return s
@@ -417,7 +431,7 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
         rs = runs.get(p, [])
         per_run = []
         for r in rs:
-            work = r["requests"] if sc.metric in ("req", "p99", "rss") else r["bytes"]
+            work = r["requests"] if sc.metric in ("req", "p99", "rss", "stall") else r["bytes"]
             per_run.append({
                 "rps": r["requests"] / r["seconds"] if r["seconds"] else None,
                 "bytes_per_s": r["bytes"] / r["seconds"] if r["seconds"] else None,
@@ -431,13 +445,15 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
             "status": status.get(p, "ok" if rs else "failed"),
             "metric": {"req": "requests per CPU-second", "bytes": "bytes per CPU-second",
                        "p99": "p99 latency (ms) at fixed offered load",
-                       "rss": "RSS KiB per idle keep-alive connection"}[sc.metric],
+                       "rss": "RSS KiB per idle keep-alive connection",
+                       "stall": "longest probe request (ms) while slow clients time out"}[sc.metric],
             "runs": len(rs),
         }
         for k in ("rps", "bytes_per_s", "cpu_s", "per_cpu_s", "p50_ms", "p99_ms", "origin_cpu_s"):
             row[k] = _median([r.get(k) for r in per_run])
         for k in ("offered_rps", "resumed_pct", "idle_conns", "rss_per_conn_kib", "rss_before_kib",
-                  "rss_after_kib"):
+                  "rss_after_kib", "stall_ms", "baseline_ms", "slow_conns", "answered_408", "closed",
+                  "open_spread_ms", "expiry_spread_ms", "probe_realtime"):
             if any(k in r for r in per_run):
                 row[k] = _median([r.get(k) for r in per_run])
         if any("cpu_parts_s" in r for r in rs):
@@ -458,7 +474,8 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
                 row[k] = None if not rs else row[k]
         rows.append(row)
     # Ratios against nginx and HAProxy measured in this run, on the scenario's primary figure.
-    key = {"req": "per_cpu_s", "bytes": "per_cpu_s", "p99": "p99_ms", "rss": "rss_per_conn_kib"}[sc.metric]
+    key = {"req": "per_cpu_s", "bytes": "per_cpu_s", "p99": "p99_ms", "rss": "rss_per_conn_kib",
+           "stall": "stall_ms"}[sc.metric]
     ref = {r["proxy"]: r.get(key) for r in rows if r["status"] == "ok"}
     for r in rows:
         for comp in COMPETITORS:

@@ -1,4 +1,5 @@
-"""Load generators: wrk (throughput), h2load (fixed offered rate), openssl s_time (TLS), idle client.
+"""Load generators: wrk (throughput), h2load (fixed offered rate), openssl s_time (TLS), idle client,
+slow header senders with a latency probe (timeout bursts).
 
 Each returns a dict of raw figures for one run: requests, bytes, seconds, errors, p50_ms, p99_ms,
 plus generator-specific extras. The harness wraps every call with /proc CPU snapshots.
@@ -15,6 +16,11 @@ import time
 from pathlib import Path
 
 from .tools import CpuPlan, run_capture
+
+PROBE_INTERVAL_MS = 10  # the timeout-burst probe's request spacing
+# The timeout-burst window starts this long after the last dribbled line (its reads are done by
+# then) and ends this long after the last slow connection ended (its close is done by then).
+BURST_MARGIN_S = 0.25
 
 WRK_REPORT = r"""
 done = function(summary, latency, requests)
@@ -192,4 +198,65 @@ def run_idle(cpus: CpuPlan, port: int, count: int, rss_of, settle_s: float = 1.0
         "rss_before_kib": before,
         "rss_after_kib": after,
         "rss_per_conn_kib": round((after - before) / ready, 3) if ready else None,
+    }
+
+
+def run_timeout_burst(cpus: CpuPlan, port: int, count: int, header_timeout: float, dribble: float) -> dict:
+    """`count` slow header senders all hitting the header timeout, and a keep-alive probe beside them.
+
+    The figure is the worker's stall: the longest probe request whose send time falls in the
+    expiry window, from the last round of dribbled lines before the first timeout (plus a
+    margin: the proxy reads them) until the last slow connection ended. The probe and the slow client
+    are separate processes, so neither's own event loop delays the other.
+    """
+    here = Path(__file__).parent
+    probe = subprocess.Popen(cpus.wrap_load([sys.executable, str(here / "probe.py"), str(port), "/small",
+                                             str(PROBE_INTERVAL_MS)]),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    slow = None
+    try:
+        assert probe.stdin is not None and probe.stdout is not None
+        if probe.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"probe failed: {probe.stderr.read()[-300:] if probe.stderr else ''}")
+        time.sleep(0.5)  # a baseline before the slow clients arrive
+        give_up = header_timeout + 15
+        slow = subprocess.run(cpus.wrap_load([sys.executable, str(here / "slow_headers.py"), str(port),
+                                              str(count), str(dribble), str(give_up)]),
+                              capture_output=True, text=True, timeout=give_up + 30, check=False)
+        if not slow.stdout.strip():
+            raise RuntimeError(f"slow client failed (rc {slow.returncode}): {slow.stderr[-300:]}")
+        ends = json.loads(slow.stdout.splitlines()[-1])
+        time.sleep(0.3)
+        probe.stdin.close()  # the probe's signal to stop and report
+        out = probe.stdout.read()
+        probe.wait(30)
+        if not out.strip():
+            raise RuntimeError(f"probe gave no samples: {probe.stderr.read()[-300:] if probe.stderr else ''}")
+        probed = json.loads(out.splitlines()[-1])
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    window = (ends["dribbled_last"] + BURST_MARGIN_S, ends["ended_last"] + BURST_MARGIN_S)
+    inside = [ms for sent, ms in probed["samples"] if window[0] <= sent <= window[1]]
+    # The first request is left out: the proxy may open its backend connection for it.
+    before = [ms for sent, ms in probed["samples"][1:] if sent < ends["started"]]
+    errors = {k: ends[k] for k in ("answered_other", "reset", "connect_failed", "still_open") if ends[k]}
+    if probed["failed"]:
+        errors["probe_failed"] = probed["failed"]
+    return {
+        "requests": len(probed["samples"]),
+        "bytes": 0,
+        "seconds": ends["ended_last"] - ends["started"],
+        "errors": errors,
+        "p50_ms": statistics.median(inside) if inside else None,
+        "p99_ms": None,
+        "stall_ms": max(inside) if inside else None,
+        "baseline_ms": max(before) if before else None,
+        "slow_conns": count,
+        "probe_realtime": probed["realtime"],
+        "answered_408": ends["answered_408"],
+        "closed": ends["closed"],
+        "open_spread_ms": round((ends["opened_last"] - ends["opened_first"]) * 1000, 1),
+        "expiry_spread_ms": round((ends["ended_last"] - ends["ended_first"]) * 1000, 1),
     }

@@ -20,6 +20,12 @@ from .tools import CpuPlan, Service, free_port, log
 
 POOL = 64  # keep-alive connections to the origin, per worker (>= the highest load concurrency)
 KEEPALIVE_S = 75
+# Header timeout of every proxy (nginx client_header_timeout, HAProxy timeout http-request,
+# rproxyd header_timeout); the timeout-burst scenarios wait it out once per run.
+HEADER_TIMEOUT_S = 5
+# Listen backlog of every proxy listener: the timeout-burst scenarios connect 2,000 clients
+# faster than a busy proxy accepts them, and a full queue drops SYNs (retried 1 s later).
+BACKLOG = 4096
 SMALL_BYTES = 128
 ONE_MIB = 1 << 20
 FILES = {"small": SMALL_BYTES, "1m": ONE_MIB, "100m": 100 * ONE_MIB}
@@ -169,7 +175,7 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
     access_log {ACCESS_LOG_DIR}/nginx-access.log json buffer=64k flush=100ms;"""
     conf.write_text(_nginx_common(work, "nginx-proxy", workers) + access + f"""
     client_max_body_size 0;
-    client_header_timeout 10s;
+    client_header_timeout {HEADER_TIMEOUT_S}s;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;
     ssl_session_timeout 1h;
@@ -181,17 +187,17 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
         keepalive_timeout {KEEPALIVE_S}s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=1024;
+        listen 127.0.0.1:{port} backlog={BACKLOG};
 {location}
     }}
     server {{
-        listen 127.0.0.1:{ec_port} ssl backlog=1024;
+        listen 127.0.0.1:{ec_port} ssl backlog={BACKLOG};
         ssl_certificate {certs.ec_cert};
         ssl_certificate_key {certs.ec_key};
 {location}
     }}
     server {{
-        listen 127.0.0.1:{rsa_port} ssl backlog=1024;
+        listen 127.0.0.1:{rsa_port} ssl backlog={BACKLOG};
         ssl_certificate {certs.rsa_cert};
         ssl_certificate_key {certs.rsa_key};
 {location}
@@ -225,14 +231,14 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    timeout http-request 10s
+    timeout http-request {HEADER_TIMEOUT_S}s
     timeout http-keep-alive {KEEPALIVE_S}s
     timeout client-fin 5s
 
 frontend fe
-    bind 127.0.0.1:{port} backlog 1024
-    bind 127.0.0.1:{ec_port} ssl crt {certs.ec_pem} backlog 1024
-    bind 127.0.0.1:{rsa_port} ssl crt {certs.rsa_pem} backlog 1024
+    bind 127.0.0.1:{port} backlog {BACKLOG}
+    bind 127.0.0.1:{ec_port} ssl crt {certs.ec_pem} backlog {BACKLOG}
+    bind 127.0.0.1:{rsa_port} ssl crt {certs.rsa_pem} backlog {BACKLOG}
     default_backend be
 
 backend be
@@ -254,7 +260,7 @@ RPROXYD_TLS_LISTENER_TEMPLATES = [
 [[listener]]
 name = "{name}"
 bind = "127.0.0.1:{port}"
-backlog = 1024
+backlog = {backlog}
 [listener.tls]
 enabled = true
 certificate = "{cert}"
@@ -299,7 +305,7 @@ def _rproxyd_base(port: int, origin_port: int) -> str:
 [[listener]]
 name = "http"
 bind = "127.0.0.1:{port}"
-backlog = 1024
+backlog = {BACKLOG}
 
 [backend.origin]
 servers = ["127.0.0.1:{origin_port}"]
@@ -315,7 +321,7 @@ backend = "origin"
 
 [limits]
 keepalive_timeout = "{KEEPALIVE_S}s"
-header_timeout = "10s"
+header_timeout = "{HEADER_TIMEOUT_S}s"
 max_body_bytes = 0
 """ + (f"""
 [access_log]
@@ -368,8 +374,10 @@ def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, r
     tls = ""
     error = ""
     for tmpl in RPROXYD_TLS_LISTENER_TEMPLATES:
-        cand = (tmpl.format(name="tls_ecdsa", port=ec_port, cert=certs.ec_cert, key=certs.ec_key)
-                + tmpl.format(name="tls_rsa", port=rsa_port, cert=certs.rsa_cert, key=certs.rsa_key))
+        cand = (tmpl.format(name="tls_ecdsa", port=ec_port, cert=certs.ec_cert, key=certs.ec_key,
+                            backlog=BACKLOG)
+                + tmpl.format(name="tls_rsa", port=rsa_port, cert=certs.rsa_cert, key=certs.rsa_key,
+                              backlog=BACKLOG))
         ok, out = _config_ok(rproxyd, probe, head + base + cand + tail, env)
         if ok:
             tls = cand

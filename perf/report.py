@@ -126,6 +126,12 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
                 notes.append(f"{r['rss_per_conn_kib']:.2f} KiB RSS/conn over {r.get('idle_conns', 0):,.0f}")
             if r.get("resumed_pct") is not None:
                 notes.append(f"resumed {r['resumed_pct']:.0f}%")
+            if r.get("stall_ms") is not None:
+                notes.append(f"stall {r['stall_ms']:.1f} ms (before the burst {r['baseline_ms']:.1f}) over "
+                             f"{r['slow_conns']:,.0f} slow clients: {r['answered_408']:,.0f} got 408, "
+                             f"{r['closed']:,.0f} closed"
+                             + ("" if r.get("probe_realtime") else " (probe not real-time: its own "
+                                "scheduling is in the figure)"))
             if r.get("offered_rps"):
                 notes.append(f"offered {r['offered_rps']:,.0f}/s")
             work = _work(r) if r["status"] == "ok" or r.get("per_cpu_s") else "-"

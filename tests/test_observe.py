@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from appliance.http.downstream import LINGER_SECONDS
-from tests.support import curl, wait_connected_to, wait_for
+from tests.support import curl, read_all, wait_connected_to, wait_for
 from tests.support.tls import client_context, https_get, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
@@ -576,3 +576,36 @@ fields = ["status", "path", "request_id"]
             assert list(record) == ["status", "path", "request_id"] and record["path"] == "/?syslog=1"
         finally:
             proxy.stop()
+
+
+def test_a_burst_of_header_timeouts_is_counted_and_its_log_lines_sampled(tmp_path: Path,
+                                                                          origin_port: int) -> None:
+    """Many clients stall inside their request heads and time out together: each gets its 408,
+    the metric counts every one, and the error log holds a few of the lines plus a summary
+    that accounts for the rest (a line each would be a synchronous write each)."""
+    slow = 300
+    proxy = start(tmp_path, origin_port, tables='[limits]\nheader_timeout = "1s"\n')
+    try:
+        socks = [socket.create_connection(proxy.address, timeout=10) for _ in range(slow)]
+        try:
+            for sock in socks:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            answers = [read_all(sock, 10) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 408 Request Timeout"] * slow
+        text = until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_client_timeouts_total") == slow,
+                             f"{slow} timeouts counted")
+        assert metric_sum(text, "rproxyd_client_timeouts_total", phase="header") == slow
+
+        def sampled() -> tuple[int, int] | None:
+            lines = proxy.log().splitlines()
+            single = sum("408 request head timed out" in line for line in lines)
+            summarised = sum(int(line.split(" more client timeouts ")[0].rsplit(" ", 1)[1])
+                             for line in lines if " more client timeouts " in line)
+            return (single, summarised) if single + summarised == slow else None
+        single, _ = wait_for(sampled, 10, "every timeout logged singly or in a summary line")
+        assert single <= 3 * 10  # 10 lines per second per worker, and the burst spans a few at most
+    finally:
+        proxy.stop()

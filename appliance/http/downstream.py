@@ -22,6 +22,7 @@ from appliance.http import errors
 from appliance.http import headers as hdr
 from appliance.http.exchange import Exchange, ExchangeState
 from appliance.http.target import PathAboveRoot, normalize_path, valid_host
+from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.tls.session import TlsConnection
@@ -702,10 +703,15 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     # ----------------------------------------------------- errors & close
     def _reject(self, failure: errors.ProxyFailure) -> None:
-        """A client-side protocol error: answer it (if we still can) and close."""
+        """A client-side protocol error: log it, answer it (if we still can) and close."""
         exchange = self.parsing
         log.info("client %s: %d %s", self.peer_ip.decode(), failure.status, failure,
                  extra=about(exchange) if exchange is not None else None)
+        self._refuse(failure)
+
+    def _refuse(self, failure: errors.ProxyFailure) -> None:
+        """_reject without the log line."""
+        exchange = self.parsing
         self.bypass_remaining = 0
         self._stop_reading_requests()
         if exchange is None:
@@ -763,17 +769,22 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         if exchange is None:
             self.close()  # idle keep-alive or silent new connection: close quietly, like nginx
         elif exchange.state is _S.HEAD:
-            self._reject(errors.ClientTimeout("request head timed out"))
+            self._note_timeout(metrics.T_HEADER, "408 request head timed out", exchange)
+            self._refuse(errors.ClientTimeout("request head timed out"))
         else:
-            log.info("client %s: request body timed out", self.peer_ip.decode(), extra=about(exchange))
+            self._note_timeout(metrics.T_BODY, "request body timed out", exchange)
             self._fail_current(exchange, errors.ClientTimeout("request body timed out"))
             self.close(force=True)
 
     def _on_send_timeout(self) -> None:
-        answering = self.exchanges[0] if self.exchanges else None
-        log.info("client %s: send timeout", self.peer_ip.decode(),
-                 extra=about(answering) if answering is not None else None)
+        self._note_timeout(metrics.T_SEND, "send timeout", self.exchanges[0] if self.exchanges else None)
         self.close(force=True)
+
+    def _note_timeout(self, phase: int, what: str, exchange: Exchange | None) -> None:
+        """Count a client timeout, and log it unless a flood of them is being sampled."""
+        self.ctx.observer.client_timeout(phase)
+        self.ctx.timeout_log.info("client %s: %s", self.peer_ip.decode(), what,
+                                  extra=about(exchange) if exchange is not None else None)
 
     def pause_reading(self, reason: int) -> None:
         if not self._read_pauses and self.transport is not None:

@@ -67,6 +67,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rproxyd_pending_timeouts_total": (COUNTER, "Requests answered 503 after pending_timeout."),
     "rproxyd_client_connections": (GAUGE, "Open client connections."),
     "rproxyd_tls_handshakes_total": (COUNTER, "Completed TLS handshakes, full or resumed."),
+    "rproxyd_client_timeouts_total": (
+        COUNTER, "Client connections ended by a timeout, by phase: header or body (408), send (cut)."),
     "rproxyd_worker_restarts_total": (COUNTER, "Workers that died outside a drain and were respawned."),
     "rproxyd_reloads_total": (COUNTER, "Reloads and upgrades, by result."),
     "rproxyd_generation": (GAUGE, "The configuration generation now serving."),
@@ -93,6 +95,9 @@ CONNECTION_STATES = ("idle", "active", "connecting", "down")
 B_PENDING, B_TIMEOUTS, B_WAIT = 0, 1, 2
 # The per-worker block, and the supervisor's block in the RETIRED slot.
 W_CONNECTIONS, W_TLS_FULL, W_TLS_RESUMED = 0, 1, 2
+# Offsets inside the client-timeouts block (per worker), one per phase.
+TIMEOUT_PHASES = ("header", "body", "send")
+T_HEADER, T_BODY, T_SEND = 0, 1, 2
 P_RESTARTS, P_RELOADS_OK, P_RELOADS_FAILED, P_GENERATION, P_WORKERS = 0, 1, 2, 3, 4
 
 NO_ROUTE = ("-", "-")  # vhost and rule of requests that matched none (400, 404, …)
@@ -143,6 +148,11 @@ WORKER_BLOCK: list[Entry] = [
     ("rproxyd_tls_handshakes_total", labels(resumed="false"), ""),
     ("rproxyd_tls_handshakes_total", labels(resumed="true"), ""),
 ]
+# Its own block, not part of WORKER_BLOCK: a block is found by its first entry, so one that
+# grew would overlap the next in a region an older version laid out (in-place upgrade).
+CLIENT_TIMEOUTS_BLOCK: list[Entry] = [
+    ("rproxyd_client_timeouts_total", labels(phase=phase), "") for phase in TIMEOUT_PHASES
+]
 SUPERVISOR_BLOCK: list[Entry] = [
     ("rproxyd_worker_restarts_total", "", ""),
     ("rproxyd_reloads_total", labels(result="ok"), ""),
@@ -162,6 +172,7 @@ class Layout:
     backends: dict[str, int] = field(default_factory=dict)
     no_route: int = 0
     worker: int = 0
+    timeouts: int = 0
     supervisor: int = 0
 
 
@@ -202,6 +213,7 @@ class Directory:
         layout = Layout()
         layout.supervisor = self.block(SUPERVISOR_BLOCK)
         layout.worker = self.block(WORKER_BLOCK)
+        layout.timeouts = self.block(CLIENT_TIMEOUTS_BLOCK)
         layout.no_route = self.block(route_block(*NO_ROUTE))
         for vhost in config.vhost:
             for index in range(len(vhost.route)):

@@ -23,5 +23,8 @@ class Observer:
     def exchange_done(self, exchange: Exchange) -> None:
         """Called once per exchange, after its last byte was written (or it was given up)."""
 
+    def client_timeout(self, phase: int) -> None:
+        """Called once per client connection a timeout ended; `phase`: metrics.T_HEADER, T_BODY or T_SEND."""
+
     def tls_handshake(self, resumed: bool) -> None:
         """Called once per completed client TLS handshake; `resumed` from ssl_object.session_reused."""

@@ -41,7 +41,7 @@ class Recorder(Observer):
     """Metrics and access log for one worker."""
 
     __slots__ = ("_backends", "_cells", "_counts", "_loop", "_no_route", "_routes", "_servers",
-                 "_timer", "_used", "_worker", "access", "clients")
+                 "_timeouts", "_timer", "_used", "_worker", "access", "clients")
 
     def __init__(self, cells: memoryview, layout: m.Layout, pools: dict[str, BackendPool],
                  loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set) -> None:
@@ -53,6 +53,7 @@ class Recorder(Observer):
         self._routes = layout.routes
         self._no_route = layout.no_route
         self._worker = layout.worker
+        self._timeouts = layout.timeouts
         self.clients = clients  # the worker's open client connections, for the gauge
         # Keyed by the worker's own objects: one dict lookup per exchange, no label text.
         self._servers: dict[Server, int] = {
@@ -102,6 +103,9 @@ class Recorder(Observer):
     def tls_handshake(self, resumed: bool) -> None:
         self._counts[self._worker + (m.W_TLS_RESUMED if resumed else m.W_TLS_FULL)] += 1
 
+    def client_timeout(self, phase: int) -> None:
+        self._counts[self._timeouts + phase] += 1
+
     def _tick(self) -> None:
         self.sync()
         self._timer = self._loop.call_later(SYNC_INTERVAL, self._tick)
@@ -139,5 +143,5 @@ class Recorder(Observer):
 
 
 def _bases(layout: m.Layout) -> list[int]:
-    return [layout.no_route, layout.worker, *layout.routes.values(), *layout.servers.values(),
-            *layout.backends.values()]
+    return [layout.no_route, layout.worker, layout.timeouts, *layout.routes.values(),
+            *layout.servers.values(), *layout.backends.values()]

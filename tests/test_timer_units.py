@@ -1,0 +1,126 @@
+"""The worker's timer wheel and the deadlines in it, on a real uvloop loop (no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections import Counter
+
+import uvloop
+
+from appliance.deadline import Deadline
+from appliance.timerwheel import BATCH
+
+
+class Owner:
+    """Stands in for a connection: owns a deadline whose expiry calls back into it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fired: dict[int, float], key: int) -> None:
+        self.loop, self.fired, self.key = loop, fired, key
+        self.deadline = Deadline(loop, self.expired)
+
+    def expired(self) -> None:
+        self.fired[self.key] = self.loop.time()
+
+
+def run(main) -> None:
+    uvloop.run(main())
+
+
+async def until(predicate, what: str, seconds: float = 5.0) -> None:
+    """Let the loop run until `predicate()` holds (a bound, not a measurement)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < give_up, f"still waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_deadlines_fire_once_never_early_and_follow_moves_and_cancels() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fired: dict[int, float] = {}
+        owners = [Owner(loop, fired, key) for key in range(400)]
+        due: dict[int, float] = {}
+        for key, owner in enumerate(owners):
+            owner.deadline.set(0.01 * (key % 30))
+            due[key] = loop.time() + 0.01 * (key % 30)
+        for key in range(0, 400, 4):  # later: the entry stays in its slot and is refiled from there
+            owners[key].deadline.set(0.35)
+            due[key] = loop.time() + 0.35
+        for key in range(1, 400, 4):  # earlier: refiled at once
+            owners[key].deadline.set(0.001)
+            due[key] = loop.time() + 0.001
+        for key in range(2, 400, 8):
+            owners[key].deadline.cancel()
+            del due[key]
+        for key in range(6, 400, 8):
+            owners[key].deadline.clear()
+            del due[key]
+        await asyncio.sleep(0.6)
+        assert set(fired) == set(due)
+        assert all(fired[key] >= due[key] for key in due)
+
+    run(main)
+
+
+def test_a_burst_expires_in_bounded_batches_per_loop_turn() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        turn = 0
+        stop = False
+
+        def next_turn() -> None:  # a callback queued for every loop turn, as ready I/O would be
+            nonlocal turn
+            turn += 1
+            if not stop:
+                loop.call_soon(next_turn)
+
+        by_turn: Counter[int] = Counter()
+        deadlines = [Deadline(loop, lambda: by_turn.update((turn,))) for _ in range(1000)]
+        for deadline in deadlines:
+            deadline.set(0.05)
+        loop.call_soon(next_turn)
+        await until(lambda: sum(by_turn.values()) == 1000, "every deadline to expire")
+        stop = True
+        assert max(by_turn.values()) <= BATCH
+        assert len(by_turn) >= 1000 // BATCH
+
+    run(main)
+
+
+def test_a_cancelled_deadline_does_not_keep_its_owner_alive() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        owner = Owner(loop, {}, 0)
+        owner.deadline.set(75)
+        owner.deadline.set(80)  # moved later: still one entry
+        gone = weakref.ref(owner)
+        owner.deadline.cancel()
+        del owner
+        gc.collect()
+        assert gone() is None
+
+    run(main)
+
+
+def test_a_failing_expiry_does_not_stop_the_others() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        fired: list[int] = []
+
+        def expire(key: int) -> None:
+            fired.append(key)
+            if key % 10 == 0:
+                raise RuntimeError("broken callback")
+
+        deadlines = [Deadline(loop, lambda key=key: expire(key)) for key in range(100)]
+        for deadline in deadlines:
+            deadline.set(0.01)
+        await until(lambda: len(fired) == 100, "every deadline to expire")
+        assert len(errors) == 10
+
+    run(main)
