@@ -18,7 +18,7 @@ import pytest
 
 from appliance.config import ConfigError, load
 from appliance.http.errors import BackendUnavailable
-from appliance.phases import PHASES, Headers, Peer, Phases, Request, Response, ResponseHead, eager
+from appliance.phases import PHASES, Headers, Peer, Phases, Request, Response, ResponseHead, check, eager
 from appliance.phases.dispatch import (
     NO_PHASES,
     PeerChoice,
@@ -677,13 +677,23 @@ def test_check_imports_in_a_child_so_a_crashing_module_cannot_hurt_it(tmp_path):
 
 def test_check_reports_an_import_error_at_its_line_and_ignores_what_the_module_prints(tmp_path):
     module = _module(tmp_path, """
+        import os
         print("[[1, 2]]")
+        os.write(1, b"[]")
         import no_such_module_here
     """)
     result = _check(_config(tmp_path, f'[phases]\nmodule = "{module}"\n'))
     assert result.returncode == 1
-    assert (f"phases.module: {module}:3: importing failed: ModuleNotFoundError: No module named "
+    assert (f"phases.module: {module}:5: importing failed: ModuleNotFoundError: No module named "
             "'no_such_module_here'") in result.stderr
+
+
+def test_a_module_that_blocks_at_import_fails_the_check_in_bounded_time(tmp_path, monkeypatch):
+    module = _module(tmp_path, "import threading\nthreading.Event().wait()\n")
+    monkeypatch.setattr(check, "CHECK_TIMEOUT", 0.5)
+    problems = check.run_check({"module": str(module), "class": "", "vhosts": [""]})
+    assert problems == [(("phases", "module"), f"{module}: importing took longer than 0.5 s; a phases "
+                         "module must not block at import")]
 
 
 def test_vhost_and_class_keys_are_checked(tmp_path):

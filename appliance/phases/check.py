@@ -22,7 +22,9 @@ import appliance
 from appliance.config.schema import Config
 from appliance.phases.selection import MODULE_KEY, Problem
 
-CHECK_TIMEOUT = 30.0  # seconds an import may take before the check gives up
+# Seconds an import may take before the check gives up. A reload checks in the supervisor's
+# loop, so this bounds how long a module that blocks at import can hold the supervisor.
+CHECK_TIMEOUT = 10.0
 
 
 def check_phases(config: Config) -> list[Problem]:
@@ -38,6 +40,7 @@ def check_phases(config: Config) -> list[Problem]:
 def run_check(request: dict[str, object]) -> list[Problem]:
     module = request["module"]
     env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)  # the module's code must not talk to systemd for rproxyd
     # The child imports appliance from where this process did.
     root = str(Path(appliance.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)

@@ -24,7 +24,8 @@ from appliance.http import headers as hdr
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# An RFC 9110 token: what a header name (and a method) may be.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\0]")
 
 # Request headers a phase may not set or remove: every name the parser handles itself,
@@ -126,7 +127,7 @@ class Headers:
         if not self.writable:
             raise ValueError("these headers are read-only in this phase (request headers change in "
                              "upstream_request_filter, response headers in response_filter)")
-        if not isinstance(name, str) or not _TOKEN.match(name):
+        if not isinstance(name, str) or not TOKEN.match(name):
             raise ValueError(f"invalid header name {name!r}")
         key = name.lower().encode("ascii")
         if key in self._owned or (self._ssl_owned and key[:6] in hdr.SSL_PREFIXES):

@@ -17,9 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from appliance.phases.headers import REQUEST_OWNED, RESPONSE_OWNED, Headers, RawHeaders
+from appliance.phases.headers import REQUEST_OWNED, RESPONSE_OWNED, TOKEN, Headers, RawHeaders
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # A path or query as it goes on the request line: visible ASCII, no space, no fragment.
 _PATH = re.compile(r"/[!-~]*\Z")
 _QUERY = re.compile(r"[!-~]*\Z")
@@ -68,7 +67,7 @@ class Request:
     @method.setter
     def method(self, value: str) -> None:
         self._check_writable("req.method")
-        if not isinstance(value, str) or not _TOKEN.match(value):
+        if not isinstance(value, str) or not TOKEN.match(value):
             raise ValueError(f"invalid method {value!r}")
         old = self.method
         if value != old and (value in _FRAMING_METHODS or old in _FRAMING_METHODS):
