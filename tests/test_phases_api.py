@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ConfigError, load
-from appliance.http.errors import BackendUnavailable
+from appliance.http.errors import BackendUnavailable, PhaseFailed, error_response
 from appliance.phases import PHASES, Headers, Peer, Phases, Request, Response, ResponseHead, check, eager
 from appliance.phases.dispatch import (
     NO_PHASES,
@@ -598,6 +598,11 @@ def test_fail_to_proxy_sees_the_status_the_proxy_would_send():
 
     resp = compile_dispatch(Errors()).fail_to_proxy(_request(), BackendUnavailable("all down"), None)
     assert (resp.status, resp.body) == (503, b"503\n")
+    failed = PhaseFailed("upstream_peer")
+    resp = compile_dispatch(Errors()).fail_to_proxy(_request(), failed, None)
+    assert (resp.status, failed.phase) == (500, "upstream_peer")
+    # The proxy's own page for it, when fail_to_proxy gives none.
+    assert error_response(failed, keep_alive=True).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
 
 
 # -- configuration and `rproxyd -t`

@@ -194,7 +194,7 @@ def _unknown_phases(cls: type[Phases]) -> list[str]:
             close = difflib.get_close_matches(name, PHASES, n=1, cutoff=0.8)
             if name in PINGORA_ONLY:
                 why = f"{name} is a Pingora phase rproxyd does not have"
-            elif close or name.endswith(("_filter", "_peer", "_ctx", "_proxy")):
+            elif close or name.endswith(("_filter", "_peer")):
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 why = f"unknown phase {name}{hint}"
             else:

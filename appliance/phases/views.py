@@ -36,7 +36,8 @@ class Request:
     """The client's request as phases see it.
 
     Read anywhere: `method`, `path` (without the query), `query` (without the `?`, ""
-    if none), `host` (the Host the request was routed by, "" if none), `client_ip`,
+    if none), `host` (the Host the request was routed by, with its port if the client
+    sent one; "" if none), `client_ip`,
     `request_id`, `headers` (see Headers). In upstream_request_filter `method`, `path`,
     `query` and `headers` may be assigned or edited; what goes up is what they hold.
     """
