@@ -43,7 +43,7 @@ system-deps:
 	bash .ci/system-deps
 
 lint: $(STAMP)
-	$(BIN)/ruff check appliance tests perf
+	$(BIN)/ruff check appliance tests perf etc/rproxy/phases
 	$(BIN)/python -m appliance.config.docs --check docs/configuration.md
 
 ## docs: regenerate docs/configuration.md from the schema

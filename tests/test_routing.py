@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -474,6 +475,9 @@ def test_documented_examples_are_valid_configuration(tmp_path, title, toml):
     main = tmp_path / "rproxy.toml"
     main.write_text(EXAMPLE_BASE)
     (tmp_path / "conf.d").mkdir()
+    # The phases examples are installed in /etc/rproxy; here they are in the source tree.
+    shipped = Path(__file__).resolve().parent.parent / "etc/rproxy/phases/examples"
+    toml = toml.replace("/etc/rproxy/phases/examples", str(shipped))
     (tmp_path / "conf.d" / "example.toml").write_text(toml)
     checked = subprocess.run([RPROXYD, "-t", "-c", str(main)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stderr

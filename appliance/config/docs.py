@@ -74,6 +74,7 @@ _SECTIONS: list[tuple[str, type]] = [
     ("[tls]", schema.TlsConfig),
     ("[access_log]", schema.AccessLogConfig),
     ("[admin]", schema.AdminConfig),
+    ("[phases]", schema.PhasesConfig),
 ]
 
 
@@ -126,7 +127,7 @@ def render() -> str:
             if meta["maximum"] is not None:
                 bounds.append(f"max {meta['maximum']:g}")
             kind = meta["kind"] + (f" ({', '.join(bounds)})" if bounds else "")
-            out.append(f"| `{spec.name}` | {kind} | {default} | {meta['doc']} |")
+            out.append(f"| `{schema.key_name(spec)}` | {kind} | {default} | {meta['doc']} |")
     return "\n".join(out) + "\n"
 
 

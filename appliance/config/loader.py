@@ -119,8 +119,9 @@ class _Builder:
         self._reported: set[tuple[str | int, ...]] = set()
         self.checking = False  # set once the tree is built and the cross-key rules run
 
-    def problem(self, path: tuple[str | int, ...], message: str) -> None:
-        if self.checking and path in self._reported:
+    def problem(self, path: tuple[str | int, ...], message: str, several: bool = False) -> None:
+        """Report a problem; `several`: one of several a check found at the same key."""
+        if self.checking and path in self._reported and not several:
             return  # a rule spanning keys adds nothing about a key already reported wrong
         self._reported.add(path)
         source = self.origins.find(path)
@@ -133,14 +134,14 @@ class _Builder:
             self.problem(path, f"expected a table, got {given(raw)}")
             return _INVALID
         values: dict[str, Any] = dict(extra or {})
-        declared = {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata}
+        declared = {schema.key_name(f): f for f in dataclasses.fields(cls) if "kind" in f.metadata}
         for name in raw:
             if name not in declared:
                 hint = _suggest(name, declared)
                 self.problem((*path, name), f"unknown key{hint}")
         failed = False
         for name, spec in declared.items():
-            if name in values:
+            if spec.name in values:
                 continue
             meta = spec.metadata
             if name not in raw:
@@ -154,9 +155,9 @@ class _Builder:
             else:
                 value = self.value(meta, raw[name], (*path, name))
             if value is not _INVALID:
-                values[name] = value
+                values[spec.name] = value
             elif meta["required"] and meta["kind"] in _EMPTY:
-                values[name] = _EMPTY[meta["kind"]]()
+                values[spec.name] = _EMPTY[meta["kind"]]()
             elif meta["required"]:
                 failed = True
             # Otherwise the key keeps its default. Either way the table is built, so the
@@ -348,6 +349,12 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
     if limits.write_low_watermark >= limits.write_high_watermark:
         builder.problem(("limits", "write_low_watermark"),
                         "must be smaller than write_high_watermark")
+    if not config.phases.module:
+        if config.phases.class_name:
+            builder.problem(("phases", "class"), "names a class but [phases] module is not set")
+        for i, vhost in schema.entries(config.vhost):
+            if vhost.phases:
+                builder.problem(("vhost", i, "phases"), "names a class but [phases] module is not set")
 
 
 def _check_alpn(protocols: list[str], path: tuple[str | int, ...], builder: _Builder) -> None:
@@ -427,13 +434,17 @@ def load(path: Path = DEFAULT_PATH) -> schema.Config:
         builder.checking = True
         _cross_check(config, builder)
         # Certificates, keys, CAs and ticket-key files are read and checked here, and every
-        # file and directory the processes will open, so `rproxyd -t`, a reload and an
-        # upgrade refuse a broken file before any worker starts.
+        # file and directory the processes will open, and the phases module is imported (in
+        # a child process), so `rproxyd -t`, a reload and an upgrade refuse a broken file
+        # before any worker starts.
         from appliance.config.paths import check_paths
+        from appliance.phases.check import check_phases
         from appliance.tls.check import check_tls
 
         for path, message in [*check_tls(config), *check_paths(config)]:
             builder.problem(path, message)
+        for path, message in check_phases(config):  # every phase problem, each with its own line
+            builder.problem(path, message, several=True)
     if builder.problems:
         raise ConfigError(builder.problems)
     return config

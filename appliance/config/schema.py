@@ -10,7 +10,7 @@ carry EXAMPLES (title -> TOML), printed under its heading; tests check each one 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -50,6 +50,11 @@ REQUIRED = object()
 T = TypeVar("T")
 
 
+def key_name(spec: Field[Any]) -> str:
+    """The name a declared key has in the configuration file."""
+    return spec.metadata.get("name") or spec.name
+
+
 def entries(items: list[T] | dict[str, T]) -> Iterator[tuple[Any, T]]:
     """(index or name, entry) of a table array or map, skipping the entries None.
 
@@ -69,9 +74,14 @@ def key(
     maximum: float | None = None,
     choices: tuple[str, ...] | None = None,
     item: type | None = None,
+    name: str | None = None,
 ) -> Any:
-    """Declare one config key: its kind, default, bounds and documentation."""
+    """Declare one config key: its kind, default, bounds and documentation.
+
+    `name` is the key's name in the file when it cannot be the field's (a Python keyword).
+    """
     meta = {
+        "name": name,
         "kind": kind,
         "doc": doc,
         "minimum": minimum,
@@ -518,6 +528,11 @@ class VhostConfig:
     access_log: bool = key(
         True, kind=BOOL, doc="Write this vhost's requests to the access log (when [access_log] is enabled).",
     )
+    phases: str = key(
+        "", kind=STR,
+        doc="The class of the [phases] module this vhost runs; empty: the module's default class. "
+        "See docs/phases.md.",
+    )
 
     EXAMPLES: ClassVar[dict[str, str]] = {
         "virtual hosts": """
@@ -779,6 +794,45 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PhasesConfig:
+    """Python phases: the operator's own code in the request path; see docs/phases.md.
+
+    `rproxyd -t` imports the module in a child process and reports import errors, unknown
+    phase names and wrong signatures with the module's file and line. Not served yet:
+    until the request path calls the phases, rproxyd refuses to start (or reload) with a
+    module set, rather than run without it.
+    """
+
+    module: str = key(
+        "", kind=STR,
+        doc="Path of the Python file that defines the phases (a subclass of "
+        "appliance.phases.Phases), such as \"/etc/rproxy/phases/site.py\"; empty: no phases. "
+        "Imported anew by every reload.",
+    )
+    class_name: str = key(
+        "", kind=STR, name="class",
+        doc="The class vhosts run unless they name their own (`phases` in [[vhost]]); empty: "
+        "the module's one subclass of Phases.",
+    )
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "phases for every vhost, and one vhost with its own class": """
+            [phases]
+            module = "/etc/rproxy/phases/examples/api_key.py"
+            class = "ApiKey"         # optional when the module defines one class
+
+            [[vhost]]
+            name = "api"
+            hosts = ["api.example.com"]
+            phases = "ApiKey"        # a vhost may name any class of the module
+
+            [[vhost.route]]
+            backend = "app"
+        """,
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration of one generation."""
 
@@ -812,6 +866,9 @@ class Config:
     )
     admin: AdminConfig = key(
         AdminConfig(), kind=TABLE, item=AdminConfig, doc="The admin listener, as [admin].",
+    )
+    phases: PhasesConfig = key(
+        PhasesConfig(), kind=TABLE, item=PhasesConfig, doc="Python phases, as [phases].",
     )
     # Where this generation was read from; set by the loader, not a config key.
     sources: tuple[Path, ...] = field(default=(), compare=False)

@@ -94,6 +94,16 @@ class BadBackendResponse(ProxyFailure):
     status = 502
 
 
+class PhaseFailed(ProxyFailure):
+    """An operator's phase raised, or returned what its contract does not allow."""
+
+    status = 500
+
+    def __init__(self, phase: str, detail: str = "") -> None:
+        super().__init__(detail or f"phase {phase} failed")
+        self.phase = phase
+
+
 def _build(status: int, keep_alive: bool, extra: str = "") -> bytes:
     phrase = HTTPStatus(status).phrase
     body = f"{status} {phrase}\n".encode()
@@ -112,7 +122,7 @@ def _build(status: int, keep_alive: bool, extra: str = "") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-_STATUSES = (400, 403, 404, 405, 408, 413, 417, 421, 431, 502, 503, 504, 505)
+_STATUSES = (400, 403, 404, 405, 408, 413, 417, 421, 431, 500, 502, 503, 504, 505)
 _RESPONSES = {(s, ka): _build(s, ka) for s in _STATUSES for ka in (True, False)}
 _HEAD_RESPONSES = {key: raw[: raw.index(b"\r\n\r\n") + 4] for key, raw in _RESPONSES.items()}
 
