@@ -32,7 +32,46 @@ def _read_only(what: str, phase: str) -> ValueError:
     return ValueError(f"{what} can only be changed in {phase}")
 
 
-class Request:
+class _MessageView:
+    """What request and response views share: raw headers, their lazy Headers view, `writable`."""
+
+    __slots__ = ("_headers", "_raw_headers", "_writable")
+
+    _owned: frozenset[bytes]  # the header names the proxy owns on this kind of message
+    _ssl_owned = False  # whether X-SSL-* (every spelling) is the proxy's too
+
+    def __init__(self, headers: RawHeaders) -> None:
+        self._raw_headers = headers
+        self._headers: Headers | None = None
+        self._writable = False
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Headers(self._raw_headers, self._owned, ssl_owned=self._ssl_owned,
+                                              writable=self._writable)
+        return headers
+
+    # -- what the proxy uses
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @writable.setter
+    def writable(self, on: bool) -> None:
+        self._writable = on
+        if self._headers is not None:
+            self._headers.writable = on
+
+    @property
+    def raw_headers(self) -> RawHeaders:
+        """The header list, edited in place by phases (the same list the view was given)."""
+        return self._raw_headers
+
+
+class Request(_MessageView):
     """The client's request as phases see it.
 
     Read anywhere: `method`, `path` (without the query), `query` (without the `?`, ""
@@ -42,22 +81,22 @@ class Request:
     `query` and `headers` may be assigned or edited; what goes up is what they hold.
     """
 
-    __slots__ = ("_client_ip", "_headers", "_host", "_method", "_path", "_query", "_raw_headers",
-                 "_request_id", "_target", "_writable")
+    __slots__ = ("_client_ip", "_host", "_method", "_path", "_query", "_request_id", "_target")
+
+    _owned = REQUEST_OWNED
+    _ssl_owned = True
 
     def __init__(self, method: bytes, target: bytes, host: bytes | None, client_ip: bytes | str,
                  headers: RawHeaders, request_id: str | Callable[[], str]) -> None:
+        super().__init__(headers)
         self._method = method
         self._target = target
         self._host = host
         self._client_ip = client_ip
-        self._raw_headers = headers
         # A request id may be made only when something first needs it (observe/request_id.py).
         self._request_id = request_id
-        self._headers: Headers | None = None
         self._path: str | None = None
         self._query: str | None = None
-        self._writable = False
 
     # -- what phases read and write
 
@@ -126,28 +165,10 @@ class Request:
         rid = self._request_id
         return rid if isinstance(rid, str) else rid()
 
-    @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = Headers(self._raw_headers, REQUEST_OWNED, ssl_owned=True,
-                                              writable=self._writable)
-        return headers
-
     def __repr__(self) -> str:
         return f"<Request {self.method} {self._target.decode('latin-1')} host={self.host!r}>"
 
     # -- what the proxy uses
-
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
-    @writable.setter
-    def writable(self, on: bool) -> None:
-        self._writable = on
-        if self._headers is not None:
-            self._headers.writable = on
 
     @property
     def raw_method(self) -> bytes:
@@ -157,11 +178,6 @@ class Request:
     def raw_target(self) -> bytes:
         """The request target that goes up: path and query as the phases left them."""
         return self._target
-
-    @property
-    def raw_headers(self) -> RawHeaders:
-        """The header list, edited in place by phases (the same list the view was given)."""
-        return self._raw_headers
 
     def retarget(self, target: bytes) -> None:
         """Point the view at a new target (the route's rewrite, made between phases)."""
@@ -181,7 +197,7 @@ class Request:
         self._target = text.encode("ascii")  # type: ignore[union-attr]
 
 
-class ResponseHead:
+class ResponseHead(_MessageView):
     """The response head as phases see it: `status` and `headers`.
 
     Editable in response_filter (before it goes to the client); read-only in logging,
@@ -189,13 +205,13 @@ class ResponseHead:
     carry a body: to or from 204 or 304 would change the framing, so that raises.
     """
 
-    __slots__ = ("_headers", "_raw_headers", "_status", "_writable")
+    __slots__ = ("_status",)
+
+    _owned = RESPONSE_OWNED
 
     def __init__(self, status: int, headers: RawHeaders) -> None:
+        super().__init__(headers)
         self._status = status
-        self._raw_headers = headers
-        self._headers: Headers | None = None
-        self._writable = False
 
     @property
     def status(self) -> int:
@@ -211,27 +227,6 @@ class ResponseHead:
             raise ValueError(f"a phase cannot change status {self._status} into {value}: whether the "
                              "response has a body depends on it")
         self._status = value
-
-    @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = Headers(self._raw_headers, RESPONSE_OWNED, writable=self._writable)
-        return headers
-
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
-    @writable.setter
-    def writable(self, on: bool) -> None:
-        self._writable = on
-        if self._headers is not None:
-            self._headers.writable = on
-
-    @property
-    def raw_headers(self) -> RawHeaders:
-        return self._raw_headers
 
     def __repr__(self) -> str:
         return f"<ResponseHead {self._status}>"
