@@ -57,6 +57,8 @@ class WorkerContext:
     trusted: TrustedProxies
     # The error-log lines about client timeouts, which can come a thousand at once.
     timeout_log: SampledLog
+    # The WARNING lines of proxy failures that come in floods (errors.ProxyFailure.sampled).
+    flood_log: SampledLog
     observer: Observer = field(default_factory=Observer)
     # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
     new_request_id: Callable[[], bytes | None] = request_id.never
@@ -128,6 +130,9 @@ class Worker:
                              trusted=TrustedProxies(config.proxy.trusted_proxies),
                              timeout_log=SampledLog(logging.getLogger("rproxyd.client"), loop,
                                                     "client timeouts", "rproxyd_client_timeouts_total"),
+                             flood_log=SampledLog(logging.getLogger("rproxyd.client"), loop,
+                                                  "pending timeouts", "rproxyd_pending_timeouts_total",
+                                                  logging.WARNING),
                              new_request_id=request_id.generator() if config.proxy.request_id
                              else request_id.never)
 

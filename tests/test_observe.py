@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -607,5 +608,40 @@ def test_a_burst_of_header_timeouts_is_counted_and_its_log_lines_sampled(tmp_pat
             return (single, summarised) if single + summarised == slow else None
         single, _ = wait_for(sampled, 10, "every timeout logged singly or in a summary line")
         assert single <= 3 * 10  # 10 lines per second per worker, and the burst spans a few at most
+    finally:
+        proxy.stop()
+
+
+def test_a_flood_of_pending_timeouts_is_answered_counted_and_sampled(tmp_path: Path,
+                                                                     origin_port: int) -> None:
+    """Every connection to the backend is busy and the queue behind it times out together:
+    each queued request gets its 503, the metric counts every one, and the error log holds a
+    few of the WARNING lines plus summaries that account for the rest."""
+    clients = 200
+    connections = 32  # the default per server per worker: at most that many are served
+    proxy = start(tmp_path, origin_port, tables='[limits]\npending_timeout = "1s"\n')
+    try:
+        socks = [socket.create_connection(proxy.address, timeout=15) for _ in range(clients)]
+        try:
+            for sock in socks:
+                sock.sendall(b"GET /delay/4 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            answers = [read_all(sock, 15).split(b"\r\n", 1)[0] for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        counts = collections.Counter(answers)
+        queued = counts[b"HTTP/1.1 503 Service Unavailable"]
+        assert counts[b"HTTP/1.1 200 OK"] + queued == clients and queued >= clients - connections
+        until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_pending_timeouts_total") == queued,
+                      f"{queued} pending timeouts counted")
+
+        def sampled() -> tuple[int, int] | None:
+            lines = proxy.log().splitlines()
+            single = sum("503 pending timeout" in line for line in lines)
+            summarised = sum(int(line.split(" more pending timeouts ")[0].rsplit(" ", 1)[1])
+                             for line in lines if " more pending timeouts " in line)
+            return (single, summarised) if single + summarised == queued else None
+        single, _ = wait_for(sampled, 10, "every pending timeout logged singly or in a summary line")
+        assert single <= 3 * 10
     finally:
         proxy.stop()

@@ -1,4 +1,4 @@
-"""The worker's timer wheel and the deadlines in it, on a real uvloop loop (no processes)."""
+"""The worker's timers (the wheel, its deadlines, the pending queues) on a real uvloop loop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from collections import Counter
 import uvloop
 
 from appliance.deadline import Deadline
+from appliance.http.exchange import ExchangeState
 from appliance.timerwheel import BATCH
+from appliance.upstream.pool import PendingQueue
 
 
 class Owner:
@@ -122,5 +124,35 @@ def test_a_failing_expiry_does_not_stop_the_others() -> None:
             deadline.set(0.01)
         await until(lambda: len(fired) == 100, "every deadline to expire")
         assert len(errors) == 10
+
+    run(main)
+
+
+def test_a_pending_queue_expires_in_bounded_batches_per_loop_turn() -> None:
+    """A hung backend's whole queue times out together: it is answered BATCH per loop turn."""
+    class Waiting:  # the two fields of an Exchange a PendingQueue reads
+        state = ExchangeState.PENDING
+        pending_since = 0.0
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        turn = 0
+        stop = False
+
+        def next_turn() -> None:  # a callback queued for every loop turn, as ready I/O would be
+            nonlocal turn
+            turn += 1
+            if not stop:
+                loop.call_soon(next_turn)
+
+        by_turn: Counter[int] = Counter()
+        queue = PendingQueue(loop, 0.05, lambda exchange: by_turn.update((turn,)))
+        for _ in range(1000):
+            queue.push(Waiting())
+        loop.call_soon(next_turn)
+        await until(lambda: sum(by_turn.values()) == 1000, "every queued request to expire")
+        stop = True
+        assert max(by_turn.values()) <= BATCH and not queue.entries
+        assert len(by_turn) >= 1000 // BATCH
 
     run(main)

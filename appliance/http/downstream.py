@@ -653,8 +653,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         blame_client = isinstance(failure, errors.ClientFault)
         if not blame_client:
             # The proxy-side error line for this request; client faults are logged where found.
-            log.warning("%s %s: %d %s", exchange.method.decode(), exchange.url.decode(errors="replace"),
-                        failure.status, failure, extra=about(exchange))
+            line = self.ctx.flood_log.log if failure.sampled else log.warning
+            line("%s %s: %d %s", exchange.method.decode(), exchange.url.decode(errors="replace"),
+                 failure.status, failure, extra=about(exchange))
         keep_alive = not blame_client and self.response_keep_alive(exchange)
         exchange.response_started = True
         exchange.status = failure.status
@@ -783,7 +784,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def _note_timeout(self, phase: int, what: str, exchange: Exchange | None) -> None:
         """Count a client timeout, and log it unless a flood of them is being sampled."""
         self.ctx.observer.client_timeout(phase)
-        self.ctx.timeout_log.info("client %s: %s", self.peer_ip.decode(), what,
+        self.ctx.timeout_log.log("client %s: %s", self.peer_ip.decode(), what,
                                   extra=about(exchange) if exchange is not None else None)
 
     def pause_reading(self, reason: int) -> None:

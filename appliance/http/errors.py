@@ -16,6 +16,10 @@ class ProxyFailure(Exception):
     """A request that cannot be proxied; `status` is what the client is told."""
 
     status = 502
+    # True for failures that come in floods (every request queued behind a hung backend
+    # expires within one pending_timeout): their error-log lines are sampled
+    # (appliance/observe/sampled.py), and a metric counts every one.
+    sampled = False
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.__class__.__name__)
@@ -86,6 +90,12 @@ class BackendUnavailable(ProxyFailure):
     """No server can take the request now: pending queue full or timed out, all DOWN."""
 
     status = 503
+
+
+class PendingTimeout(BackendUnavailable):
+    """Waited pending_timeout in a pending queue for a connection (rproxyd_pending_timeouts_total)."""
+
+    sampled = True
 
 
 class BadBackendResponse(ProxyFailure):

@@ -17,13 +17,15 @@ INTERVAL = 1.0  # seconds
 
 
 class SampledLog:
-    """INFO lines about one kind of event: at most LIMIT per INTERVAL, then one summary line."""
+    """Lines about one kind of event: at most LIMIT per INTERVAL, then one summary line."""
 
-    __slots__ = ("_left", "_logger", "_loop", "_metric", "_suppressed", "_timer", "_what", "_window_end")
+    __slots__ = ("_left", "_level", "_logger", "_loop", "_metric", "_suppressed", "_timer", "_what",
+                 "_window_end")
 
     def __init__(self, logger: logging.Logger, loop: asyncio.AbstractEventLoop, what: str,
-                 metric: str) -> None:
+                 metric: str, level: int = logging.INFO) -> None:
         self._logger = logger
+        self._level = level
         self._loop = loop
         self._what = what  # the events, plural, for the summary line
         self._metric = metric  # the metric that counts every one
@@ -32,14 +34,14 @@ class SampledLog:
         self._suppressed = 0
         self._timer: asyncio.TimerHandle | None = None
 
-    def info(self, msg: str, *args: object, extra: dict[str, Any] | None = None) -> None:
+    def log(self, msg: str, *args: object, extra: dict[str, Any] | None = None) -> None:
         now = self._loop.time()
         if now >= self._window_end:
             self._window_end = now + INTERVAL
             self._left = LIMIT
         if self._left:
             self._left -= 1
-            self._logger.info(msg, *args, extra=extra)
+            self._logger.log(self._level, msg, *args, extra=extra)
             return
         self._suppressed += 1
         if self._timer is None:
@@ -48,5 +50,5 @@ class SampledLog:
     def _summary(self) -> None:
         self._timer = None
         count, self._suppressed = self._suppressed, 0
-        self._logger.info("%d more %s in the last %g s not logged one by one (%s counts them all)",
-                          count, self._what, INTERVAL, self._metric)
+        self._logger.log(self._level, "%d more %s in the last %g s not logged one by one (%s counts "
+                         "them all)", count, self._what, INTERVAL, self._metric)

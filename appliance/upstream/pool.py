@@ -24,6 +24,7 @@ from appliance.config.values import ServerSpec
 from appliance.http import errors
 from appliance.http.exchange import ExchangeState
 from appliance.observe.errorlog import about
+from appliance.timerwheel import BATCH
 from appliance.tls.contexts import backend_peer
 from appliance.upstream.balance import Balancer, make_balancer
 from appliance.upstream.connection import BackendConnection, ConnState
@@ -52,7 +53,7 @@ class PendingQueue:
         self._loop = loop
         self._timeout = timeout
         self._on_expired = on_expired
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None  # call_at for the oldest, call_soon for a backlog
         self.entries: deque[Exchange] = deque()
 
     def __len__(self) -> int:
@@ -90,14 +91,23 @@ class PendingQueue:
         self._timer = self._loop.call_at(oldest + self._timeout, self._expire)
 
     def _expire(self) -> None:
+        """Answer the requests that waited too long, at most BATCH per loop turn.
+
+        A backend that hangs lets its whole queue expire together; answering them all in
+        one callback would stall every other connection of the worker (as client timeouts
+        did before the timer wheel), so the rest wait for the next turn.
+        """
         self._timer = None
         entries = self.entries
         expire_before = self._loop.time() - self._timeout
-        for exchange in [e for e in entries if e.pending_since <= expire_before]:
+        due = [e for e in entries if e.pending_since <= expire_before]
+        for exchange in due[:BATCH]:
             entries.remove(exchange)
             if exchange.state is ExchangeState.PENDING:
                 self._on_expired(exchange)
-        if entries:
+        if len(due) > BATCH:
+            self._timer = self._loop.call_soon(self._expire)
+        elif entries:
             self._arm()
 
 
@@ -444,7 +454,7 @@ class BackendPool:
     def on_pending_expired(self, exchange: Exchange) -> None:
         self.pending_timeouts += 1  # read by the metrics (appliance/observe/recorder.py)
         exchange.leave_queue(self.loop.time())
-        exchange.client.fail(exchange, errors.BackendUnavailable("pending timeout"))
+        exchange.client.fail(exchange, errors.PendingTimeout("pending timeout"))
 
     def cancel_pending(self, exchange: Exchange) -> None:
         exchange.leave_queue(self.loop.time())
