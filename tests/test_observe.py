@@ -579,6 +579,19 @@ fields = ["status", "path", "request_id"]
             proxy.stop()
 
 
+def assert_sampled(proxy: Rproxyd, line_text: str, events: str, total: int) -> None:
+    """The error log accounts for `total` events: some lines one by one (10 a second per worker,
+    so a burst spanning a few seconds has at most 30), the rest in "N more EVENTS" summaries."""
+    def sampled() -> tuple[int] | None:
+        lines = proxy.log().splitlines()
+        single = sum(line_text in line for line in lines)
+        summarised = sum(int(line.split(f" more {events} ")[0].rsplit(" ", 1)[1])
+                         for line in lines if f" more {events} " in line)
+        return (single,) if single + summarised == total else None
+    (single,) = wait_for(sampled, 10, f"every one of {total} {events} logged singly or in a summary line")
+    assert single <= 3 * 10
+
+
 def test_a_burst_of_header_timeouts_is_counted_and_its_log_lines_sampled(tmp_path: Path,
                                                                           origin_port: int) -> None:
     """Many clients stall inside their request heads and time out together: each gets its 408,
@@ -599,15 +612,7 @@ def test_a_burst_of_header_timeouts_is_counted_and_its_log_lines_sampled(tmp_pat
         text = until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_client_timeouts_total") == slow,
                              f"{slow} timeouts counted")
         assert metric_sum(text, "rproxyd_client_timeouts_total", phase="header") == slow
-
-        def sampled() -> tuple[int, int] | None:
-            lines = proxy.log().splitlines()
-            single = sum("408 request head timed out" in line for line in lines)
-            summarised = sum(int(line.split(" more client timeouts ")[0].rsplit(" ", 1)[1])
-                             for line in lines if " more client timeouts " in line)
-            return (single, summarised) if single + summarised == slow else None
-        single, _ = wait_for(sampled, 10, "every timeout logged singly or in a summary line")
-        assert single <= 3 * 10  # 10 lines per second per worker, and the burst spans a few at most
+        assert_sampled(proxy, "408 request head timed out", "client timeouts", slow)
     finally:
         proxy.stop()
 
@@ -634,14 +639,6 @@ def test_a_flood_of_pending_timeouts_is_answered_counted_and_sampled(tmp_path: P
         assert counts[b"HTTP/1.1 200 OK"] + queued == clients and queued >= clients - connections
         until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_pending_timeouts_total") == queued,
                       f"{queued} pending timeouts counted")
-
-        def sampled() -> tuple[int, int] | None:
-            lines = proxy.log().splitlines()
-            single = sum("503 pending timeout" in line for line in lines)
-            summarised = sum(int(line.split(" more pending timeouts ")[0].rsplit(" ", 1)[1])
-                             for line in lines if " more pending timeouts " in line)
-            return (single, summarised) if single + summarised == queued else None
-        single, _ = wait_for(sampled, 10, "every pending timeout logged singly or in a summary line")
-        assert single <= 3 * 10
+        assert_sampled(proxy, "503 pending timeout", "pending timeouts", queued)
     finally:
         proxy.stop()

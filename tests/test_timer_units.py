@@ -39,6 +39,33 @@ async def until(predicate, what: str, seconds: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+class Turns:
+    """Counts loop turns (a callback queued for every turn, as ready I/O would be) and what
+    a callback recorded in each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.turn = 0
+        self.stopped = False
+        self.by_turn: Counter[int] = Counter()
+        loop.call_soon(self._next)
+
+    def _next(self) -> None:
+        self.turn += 1
+        if not self.stopped:
+            self.loop.call_soon(self._next)
+
+    def record(self, *_: object) -> None:
+        self.by_turn.update((self.turn,))
+
+    async def bounded(self, total: int, what: str) -> None:
+        """Wait for `total` records, then check no turn had more than BATCH of them."""
+        await until(lambda: sum(self.by_turn.values()) == total, what)
+        self.stopped = True
+        assert max(self.by_turn.values()) <= BATCH
+        assert len(self.by_turn) >= total // BATCH
+
+
 def test_deadlines_fire_once_never_early_and_follow_moves_and_cancels() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -70,24 +97,11 @@ def test_deadlines_fire_once_never_early_and_follow_moves_and_cancels() -> None:
 def test_a_burst_expires_in_bounded_batches_per_loop_turn() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        turn = 0
-        stop = False
-
-        def next_turn() -> None:  # a callback queued for every loop turn, as ready I/O would be
-            nonlocal turn
-            turn += 1
-            if not stop:
-                loop.call_soon(next_turn)
-
-        by_turn: Counter[int] = Counter()
-        deadlines = [Deadline(loop, lambda: by_turn.update((turn,))) for _ in range(1000)]
+        turns = Turns(loop)
+        deadlines = [Deadline(loop, turns.record) for _ in range(1000)]
         for deadline in deadlines:
             deadline.set(0.05)
-        loop.call_soon(next_turn)
-        await until(lambda: sum(by_turn.values()) == 1000, "every deadline to expire")
-        stop = True
-        assert max(by_turn.values()) <= BATCH
-        assert len(by_turn) >= 1000 // BATCH
+        await turns.bounded(1000, "every deadline to expire")
 
     run(main)
 
@@ -135,24 +149,11 @@ def test_a_pending_queue_expires_in_bounded_batches_per_loop_turn() -> None:
         pending_since = 0.0
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        turn = 0
-        stop = False
-
-        def next_turn() -> None:  # a callback queued for every loop turn, as ready I/O would be
-            nonlocal turn
-            turn += 1
-            if not stop:
-                loop.call_soon(next_turn)
-
-        by_turn: Counter[int] = Counter()
-        queue = PendingQueue(loop, 0.05, lambda exchange: by_turn.update((turn,)))
+        turns = Turns(asyncio.get_running_loop())
+        queue = PendingQueue(turns.loop, 0.05, turns.record)
         for _ in range(1000):
             queue.push(Waiting())
-        loop.call_soon(next_turn)
-        await until(lambda: sum(by_turn.values()) == 1000, "every queued request to expire")
-        stop = True
-        assert max(by_turn.values()) <= BATCH and not queue.entries
-        assert len(by_turn) >= 1000 // BATCH
+        await turns.bounded(1000, "every queued request to expire")
+        assert not queue.entries
 
     run(main)
