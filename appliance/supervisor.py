@@ -41,9 +41,10 @@ from appliance.phases.serving import refusal
 from appliance.process import heartbeat, logs, plan, status
 from appliance.process.child import run_worker
 from appliance.process.heartbeat import HeartbeatBoard, HeartbeatCell
-from appliance.process.slots import Generation, ProcState, Slot, SlotState, Transitions, WorkerProc
+from appliance.process.slots import Generation, ProcState, Slot, SlotState, WorkerProc
 from appliance.process.sockets import ListenerSet
 from appliance.process.upgrade import UpgradeCheck
+from appliance.statemachine import Transitions
 from appliance.systemd import Notifier
 from appliance.tls import ring
 from appliance.worker import EXIT_BOOT_FAILURE
@@ -67,7 +68,7 @@ class Phase(enum.Enum):
     STOPPING = "stopping"
 
 
-_PHASE_MOVES = Transitions({
+_PHASE_MOVES = Transitions("supervisor", {
     Phase.STARTING: (Phase.RUNNING, Phase.STOPPING),
     Phase.RUNNING: (Phase.RELOADING, Phase.UPGRADING, Phase.STOPPING),
     Phase.RELOADING: (Phase.RUNNING, Phase.STOPPING),
@@ -256,7 +257,7 @@ class Supervisor:
 
     # ------------------------------------------------------------- phases
     def _transition(self, new: Phase) -> None:
-        self.phase = _PHASE_MOVES.check("supervisor", self.phase, new)
+        self.phase = _PHASE_MOVES.check(self.phase, new)
         self._dirty = True
 
     def _serving_on(self) -> str:

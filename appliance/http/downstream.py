@@ -25,6 +25,7 @@ from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
+from appliance.statemachine import Transitions
 from appliance.tls.session import TlsConnection
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, SpliceHolder
 
@@ -52,17 +53,11 @@ class ClientState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     CLOSED = 4
 
 
-_CLIENT_TRANSITIONS: frozenset[tuple[ClientState, ClientState]] = frozenset(
-    {
-        (ClientState.IDLE, ClientState.BUSY),
-        (ClientState.BUSY, ClientState.IDLE),
-        (ClientState.IDLE, ClientState.CLOSING),
-        (ClientState.BUSY, ClientState.CLOSING),
-        (ClientState.IDLE, ClientState.CLOSED),
-        (ClientState.BUSY, ClientState.CLOSED),
-        (ClientState.CLOSING, ClientState.CLOSED),
-    }
-)
+_CLIENT_MOVES = Transitions("client", {
+    ClientState.IDLE: (ClientState.BUSY, ClientState.CLOSING, ClientState.CLOSED),
+    ClientState.BUSY: (ClientState.IDLE, ClientState.CLOSING, ClientState.CLOSED),
+    ClientState.CLOSING: (ClientState.CLOSED,),
+})
 
 # Body framing of the response as sent to the client.
 FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304)
@@ -133,9 +128,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     # ----------------------------------------------------------------- state
     def _transition(self, new: ClientState) -> None:
-        if (self.state, new) not in _CLIENT_TRANSITIONS:
-            raise RuntimeError(f"client cannot go from {self.state.name} to {new.name}")
-        self.state = new
+        self.state = _CLIENT_MOVES.check(self.state, new)
 
     # --------------------------------------------------------- asyncio hooks
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from appliance.statemachine import Transitions
+
 if TYPE_CHECKING:
     from appliance.http.downstream import ClientConnection
     from appliance.upstream.connection import BackendConnection
@@ -19,21 +21,13 @@ class ExchangeState(IntEnum):  # IntEnum: hashed in C, for the transition checks
 
 
 _S = ExchangeState
-_ALLOWED: frozenset[tuple[ExchangeState, ExchangeState]] = frozenset(
-    {
-        (_S.HEAD, _S.WAITING_TURN),
-        (_S.HEAD, _S.PENDING),
-        (_S.HEAD, _S.PROXYING),
-        (_S.HEAD, _S.FINISHED),
-        (_S.WAITING_TURN, _S.PENDING),
-        (_S.WAITING_TURN, _S.PROXYING),
-        (_S.WAITING_TURN, _S.FINISHED),
-        (_S.PENDING, _S.PROXYING),
-        (_S.PENDING, _S.FINISHED),
-        (_S.PROXYING, _S.PENDING),  # retried after a reused connection died unanswered
-        (_S.PROXYING, _S.FINISHED),
-    }
-)
+_MOVES = Transitions("exchange", {
+    _S.HEAD: (_S.WAITING_TURN, _S.PENDING, _S.PROXYING, _S.FINISHED),
+    _S.WAITING_TURN: (_S.PENDING, _S.PROXYING, _S.FINISHED),
+    _S.PENDING: (_S.PROXYING, _S.FINISHED),
+    # PENDING: retried after a reused connection died unanswered.
+    _S.PROXYING: (_S.PENDING, _S.FINISHED),
+})
 
 IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 # Headers by which a client says a request of any method may be sent twice (an IETF draft,
@@ -156,9 +150,7 @@ class Exchange:
 
     def transition(self, new: ExchangeState) -> None:
         """The only place that changes `state`; refuses moves the table does not allow."""
-        if (self.state, new) not in _ALLOWED:
-            raise RuntimeError(f"exchange cannot go from {self.state.name} to {new.name}")
-        self.state = new
+        self.state = _MOVES.check(self.state, new)
 
     def leave_queue(self, now: float) -> None:
         """Count the time since the exchange joined a pending queue (it may join again)."""

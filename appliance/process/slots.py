@@ -3,31 +3,16 @@
 A WorkerProc is one forked process; a Slot is a position (0..n-1) in a
 generation, pinned to one CPU, that always wants a worker. A crashed worker
 leaves its slot in BACKOFF until the slot's next worker is spawned. Nothing but
-`transition()` assigns `.state`.
+`transition()` assigns `.state` (the mechanism: appliance/statemachine.py).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from appliance.config.schema import Config
-
-S = TypeVar("S", bound=enum.Enum)
-
-
-class Transitions(Generic[S]):
-    """Allowed moves between the states of one machine, written as {from: (to, ...)}."""
-
-    def __init__(self, moves: dict[S, tuple[S, ...]]) -> None:
-        self._moves = {(old, new) for old, targets in moves.items() for new in targets}
-
-    def check(self, what: str, old: S, new: S) -> S:
-        """Return `new` if `old` may go there, else raise: an illegal move is a bug."""
-        if (old, new) not in self._moves:
-            raise RuntimeError(f"{what} cannot go from {old.value} to {new.value}")
-        return new
+from appliance.statemachine import Transitions
 
 
 class ProcState(enum.Enum):
@@ -37,7 +22,7 @@ class ProcState(enum.Enum):
     EXITED = "exited"  # reaped
 
 
-_PROC_MOVES = Transitions({
+_PROC_MOVES = Transitions("worker", {
     ProcState.BOOTING: (ProcState.ACCEPTING, ProcState.DRAINING, ProcState.EXITED),
     ProcState.ACCEPTING: (ProcState.DRAINING, ProcState.EXITED),
     ProcState.DRAINING: (ProcState.EXITED,),
@@ -58,7 +43,7 @@ class WorkerProc:
     exit_status: int | None = None
 
     def transition(self, new: ProcState) -> None:
-        self.state = _PROC_MOVES.check(f"worker {self.pid}", self.state, new)
+        self.state = _PROC_MOVES.check(self.state, new, self.pid)
 
     @property
     def alive(self) -> bool:
@@ -72,7 +57,7 @@ class SlotState(enum.Enum):
     RETIRED = "retired"  # its generation was replaced or the supervisor is stopping
 
 
-_SLOT_MOVES = Transitions({
+_SLOT_MOVES = Transitions("slot", {
     SlotState.STARTING: (SlotState.SERVING, SlotState.BACKOFF, SlotState.RETIRED),
     SlotState.SERVING: (SlotState.BACKOFF, SlotState.RETIRED),
     SlotState.BACKOFF: (SlotState.STARTING, SlotState.RETIRED),
@@ -89,7 +74,7 @@ class Slot:
     crashes: int = 0  # consecutive quick deaths, for the back-off
 
     def transition(self, new: SlotState) -> None:
-        self.state = _SLOT_MOVES.check(f"slot {self.index}", self.state, new)
+        self.state = _SLOT_MOVES.check(self.state, new, self.index)
 
     def started(self, worker: WorkerProc) -> None:
         self.transition(SlotState.STARTING)

@@ -30,6 +30,7 @@ from appliance.http.downstream import (
 )
 from appliance.http.exchange import ExchangeState
 from appliance.observe.errorlog import about
+from appliance.statemachine import Transitions
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool, SpliceHolder
 
 if TYPE_CHECKING:
@@ -46,16 +47,11 @@ class ConnState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     DOWN = 4
 
 
-_TRANSITIONS: frozenset[tuple[ConnState, ConnState]] = frozenset(
-    {
-        (ConnState.CONNECTING, ConnState.IDLE),
-        (ConnState.CONNECTING, ConnState.DOWN),
-        (ConnState.IDLE, ConnState.ACTIVE),
-        (ConnState.IDLE, ConnState.DOWN),
-        (ConnState.ACTIVE, ConnState.IDLE),
-        (ConnState.ACTIVE, ConnState.DOWN),
-    }
-)
+_MOVES = Transitions("backend connection", {
+    ConnState.CONNECTING: (ConnState.IDLE, ConnState.DOWN),
+    ConnState.IDLE: (ConnState.ACTIVE, ConnState.DOWN),
+    ConnState.ACTIVE: (ConnState.IDLE, ConnState.DOWN),
+})
 
 MAX_INTERNAL_REDIRECTS = 5
 
@@ -155,9 +151,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def _transition(self, new: ConnState) -> None:
         old = self.state
-        if (old, new) not in _TRANSITIONS:
-            raise RuntimeError(f"backend connection cannot go from {old.name} to {new.name}")
-        self.state = new
+        self.state = _MOVES.check(old, new)
         # The server's in-flight count feeds least-conn balancing.
         if new is ConnState.ACTIVE:
             self.server.active += 1
@@ -180,6 +174,11 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             return  # closed again before the connect attempt returned
         self._transition(ConnState.IDLE)
         self.server.on_connected(self)
+
+    def connect_failed(self) -> None:
+        """The pool's connect attempt failed: never connected, so no transport and no callbacks to come."""
+        if self.state is ConnState.CONNECTING:
+            self._transition(ConnState.DOWN)
 
     def data_received(self, data: bytes) -> None:
         if self.state is not ConnState.ACTIVE:

@@ -190,8 +190,7 @@ class Server:
             conn.connected()
 
     def _connect_failed(self, conn: BackendConnection, failure: errors.ProxyFailure) -> None:
-        if conn.state is ConnState.CONNECTING:
-            conn.state = ConnState.DOWN  # never connected: no transport, no callbacks to come
+        conn.connect_failed()
         self.live -= 1
         self.connecting -= 1
         self.connect_failures += 1

@@ -24,6 +24,8 @@ import os
 from enum import IntEnum
 from typing import Protocol
 
+from appliance.statemachine import Transitions
+
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 PIPE_BYTES = 1024 * 1024  # pipe capacity (pipe-max-size by default): bytes moved per pair of splice calls
 _IDLE_PIPES = 64  # empty pipes a pool keeps: one per concurrent large body, reused
@@ -64,6 +66,12 @@ class SpliceState(IntEnum):
     FILLING = 1  # waiting for the backend socket to be readable
     DRAINING = 2  # the pipe holds bytes the client socket could not take yet
     ENDED = 3
+
+
+_MOVES = Transitions("splice", {
+    SpliceState.FILLING: (SpliceState.DRAINING, SpliceState.ENDED),
+    SpliceState.DRAINING: (SpliceState.FILLING, SpliceState.ENDED),
+})
 
 
 # How a splice ended, as its owner hears it.
@@ -138,7 +146,7 @@ class BodySplice:
                 moved = os.splice(self._pipe[0], self._destination_fd, self._in_pipe, flags=_FLAGS)
             except BlockingIOError:
                 if self.state is SpliceState.FILLING:
-                    self.state = SpliceState.DRAINING
+                    self._transition(SpliceState.DRAINING)
                     self._loop.remove_reader(self._source_fd)
                     self._loop.add_writer(self._destination_fd, self._drain)
                     self._owner.splice_waiting(for_destination=True)
@@ -151,10 +159,13 @@ class BodySplice:
         if not self.remaining:
             self._end(SPLICE_DONE)
         elif self.state is SpliceState.DRAINING:
-            self.state = SpliceState.FILLING
+            self._transition(SpliceState.FILLING)
             self._loop.remove_writer(self._destination_fd)
             self._loop.add_reader(self._source_fd, self._fill)
             self._owner.splice_waiting(for_destination=False)
+
+    def _transition(self, new: SpliceState) -> None:
+        self.state = _MOVES.check(self.state, new)
 
     def cancel(self) -> None:
         """Stop without reporting (the owner is closing the connection anyway)."""
@@ -170,7 +181,7 @@ class BodySplice:
             self._loop.remove_reader(self._source_fd)
         elif self.state is SpliceState.DRAINING:
             self._loop.remove_writer(self._destination_fd)
-        self.state = SpliceState.ENDED
+        self._transition(SpliceState.ENDED)
         os.close(self._source_fd)
         os.close(self._destination_fd)
         self._pipes.release(self._pipe, empty=self._in_pipe == 0)
