@@ -50,7 +50,7 @@ REQUEST_ACTIONS: dict[bytes, int] = {
     b"x-real-ip": REQ_REAL_IP,
 }
 
-# Headers the proxy sets or extends itself (appliance/upstream/pool.py: request_head); a client's
+# Headers the proxy sets or extends itself (appliance/http/request_head.py); a client's
 # copy may only arrive in the canonical spelling, through the action REQUEST_ACTIONS gives it.
 PROXY_HEADERS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via",
                  b"x-real-ip")

@@ -23,6 +23,7 @@ from appliance.config.schema import BackendConfig, LimitsConfig
 from appliance.config.values import ServerSpec
 from appliance.http import errors
 from appliance.http.exchange import ExchangeState
+from appliance.http.request_head import RequestHead
 from appliance.observe.errorlog import about
 from appliance.timerwheel import BATCH
 from appliance.tls.contexts import backend_peer
@@ -270,11 +271,10 @@ class BackendPool:
         "pending_timeouts",
         "pipes",
         "redirect_status",
+        "request_head",
         "retry_statuses",
         "servers",
         "via",
-        "via_line_10",
-        "via_line_11",
     )
 
     def __init__(self, name: str, config: BackendConfig, limits: LimitsConfig,
@@ -287,9 +287,8 @@ class BackendPool:
         self.loop = loop
         self.limits = limits
         self.via = via
-        # The Via line (and the blank line ending the head) for requests that carry no Via.
-        self.via_line_11 = b"Via: 1.1 " + via + b"\r\n\r\n"
-        self.via_line_10 = b"Via: 1.0 " + via + b"\r\n\r\n"
+        # The request head's serializer, bound once: called once per request.
+        self.request_head = RequestHead(via).serialize
         self.redirect_status = redirect_status
         self.retry_statuses = frozenset(config.retry_on_status)
         self.pending = PendingQueue(loop, limits.pending_timeout, self.on_pending_expired)
@@ -495,39 +494,3 @@ class BackendPool:
         exchange.transition(ExchangeState.PENDING)
         self._dispatch(exchange, front=True)
         return True
-
-    # -------------------------------------------------------------- request head
-    def request_head(self, exchange: Exchange) -> bytes:
-        """Re-serialize the request head for the backend (never the client's raw bytes)."""
-        client = exchange.client
-        policy = exchange.route.request_policy
-        headers = exchange.headers if policy is None else policy.apply(exchange.headers)
-        lines = [name + b": " + value + b"\r\n" for name, value in headers]
-        lines.insert(0, exchange.method + b" " + exchange.target + b" HTTP/1.1\r\n")
-        if exchange.chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        forwarded = exchange.forwarded_for if client.trusted else None
-        if forwarded:
-            lines.append(b"X-Forwarded-For: " + forwarded + b", " + client.forwarded_tail)
-        else:
-            # "X-Forwarded-For: <peer>\r\nX-Forwarded-Proto: <proto>\r\n", built once per connection.
-            lines.append(b"X-Forwarded-For: " + client.forwarded_tail)
-        real_ip = exchange.real_ip  # set only from a trusted proxy
-        lines.append(b"X-Real-IP: " + (client.peer_ip if real_ip is None else real_ip) + b"\r\n")
-        if exchange.host is not None:
-            lines.append(b"X-Forwarded-Host: " + exchange.host + b"\r\n")
-        else:
-            lines.append(exchange.server.host_line)
-        rid = exchange.request_id
-        if rid is None:
-            rid = exchange.request_id = client.ctx.new_request_id()
-        if rid is not None:
-            lines.append(b"X-Request-Id: " + rid + b"\r\n")
-        if exchange.via:
-            lines.append(b"Via: %s, %s %s\r\n\r\n" % (exchange.via, exchange.version.encode(), self.via)
-                         if self.via else b"Via: " + exchange.via + b"\r\n\r\n")
-        elif self.via:
-            lines.append(self.via_line_11 if exchange.version == "1.1" else self.via_line_10)
-        else:
-            lines.append(b"\r\n")
-        return b"".join(lines)
