@@ -63,6 +63,8 @@ class WorkerContext:
     # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
     new_request_id: Callable[[], bytes | None] = request_id.never
     clients: set[ClientConnection] = field(default_factory=set)
+    # This proxy's Via token ([proxy] via; empty: no Via added to responses).
+    via: bytes = b""
     # Set when the worker starts draining; the data path may read it to answer every
     # further response with Connection: close (see _drain).
     draining: bool = False
@@ -126,7 +128,7 @@ class Worker:
             for name, backend in config.backend.items()
         }
         router = Router(config, pools.__getitem__)
-        return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools,
+        return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools, via=via,
                              trusted=TrustedProxies(config.proxy.trusted_proxies),
                              timeout_log=SampledLog(logging.getLogger("rproxyd.client"), loop,
                                                     "client timeouts", "rproxyd_client_timeouts_total"),

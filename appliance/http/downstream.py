@@ -2,10 +2,11 @@
 
 httptools callbacks record facts into the Exchange being parsed; decisions are
 taken in `on_headers_complete` (validation, framing, keep-alive) and in the
-small set of methods the backend side calls back (`start_response`,
-`send_body`, `finish_response`, `fail`). Pipelined requests are answered in
-order: the exchange at the head of `self.exchanges` owns the response stream,
-later ones wait (their bodies buffered, bounded by pausing reads).
+methods of the Downstream interface the backend side calls
+(appliance/http/downstream_api.py: `start_response`, `send_body`, `finish`,
+`fail`, ...), which frame the response for this client. Pipelined requests are
+answered in order: the exchange at the head of `self.exchanges` owns the
+response stream, later ones wait (their bodies buffered, bounded by pausing reads).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import httptools
 from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
+from appliance.http.downstream_api import (
+    BODY_LENGTH,
+    BODY_NONE,
+    PAUSE_BUFFER_FULL,
+    Fields,
+)
 from appliance.http.exchange import Exchange, ExchangeState
 from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 from appliance.observe import metrics
@@ -33,10 +40,9 @@ if TYPE_CHECKING:
     from appliance.tls.contexts import TlsSite
     from appliance.worker import WorkerContext
 
-# Reasons reading from the client is paused; reading resumes when none is left.
-PAUSE_UPSTREAM_FULL = 1  # the backend is not keeping up with the request body
+# Reasons reading from the client is paused; reading resumes when none is left. The
+# backend side's own (PAUSE_UPSTREAM_FULL = 1, PAUSE_BUFFER_FULL = 4) are in downstream_api.
 PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
-PAUSE_BUFFER_FULL = 4  # body buffered while waiting for a backend connection
 PAUSE_SPLICE = 8  # the rest of the request body goes through splice(2), not this transport
 
 _S = ExchangeState
@@ -68,6 +74,7 @@ FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 class ClientConnection(SpliceHolder, asyncio.Protocol):
     __slots__ = (
         "_read_pauses",
+        "answer_keep_alive",
         "bypass_remaining",
         "ctx",
         "deadline",
@@ -112,6 +119,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         # or trailer section (bounded by max_header_bytes).
         self.head_raw = 0
         self.response_framing = FRAME_RAW
+        self.answer_keep_alive = False  # whether the connection survives the response going out
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
         self.sent = 0  # response bytes written for the exchange now answering
@@ -570,14 +578,49 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if self.transport is not None and exchange.version == "1.1":
                 self.transport.write(errors.CONTINUE_100)
 
-    # ------------------------------------------------------ response side
-    def start_response(self, exchange: Exchange, head: bytes) -> None:
-        """Hold the response head; the first body bytes or flush_head() send it."""
-        exchange.response_started = True
-        self.held_head = head
-        self.sent += len(head)
+    # ------------------------------------------- response side (Downstream)
+    def informational(self, exchange: Exchange, status: int, reason: bytes, headers: Fields) -> None:
+        if status == 100:
+            # The proxy answers Expect itself and does not forward it, so a 100 is ours to drop.
+            self.send_continue(exchange)
+        elif exchange.version == "1.1" and self.transport is not None:
+            lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+            hdr.serialize_fields(lines, headers)
+            lines.append(b"\r\n")
+            self.transport.write(b"".join(lines))
 
-    def flush_head(self) -> None:
+    def start_response(self, exchange: Exchange, status: int, reason: bytes, headers: Fields,
+                       version: str, via: bytes | None, body: int) -> None:
+        """Frame the response for this client and hold its head: the first body bytes or flush() send it."""
+        keep_alive = self.response_keep_alive(exchange)
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        hdr.serialize_fields(head, headers)
+        own_via = self.ctx.via
+        if own_via:
+            prior = via + b", " if via else b""
+            head.append(b"Via: %s%s %s\r\n" % (prior, version.encode(), own_via))
+        elif via:
+            head.append(b"Via: " + via + b"\r\n")
+        if body == BODY_LENGTH:
+            self.response_framing = FRAME_RAW
+        elif body == BODY_NONE:
+            self.response_framing = FRAME_NONE
+        elif exchange.version == "1.1":
+            self.response_framing = FRAME_CHUNKED
+            head.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.response_framing = FRAME_RAW
+            keep_alive = False  # HTTP/1.0 has no chunked: the close ends the body
+        if exchange.version == "1.0":
+            head.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        else:
+            head.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        self.answer_keep_alive = keep_alive
+        exchange.response_started = True
+        held = self.held_head = b"".join(head)
+        self.sent += len(held)
+
+    def flush(self) -> None:
         """Send a held response head now (no body bytes came with it in this read)."""
         head = self.held_head
         if head is not None:
@@ -614,8 +657,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         else:
             self.transport.write(head)
 
-    def finish_response(self, exchange: Exchange, trailers: list[tuple[bytes, bytes]] | None,
-                        keep_alive: bool) -> None:
+    def finish(self, exchange: Exchange, trailers: Fields | None) -> None:
         """The backend's response is complete: end the framing and move to the next request."""
         head = self.held_head
         self.held_head = None
@@ -624,11 +666,27 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self.transport.write(ending if head is None else head + ending)
         elif head is not None:
             self.transport.write(head)
-        self._finish(exchange, keep_alive)
+        self._finish(exchange, self.answer_keep_alive)
+
+    def response_splice_target(self) -> asyncio.Transport | None:
+        transport = self.transport
+        if (self.tls is not None or self.response_framing != FRAME_RAW or self.held_head is not None
+                or transport.get_write_buffer_size()):
+            return None  # TLS needs user-space bytes; buffered output must go first (it will drain)
+        return transport
+
+    def response_spliced(self, size: int) -> None:
+        self.sent += size
+
+    def response_splice_blocked(self, blocked: bool) -> None:
+        if blocked:
+            self.send_deadline.set(self.ctx.limits.send_timeout)
+        else:
+            self.send_deadline.clear()
 
     def abort_response(self, exchange: Exchange) -> None:
         """The response broke after it started: the client can only see a cut connection."""
-        self.flush_head()
+        self.flush()
         exchange.transition(_S.FINISHED)
         exchange.upstream = None
         log.warning("response to %s %s cut: the backend connection broke",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.statemachine import Transitions
 
 if TYPE_CHECKING:
-    from appliance.http.downstream import ClientConnection
+    from appliance.http.downstream_api import Downstream
     from appliance.upstream.connection import BackendConnection
 
 
@@ -92,7 +92,7 @@ class Exchange:
         "via",
     )
 
-    def __init__(self, client: ClientConnection) -> None:
+    def __init__(self, client: Downstream) -> None:
         self.client = client
         self.state = _S.HEAD
         self.method = b""

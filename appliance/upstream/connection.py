@@ -3,9 +3,11 @@
 States follow RProxy: CONNECTING, IDLE (ready, still reading so a close by the
 backend is seen at once), ACTIVE (serving one exchange) and DOWN (closed; the
 server decides when to reconnect). Parser callbacks record facts; what they
-imply (framing to the client, reuse) is decided in `_on_head` and
-`_after_feed`, outside the parser, so a released connection is never touched
-by a parser still running over the same read.
+imply (the body mode, reuse) is decided in `_on_head` and `_after_feed`,
+outside the parser, so a released connection is never touched by a parser
+still running over the same read. The response goes to the exchange's
+downstream only through the Downstream interface (appliance/http/downstream_api.py),
+as parsed facts and body bytes: the downstream frames them for its peer.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import httptools
 from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
-from appliance.http.downstream import (
-    FRAME_CHUNKED,
-    FRAME_NONE,
-    FRAME_RAW,
+from appliance.http.downstream_api import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    BODY_UNTIL_CLOSE,
     PAUSE_BUFFER_FULL,
     PAUSE_UPSTREAM_FULL,
 )
@@ -60,12 +63,6 @@ class _UnsolicitedMessage(Exception):
     """Raised in a parser callback to stop llhttp at a message after the complete response."""
 
 
-# Response body framing as received from the backend.
-BODY_NONE = 0
-BODY_LENGTH = 1
-BODY_CHUNKED = 2
-BODY_UNTIL_CLOSE = 3
-
 
 class BackendConnection(SpliceHolder, asyncio.Protocol):
     __slots__ = (
@@ -80,7 +77,6 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         "head_bytes",
         "head_done",
         "informational",
-        "keep_alive_client",
         "parser",
         "parser_clean",
         "peer_watch",
@@ -144,7 +140,6 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         self.body_mode = BODY_NONE
         self.body_seen = 0
         self.bypass_remaining = 0
-        self.keep_alive_client = False
         # Set when the response is consumed here instead of sent on: a retry or an internal
         # redirect happens once it is complete. Holds the redirect target, or b"" for a retry.
         self.discard: bytes | None = None
@@ -433,22 +428,14 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         self.informational = True
         if status == 101:
             raise errors.BadBackendResponse("101 Switching Protocols without an Upgrade request")
-        if status == 100:
-            # The proxy answers Expect itself and does not forward it, so a 100 is ours to drop.
-            exchange.client.send_continue(exchange)
-        elif exchange.version == "1.1":
-            lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason)]
-            hdr.serialize_fields(lines, self.resp_headers)
-            lines.append(b"\r\n")
-            exchange.client.transport.write(b"".join(lines))
+        exchange.client.informational(exchange, status, self.resp_reason, self.resp_headers)
         self.resp_headers = []
         self.resp_reason = b""
         self.resp_content_length = None
 
     def _on_head(self, status: int) -> None:
-        """Decide the response framing for the client and send the re-serialized head."""
+        """Decide the body mode and reuse, and hand the response head to the downstream."""
         exchange = self.exchange
-        client = exchange.client
         parser = self.parser
         server = self.server
         loop = server.pool.loop
@@ -477,30 +464,11 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             self.resp_keep_alive = False
         if self.discard is not None:
             return
-        keep_alive = client.response_keep_alive(exchange)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason)]
+        # The route's header policy is the built-in response filter.
         policy = exchange.route.response_policy
-        hdr.serialize_fields(head, self.resp_headers if policy is None else policy.apply(self.resp_headers))
-        via = self.server.pool.via
-        if via:
-            prior = self.resp_via + b", " if self.resp_via else b""
-            head.append(b"Via: %s%s %s\r\n" % (prior, version.encode(), via))
-        elif self.resp_via:
-            head.append(b"Via: " + self.resp_via + b"\r\n")
-        if self.body_mode == BODY_NONE or self.body_mode == BODY_LENGTH:
-            client.response_framing = FRAME_NONE if self.body_mode == BODY_NONE else FRAME_RAW
-        elif exchange.version == "1.1":
-            client.response_framing = FRAME_CHUNKED
-            head.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            client.response_framing = FRAME_RAW
-            keep_alive = False  # HTTP/1.0 has no chunked: the close ends the body
-        if exchange.version == "1.0":
-            head.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-        else:
-            head.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-        self.keep_alive_client = keep_alive
-        client.start_response(exchange, b"".join(head))
+        headers = self.resp_headers if policy is None else policy.apply(self.resp_headers)
+        exchange.client.start_response(exchange, status, self.resp_reason, headers, version, self.resp_via,
+                                       self.body_mode)
 
     def _consume_instead(self, exchange: Exchange, status: int) -> bytes | None:
         """Whether this response asks for a retry or an internal redirect instead of delivery."""
@@ -526,7 +494,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             self._complete_response()
             return
         if self.head_done:
-            self.exchange.client.flush_head()
+            self.exchange.client.flush()
             if self.body_mode == BODY_LENGTH:
                 self.bypass_remaining = self.resp_content_length - self.body_seen
                 self._try_splice()
@@ -551,12 +519,13 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         pipes = self.server.pool.pipes
         if pipes is None or self.bypass_remaining < pipes.min_bytes or self.discard is not None:
             return
-        client = self.exchange.client
-        if (self.server.tls is not None or client.tls is not None or client.response_framing != FRAME_RAW
-                or client.held_head is not None or client.transport.get_write_buffer_size()):
-            return  # TLS needs user-space bytes; buffered output must go first (it will drain)
+        if self.server.tls is not None:
+            return  # TLS needs user-space bytes
+        destination = self.exchange.client.response_splice_target()
+        if destination is None:
+            return
         self.transport.pause_reading()  # resumed when the splice ends
-        self.splice = BodySplice(self.server.pool.loop, pipes, self.transport, client.transport,
+        self.splice = BodySplice(self.server.pool.loop, pipes, self.transport, destination,
                                  self.bypass_remaining, self)
 
     def splice_read(self, size: int) -> None:
@@ -566,22 +535,20 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def splice_written(self, size: int) -> None:
         """The splice gave `size` body bytes to the client."""
-        self.exchange.client.sent += size
+        self.exchange.client.response_spliced(size)
 
     def splice_waiting(self, for_destination: bool) -> None:
         """Whose timeout applies: the client's send timeout while it does not read, else ours."""
-        client = self.exchange.client
+        self.exchange.client.response_splice_blocked(for_destination)
         if for_destination:
             self.read_deadline.clear()
-            client.send_deadline.set(client.ctx.limits.send_timeout)
         else:
-            client.send_deadline.clear()
             self.read_deadline.set(self.server.config.read_timeout)
 
     def splice_ended(self, outcome: int) -> None:
         self.splice = None
         exchange = self.exchange
-        exchange.client.send_deadline.clear()
+        exchange.client.response_splice_blocked(False)
         if outcome == SPLICE_DONE:
             self.bypass_remaining = 0  # the splice counted the rest of the body itself
             self.transport.resume_reading()
@@ -603,7 +570,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             self.resume_reading()
         # Releasing may attach the next request at once, which resets the response facts:
         # keep what the finished exchange still needs.
-        trailers, keep_alive, discard = self.trailers, self.keep_alive_client, self.discard
+        trailers, discard = self.trailers, self.discard
         # Release first, so a pipelined follow-up request can reuse this warm connection.
         if reusable:
             self._transition(ConnState.IDLE)
@@ -612,7 +579,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             self.close()
         if discard is None:
             exchange.body_buffer = []  # answered: the body kept for a replay is not needed now
-            exchange.client.finish_response(exchange, trailers, keep_alive)
+            exchange.client.finish(exchange, trailers)
         elif discard:
             self._internal_redirect(exchange, discard)  # a GET without the body (Exchange.drop_body)
         elif not self.server.pool.retry_failed(exchange, self.server):
@@ -632,7 +599,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
     def _lost_while_active(self, exchange: Exchange, exc: Exception | None) -> None:
         if self.head_done and self.body_mode == BODY_UNTIL_CLOSE and exc is None:
             self.complete = True
-            exchange.client.finish_response(exchange, None, self.keep_alive_client)
+            exchange.client.finish(exchange, None)
             return
         exchange.upstream = None
         unanswered = not self.head_done and not self.informational and self.body_seen == 0

@@ -274,7 +274,6 @@ class BackendPool:
         "request_head",
         "retry_statuses",
         "servers",
-        "via",
     )
 
     def __init__(self, name: str, config: BackendConfig, limits: LimitsConfig,
@@ -286,7 +285,6 @@ class BackendPool:
         self.config = config
         self.loop = loop
         self.limits = limits
-        self.via = via
         # The request head's serializer, bound once: called once per request.
         self.request_head = RequestHead(via).serialize
         self.redirect_status = redirect_status
