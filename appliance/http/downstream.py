@@ -178,6 +178,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if not data:
                 return
         self.head_raw += len(data)
+        # The parser callbacks only record facts and validate; what follows from them (routing,
+        # the backend) is decided here, once feed_data has returned.
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -185,15 +187,19 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if not isinstance(failure, errors.ProxyFailure):
                 raise
             self._reject(failure)
+            self._start_ready()
             return
         except httptools.HttpParserUpgrade:
             # Upgrade is hop-by-hop and not offered: the request was proxied as a
             # plain one; bytes after it belong to a protocol we do not speak.
             self._stop_reading_requests()
+            self._start_ready()
             return
         except httptools.HttpParserError as exc:
             self._reject(errors.ClientFault(str(exc)))
+            self._start_ready()
             return
+        self._start_ready()
         exchange = self.parsing
         if exchange is None or self.state is ClientState.CLOSED:
             return
@@ -360,10 +366,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self.deadline.set(limits.body_timeout)
         if self.state is ClientState.CLOSING:
             exchange.close_after = True
-        if exchange is self.exchanges[0]:
-            self._start(exchange)
-        else:
-            exchange.transition(_S.WAITING_TURN)
+        # Started once feed_data returns (data_received), or when the requests before it are answered.
+        exchange.transition(_S.WAITING_TURN)
 
     def on_body(self, body: bytes) -> None:
         self.head_raw = 0
@@ -410,8 +414,21 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         exchange.headers.append((b"Host", authority))
         exchange.url = path
 
+    def _start_ready(self) -> None:
+        """Start the request at the head of the queue if its head is parsed and it has not started.
+
+        Requests behind it are started in turn as each response finishes (_finish).
+        """
+        exchanges = self.exchanges  # empty once the connection is closed
+        if exchanges and exchanges[0].state is _S.WAITING_TURN:
+            self._start(exchanges[0])
+
     def _start(self, exchange: Exchange) -> None:
-        """Route the exchange at the head of the queue and ask its backend for a connection."""
+        """Route the exchange at the head of the queue and ask its backend for a connection.
+
+        The request phases would run here: request_filter and upstream_peer before the
+        route's backend is asked (today routing is the built-in of both).
+        """
         if exchange.failure is not None:
             self.fail(exchange, exchange.failure)
             return

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 class ExchangeState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     HEAD = 1  # request head being parsed
-    WAITING_TURN = 2  # parsed, pipelined behind an earlier request
+    WAITING_TURN = 2  # head parsed; started after the read that parsed it, and after earlier requests
     PENDING = 3  # in a backend's pending queue, waiting for a connection
     PROXYING = 4  # attached to a backend connection
     FINISHED = 5  # response complete, failed, or abandoned
