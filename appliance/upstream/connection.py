@@ -63,7 +63,6 @@ class _UnsolicitedMessage(Exception):
     """Raised in a parser callback to stop llhttp at a message after the complete response."""
 
 
-
 class BackendConnection(SpliceHolder, asyncio.Protocol):
     __slots__ = (
         "body_mode",
