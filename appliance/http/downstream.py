@@ -734,6 +734,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self._finish(exchange, keep_alive)
 
     def _report(self, exchange: Exchange) -> None:
+        # Once per exchange, however it ended: where the logging phase belongs.
         exchange.bytes_out = self.sent
         self.sent = 0
         self.ctx.observer.exchange_done(exchange)

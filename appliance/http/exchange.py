@@ -22,7 +22,7 @@ class ExchangeState(IntEnum):  # IntEnum: hashed in C, for the transition checks
 
 _S = ExchangeState
 _MOVES = Transitions("exchange", {
-    _S.HEAD: (_S.WAITING_TURN, _S.PENDING, _S.PROXYING, _S.FINISHED),
+    _S.HEAD: (_S.WAITING_TURN, _S.FINISHED),
     _S.WAITING_TURN: (_S.PENDING, _S.PROXYING, _S.FINISHED),
     _S.PENDING: (_S.PROXYING, _S.FINISHED),
     # PENDING: retried after a reused connection died unanswered.
