@@ -29,8 +29,10 @@ from .tools import (
 
 PERF = Path(__file__).resolve().parent
 ROOT = PERF.parent
-PROXIES = ("direct", "nginx", "haproxy", "rproxyd", "tls_floor")
+PROXIES = ("direct", "nginx", "haproxy", "rproxyd", "tls_floor", "rproxyd_phases")
 COMPETITORS = ("nginx", "haproxy")
+# Not in every scenario: the TLS calibration runs in the TLS scenarios, a variant in its own.
+ONLY_IN_OWN_SCENARIOS = ("tls_floor", "rproxyd_phases")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Scenario:
     resumed: bool = False
     target: float | None = None  # minimum ratio vs nginx (req/bytes), maximum (p99, stall), or KiB (rss)
     target_text: str = ""
+    # rproxyd-only scenarios: the variant measured against plain rproxyd in the same run (the
+    # target is then a ratio to rproxyd, not to nginx), and the only proxies it runs.
+    variant: str = ""
 
     @property
     def higher_is_better(self) -> bool:
@@ -73,6 +78,11 @@ SCENARIOS = [
     Scenario("timeout_burst_1000", "Header-timeout burst, 1000 slow clients", "burst", "stall", conns=1000),
     Scenario("timeout_burst_2000", "Header-timeout burst, 2000 slow clients", "burst", "stall", conns=2000,
              target=2.0, target_text="worker stall <= 2x nginx"),
+    # Operator phases (issue 14): a class with request_filter and upstream_request_filter, one
+    # header operation each (perf/phases_site.py), against plain rproxyd.
+    Scenario("small_get_phases", "Small GET through two operator phases, vs plain rproxyd", "wrk", "req",
+             "/small", 64, target=0.85, target_text="req/CPU-s >= 0.85x plain rproxyd",
+             variant="rproxyd_phases"),
     Scenario("tls_full_ecdsa", "TLS full handshake, ECDSA P-256", "tls", "req", tls_key="tls_ecdsa",
              target=1.0, target_text="handshakes/CPU-s >= 1.0x nginx"),
     Scenario("tls_full_rsa", "TLS full handshake, RSA-2048", "tls", "req", tls_key="tls_rsa",
@@ -94,7 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated scenarios or 'all' (default); known: {', '.join(BY_NAME)}")
     p.add_argument("--proxies", default=",".join(PROXIES),
                    help="comma-separated proxies to drive (default: all of direct,nginx,haproxy,rproxyd,"
-                   "tls_floor; tls_floor, the TLS calibration, runs in the TLS scenarios only)")
+                   "tls_floor,rproxyd_phases; tls_floor, the TLS calibration, runs in the TLS scenarios "
+                   "only, rproxyd_phases in the *_phases scenarios only, which run rproxyd and it alone)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="measured runs per scenario per proxy; the median "
                    "is reported (default 3)")
@@ -202,16 +213,21 @@ class Bench:
     def start_proxies(self, sc: Scenario) -> dict[str, Service]:
         assert self.origin is not None
         w, o, c, n = self.work, self.origin.port, self.certs, self.a.workers
+        wanted = _proxies_of(sc, self.a.proxy_list)
         svcs: dict[str, Service] = {}
-        if "nginx" in self.a.proxy_list:
+        if "nginx" in wanted:
             svcs["nginx"] = proxies.nginx_service(w, o, c, self.cpus, self.paths["nginx"], n)
-        if "haproxy" in self.a.proxy_list:
+        if "haproxy" in wanted:
             svcs["haproxy"] = proxies.haproxy_service(w, o, c, self.cpus, self.paths["haproxy"], n)
-        if "rproxyd" in self.a.proxy_list:
+        if "rproxyd" in wanted:
             svcs["rproxyd"], notes = proxies.rproxyd_service(w, o, c, self.cpus, self.rproxyd, n,
                                                              self.rproxyd_env)
             self.notes.update({f"rproxyd_{k}": v for k, v in notes.items()})
-        if "tls_floor" in self.a.proxy_list and sc.kind == "tls":
+        if "rproxyd_phases" in wanted:
+            svcs["rproxyd_phases"], _ = proxies.rproxyd_service(
+                w, o, c, self.cpus, self.rproxyd, n, self.rproxyd_env, name="rproxyd_phases",
+                phases=PERF / "phases_site.py")
+        if "tls_floor" in wanted:
             svcs["tls_floor"] = proxies.tls_floor_service(w, c, self.cpus, n)
         for name, svc in list(svcs.items()):
             try:
@@ -274,8 +290,7 @@ class Bench:
         assert self.origin is not None
         if "direct" in self.a.proxy_list:
             svcs = {"direct": self.origin, **svcs}
-        # The TLS calibration has no row outside the TLS scenarios.
-        proxy_list = [p for p in self.a.proxy_list if p != "tls_floor" or sc.kind == "tls"]
+        proxy_list = _proxies_of(sc, self.a.proxy_list)
         order = [p for p in proxy_list if p in svcs]
         runs: dict[str, list[dict]] = {p: [] for p in proxy_list}
         status: dict[str, str] = {}
@@ -373,6 +388,15 @@ class Bench:
         log(f"done in {elapsed:.0f}s: {out / 'RESULTS.md'}, {out / 'results.json'}, {out / 'results.png'}")
         print((out / "RESULTS.md").read_text())
         return 0
+
+
+def _proxies_of(sc: Scenario, chosen: list[str]) -> list[str]:
+    """The proxies a scenario runs, of those chosen: the TLS calibration only in TLS scenarios;
+    an rproxyd-only scenario runs plain rproxyd and its variant, nothing else."""
+    if sc.variant:
+        return [p for p in chosen if p in ("rproxyd", sc.variant)]
+    return [p for p in chosen
+            if p not in ONLY_IN_OWN_SCENARIOS or (p == "tls_floor" and sc.kind == "tls")]
 
 
 def _rss(pids: list[int]) -> int:
@@ -478,9 +502,9 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
            "stall": "stall_ms"}[sc.metric]
     ref = {r["proxy"]: r.get(key) for r in rows if r["status"] == "ok"}
     for r in rows:
-        for comp in COMPETITORS:
+        for comp in (*COMPETITORS, "rproxyd") if sc.variant else COMPETITORS:
             mine, theirs = r.get(key), ref.get(comp)
-            ok = r["status"] == "ok" and r["proxy"] != "direct" and mine is not None and theirs
+            ok = r["status"] == "ok" and r["proxy"] not in ("direct", comp) and mine is not None and theirs
             r[f"vs_{comp}"] = round(mine / theirs, 3) if ok else None
         r["ratio_of"] = key
     return rows

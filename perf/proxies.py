@@ -347,15 +347,19 @@ def tls_floor_service(work: Path, certs: Certs, cpus: CpuPlan, workers: int) -> 
 
 
 def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, rproxyd: list[str],
-                    workers: int, env: dict | None = None) -> tuple[Service, dict[str, str]]:
+                    workers: int, env: dict | None = None, name: str = "rproxyd",
+                    phases: Path | None = None) -> tuple[Service, dict[str, str]]:
     """rproxyd with the HTTP listener, plus TLS listeners if its configuration accepts them.
 
+    `name` keeps a second instance's files apart; `phases` is an operator phases module to run.
     Returns the service and notes (keys "tls", "workers") explaining what was not supported.
     """
     port, ec_port, rsa_port = free_port(), free_port(), free_port()
-    conf = work / "rproxyd.toml"
-    probe = work / "rproxyd-probe.toml"
+    conf = work / f"{name}.toml"
+    probe = work / f"{name}-probe.toml"
     base = _rproxyd_base(port, origin_port)
+    if phases is not None:
+        base += f'\n[phases]\nmodule = "{phases}"\n'
     notes: dict[str, str] = {}
 
     tail = ""
@@ -364,7 +368,7 @@ def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, r
             if workers > 1:
                 notes["workers"] = f"rproxyd has no workers setting: ran 1 worker, the others {workers}"
             break
-        rundir = work / "rproxyd-run"
+        rundir = work / f"{name}-run"
         rundir.mkdir(exist_ok=True)
         cand = tmpl.format(workers=workers, cpus=", ".join(map(str, cpus.proxy)), rundir=rundir)
         if _config_ok(rproxyd, probe, base + cand, env)[0]:
@@ -393,6 +397,6 @@ def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, r
     if not ok:
         raise RuntimeError(f"rproxyd rejects the benchmark configuration: {out}")
     log(f"rproxyd config {conf}" + (" with TLS listeners" if tls else " (no TLS listeners)"))
-    svc = Service("rproxyd", cpus.wrap_proxy([*rproxyd, "-c", str(conf)]), port,
-                  work / "logs" / "rproxyd.log", extra_ports=extra, env=env)
+    svc = Service(name, cpus.wrap_proxy([*rproxyd, "-c", str(conf)]), port,
+                  work / "logs" / f"{name}.log", extra_ports=extra, env=env)
     return svc, notes

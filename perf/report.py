@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 PROXY_NAMES = {"direct": "direct (no proxy)", "nginx": "nginx", "haproxy": "HAProxy", "rproxyd": "rproxyd",
-               "tls_floor": "uvloop TLS floor (no proxying)"}
+               "tls_floor": "uvloop TLS floor (no proxying)", "rproxyd_phases": "rproxyd + phases"}
 
 
 def write_all(out: Path, meta: dict, rows: list[dict], scenarios: list) -> None:
@@ -34,6 +34,8 @@ def _work(row: dict) -> str:
 
 
 def _target_row(sc, rows: list[dict]) -> tuple[str, str, str, str, str]:
+    if sc.variant:
+        return _variant_target_row(sc, rows)
     r = next((x for x in rows if x["proxy"] == "rproxyd"), None)
     if r is None:
         return sc.target_text, "-", "-", "-", "not run"
@@ -57,6 +59,17 @@ def _target_row(sc, rows: list[dict]) -> tuple[str, str, str, str, str]:
     return (sc.target_text, _ratio(v) + extra, need, _ratio(r.get("vs_haproxy")),
             "yes" if met else f"**no** (gap {v / sc.target:.2f} of target)" if sc.higher_is_better
             else f"**no** ({v / sc.target:.2f}x the limit)")
+
+
+def _variant_target_row(sc, rows: list[dict]) -> tuple[str, str, str, str, str]:
+    """An rproxyd-only scenario: its variant's figure over plain rproxyd's, in the same run."""
+    r = next((x for x in rows if x["proxy"] == sc.variant), None)
+    v = None if r is None else r.get("vs_rproxyd")
+    if v is None:
+        return sc.target_text, "-", "-", "-", "not run" if r is None else f"**{r['status']}**"
+    met = v >= sc.target
+    return (sc.target_text, f"{_ratio(v)} of plain rproxyd", f">= {sc.target:.2f}x", "-",
+            "yes" if met else f"**no** (gap {v / sc.target:.2f} of target)")
 
 
 def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
@@ -132,6 +145,8 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
                              f"{r['closed']:,.0f} closed"
                              + ("" if r.get("probe_realtime") else " (probe not real-time: its own "
                                 "scheduling is in the figure)"))
+            if r.get("vs_rproxyd") is not None:
+                notes.append(f"{r['vs_rproxyd']:.2f}x plain rproxyd")
             if r.get("offered_rps"):
                 notes.append(f"offered {r['offered_rps']:,.0f}/s")
             work = _work(r) if r["status"] == "ok" or r.get("per_cpu_s") else "-"
@@ -192,7 +207,7 @@ def write_chart(path: Path, rows: list[dict], titles: dict) -> bool:
     targets = []
     for name, sc in titles.items():
         srows = {r["proxy"]: r for r in rows if r["scenario"] == name}
-        if not srows:
+        if not srows or sc.variant:  # an rproxyd-only scenario has no nginx to compare with
             continue
         rp, hp = srows.get("rproxyd", {}), srows.get("haproxy", {})
         suffix = "" if sc.higher_is_better else "\n(lower is better)"
