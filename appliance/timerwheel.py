@@ -27,21 +27,32 @@ from __future__ import annotations
 import asyncio
 import heapq
 import weakref
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from appliance.deadline import Deadline
+from collections.abc import Callable
+from typing import Protocol
 
 TICK = 0.05  # seconds per slot: the rounding part of the slack
 BATCH = 32  # expiries per loop turn, at most
 # Entries taken from due slots per loop turn, at most, counting those that moved later and
 # are only refiled (a cheap step, so many more of them fit in a turn).
 SCAN = 16 * BATCH
-UNFILED = -1  # Deadline.slot of a deadline in no slot
-DUE = -2  # Deadline.slot of a deadline in the expiry backlog (it is never there twice)
+UNFILED = -1  # Entry.slot of an entry in no slot
+DUE = -2  # Entry.slot of an entry in the expiry backlog (it is never there twice)
 # The loop timer is armed this long after a slot's time: uvloop rounds timers to whole
 # milliseconds, and a slot must never be taken before its time.
 ROUNDING = 0.001
+
+
+
+class Entry(Protocol):
+    """What the wheel files: a deadline (appliance/deadline.py), or any later kind of timer.
+
+    The wheel owns `slot`; the entry's owner sets `when` (None: nothing to do).
+    """
+
+    slot: int
+    when: float | None
+    on_expiry: Callable[[], None]
+
 
 _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerWheel] = weakref.WeakKeyDictionary()
 
@@ -55,11 +66,11 @@ class TimerWheel:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         # slot number → its deadlines; a dict (insertion-ordered, O(1) removal) per slot.
-        self._slots: dict[int, dict[Deadline, None]] = {}
+        self._slots: dict[int, dict[Entry, None]] = {}
         self._heap: list[int] = []  # slot numbers that have a dict in _slots
         self._timer: asyncio.TimerHandle | None = None
         self._armed = 0  # the slot the loop timer is armed for
-        self._backlog: list[Deadline] = []  # taken from due slots, not yet looked at
+        self._backlog: list[Entry] = []  # taken from due slots, not yet looked at
         self._draining = 0  # position in _backlog
         self._scheduled = False  # _work is queued for the next loop turn
 
@@ -71,7 +82,7 @@ class TimerWheel:
             wheel = _wheels[loop] = TimerWheel(loop)
         return wheel
 
-    def file(self, deadline: Deadline, when: float) -> None:
+    def file(self, deadline: Entry, when: float) -> None:
         """Put a deadline in the slot for `when` (it must be in no slot now)."""
         slot = int(when / TICK) + 1
         deadline.slot = slot
@@ -83,7 +94,7 @@ class TimerWheel:
                 self._arm(slot)
         entries[deadline] = None
 
-    def unfile(self, deadline: Deadline) -> None:
+    def unfile(self, deadline: Entry) -> None:
         """Take a deadline out of its slot (not one in the backlog: that one is checked when reached)."""
         slot = deadline.slot
         if slot >= 0:

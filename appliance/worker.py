@@ -11,18 +11,17 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import uvloop
 
-from appliance.config.schema import Config, LimitsConfig
+from appliance.config.schema import Config
+from appliance.context import WorkerContext
 from appliance.http.downstream import ClientConnection, ClientState
 from appliance.listeners import open_listener
 from appliance.observe import request_id
 from appliance.observe.accesslog import AccessLog
 from appliance.observe.metrics import WorkerSlot
-from appliance.observe.observer import Observer
 from appliance.observe.recorder import Recorder
 from appliance.observe.sampled import SampledLog
 from appliance.process import heartbeat, logs
@@ -44,33 +43,6 @@ WORKER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signa
 
 DRAIN_IDLE_GRACE = 1.0  # seconds an idle connection may still send one request while draining
 DRAIN_POLL = 0.005  # short, so a request that arrives while draining is marked before its answer
-
-
-@dataclass(slots=True, eq=False)
-class WorkerContext:
-    """What every connection of this worker needs, built once per generation."""
-
-    loop: asyncio.AbstractEventLoop
-    limits: LimitsConfig
-    router: Router
-    pools: dict[str, BackendPool]
-    trusted: TrustedProxies
-    # The error-log lines about client timeouts, which can come a thousand at once.
-    timeout_log: SampledLog
-    # The WARNING lines of proxy failures that come in floods (errors.ProxyFailure.sampled).
-    flood_log: SampledLog
-    observer: Observer = field(default_factory=Observer)
-    # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
-    new_request_id: Callable[[], bytes | None] = request_id.never
-    clients: set[ClientConnection] = field(default_factory=set)
-    # This proxy's Via token ([proxy] via; empty: no Via added to responses).
-    via: bytes = b""
-    # Set when the worker starts draining; the data path may read it to answer every
-    # further response with Connection: close (see _drain).
-    draining: bool = False
-
-    def is_trusted(self, address: str) -> bool:
-        return address in self.trusted
 
 
 class Worker:
@@ -119,7 +91,7 @@ class Worker:
             log.exception("worker %d failed to start", self.slot)
             return EXIT_BOOT_FAILURE
 
-    def build_context(self, loop: asyncio.AbstractEventLoop) -> WorkerContext:
+    def build_context(self, loop: asyncio.AbstractEventLoop) -> WorkerContext[ClientConnection]:
         config = self.config
         via = config.proxy.via.encode()
         pools = {
@@ -138,7 +110,7 @@ class Worker:
                              new_request_id=request_id.generator() if config.proxy.request_id
                              else request_id.never)
 
-    def build_recorder(self, ctx: WorkerContext) -> Recorder:
+    def build_recorder(self, ctx: WorkerContext[ClientConnection]) -> Recorder:
         """Metrics into this worker's slot, and the access log if enabled."""
         slot = self.metrics or WorkerSlot.private(self.config)
         access = AccessLog(self.config, ctx.loop) if self.config.access_log.enabled else None
@@ -214,7 +186,7 @@ class Worker:
         if self._stopping is not None:
             self._stopping.set()
 
-    async def _drain(self, ctx: WorkerContext) -> None:
+    async def _drain(self, ctx: WorkerContext[ClientConnection]) -> None:
         """Finish in-flight requests (answered with Connection: close), then close.
 
         For DRAIN_IDLE_GRACE nothing is closed: a connection accepted just before we

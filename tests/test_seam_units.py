@@ -1,7 +1,7 @@
 """The seam between the client and backend sides, and the one transition mechanism.
 
 The backend side may reach a downstream only through the Downstream interface
-(appliance/http/downstream_api.py); the client connection must implement all of it.
+(appliance/http/exchange.py); the client connection must implement all of it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import pytest
 
 import appliance
 from appliance.http.downstream import ClientConnection, ClientState
-from appliance.http.downstream_api import Downstream
-from appliance.http.exchange import Exchange, ExchangeState
+from appliance.http.exchange import Downstream, Exchange, ExchangeState
 from appliance.statemachine import IllegalTransition, Transitions
 
 BACKEND_SIDE = Path(appliance.__file__).parent / "upstream"

@@ -3,7 +3,7 @@
 httptools callbacks record facts into the Exchange being parsed; decisions are
 taken in `on_headers_complete` (validation, framing, keep-alive) and in the
 methods of the Downstream interface the backend side calls
-(appliance/http/downstream_api.py: `start_response`, `send_body`, `finish`,
+(appliance/http/exchange.py: `start_response`, `send_body`, `finish`,
 `fail`, ...), which frame the response for this client. Pipelined requests are
 answered in order: the exchange at the head of `self.exchanges` owns the
 response stream, later ones wait (their bodies buffered, bounded by pausing reads).
@@ -21,13 +21,14 @@ import httptools
 from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
-from appliance.http.downstream_api import (
+from appliance.http.exchange import (
     BODY_LENGTH,
     BODY_NONE,
     PAUSE_BUFFER_FULL,
+    Exchange,
+    ExchangeState,
     Fields,
 )
-from appliance.http.exchange import Exchange, ExchangeState
 from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
@@ -37,11 +38,11 @@ from appliance.tls.session import TlsConnection
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, SpliceHolder
 
 if TYPE_CHECKING:
+    from appliance.context import WorkerContext
     from appliance.tls.contexts import TlsSite
-    from appliance.worker import WorkerContext
 
 # Reasons reading from the client is paused; reading resumes when none is left. The
-# backend side's own (PAUSE_UPSTREAM_FULL = 1, PAUSE_BUFFER_FULL = 4) are in downstream_api.
+# backend side's own (PAUSE_UPSTREAM_FULL = 1, PAUSE_BUFFER_FULL = 4) are in exchange.py.
 PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
 PAUSE_SPLICE = 8  # the rest of the request body goes through splice(2), not this transport
 
@@ -99,7 +100,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, ctx: WorkerContext, proto: bytes = b"http", tls: TlsSite | None = None) -> None:
+    def __init__(self, ctx: WorkerContext[ClientConnection], proto: bytes = b"http",
+                 tls: TlsSite | None = None) -> None:
         self.ctx = ctx
         self.proto = proto
         # On a TLS listener: the listener's fallback site until connection_made replaces it

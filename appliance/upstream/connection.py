@@ -6,7 +6,7 @@ server decides when to reconnect). Parser callbacks record facts; what they
 imply (the body mode, reuse) is decided in `_on_head` and `_after_feed`,
 outside the parser, so a released connection is never touched by a parser
 still running over the same read. The response goes to the exchange's
-downstream only through the Downstream interface (appliance/http/downstream_api.py),
+downstream only through the Downstream interface (appliance/http/exchange.py),
 as parsed facts and body bytes: the downstream frames them for its peer.
 """
 
@@ -23,15 +23,15 @@ import httptools
 from appliance.deadline import Deadline
 from appliance.http import errors
 from appliance.http import headers as hdr
-from appliance.http.downstream_api import (
+from appliance.http.exchange import (
     BODY_CHUNKED,
     BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     PAUSE_BUFFER_FULL,
     PAUSE_UPSTREAM_FULL,
+    ExchangeState,
 )
-from appliance.http.exchange import ExchangeState
 from appliance.observe.errorlog import about
 from appliance.statemachine import Transitions
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool, SpliceHolder
