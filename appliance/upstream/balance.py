@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
-    from appliance.upstream.pool import Server
+    from appliance.upstream.server_view import ServerView
 
 METHODS = ("round-robin", "weighted-round-robin", "least-conn", "most-idle", "random", "hash", "rtt")
 # Points per unit of weight on the consistent-hash ring (ketama uses 160 per server).
@@ -27,7 +27,7 @@ class Balancer(Protocol):
     # Sticky balancers must send a request to the server they pick, even if it is busy.
     sticky: bool
 
-    def pick(self, candidates: Sequence[Server], exchange: Exchange) -> Server | None: ...
+    def pick(self, candidates: Sequence[ServerView], exchange: Exchange) -> ServerView | None: ...
 
 
 class RoundRobin:
@@ -41,11 +41,11 @@ class RoundRobin:
 
     sticky = False
 
-    def __init__(self, servers: Sequence[Server]) -> None:
+    def __init__(self, servers: Sequence[ServerView]) -> None:
         self._servers = list(servers)
         self._turn = -1
 
-    def pick(self, candidates: Sequence[Server], exchange: Exchange) -> Server | None:
+    def pick(self, candidates: Sequence[ServerView], exchange: Exchange) -> ServerView | None:
         if not candidates:
             return None
         servers = self._servers
@@ -68,14 +68,14 @@ class WeightedRoundRobin:
     def __init__(self) -> None:
         self._current: dict[int, int] = {}
 
-    def pick(self, candidates: Sequence[Server], exchange: Exchange) -> Server | None:
+    def pick(self, candidates: Sequence[ServerView], exchange: Exchange) -> ServerView | None:
         if not candidates:
             return None
         if exchange.tried:  # a retry: do not disturb the rotation of first tries
             return max(candidates, key=lambda server: server.weight)
         current = self._current
         total = 0
-        best: Server | None = None
+        best: ServerView | None = None
         best_score = 0
         for server in candidates:
             score = current.get(id(server), 0) + server.weight
@@ -95,15 +95,15 @@ class _Scored:
     def __init__(self) -> None:
         self._turn = 0
 
-    def score(self, server: Server) -> float:
+    def score(self, server: ServerView) -> float:
         raise NotImplementedError
 
-    def pick(self, candidates: Sequence[Server], exchange: Exchange) -> Server | None:
+    def pick(self, candidates: Sequence[ServerView], exchange: Exchange) -> ServerView | None:
         count = len(candidates)
         if not count:
             return None
         self._turn += 1
-        best: Server | None = None
+        best: ServerView | None = None
         best_score = 0.0
         for offset in range(count):
             server = candidates[(self._turn + offset) % count]
@@ -116,7 +116,7 @@ class _Scored:
 class LeastConnections(_Scored):
     """Fewest requests in flight (ACTIVE connections plus requests queued for it), per weight."""
 
-    def score(self, server: Server) -> float:
+    def score(self, server: ServerView) -> float:
         return (server.active + len(server.pending)) / server.weight
 
 
@@ -129,7 +129,7 @@ class MostIdle(_Scored):
     the connection limit less the requests it is serving or has queued, keeps the meaning.
     """
 
-    def score(self, server: Server) -> float:
+    def score(self, server: ServerView) -> float:
         return server.active + len(server.pending) - server.config.connections
 
 
@@ -141,7 +141,7 @@ class Random:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def pick(self, candidates: Sequence[Server], exchange: Exchange) -> Server | None:
+    def pick(self, candidates: Sequence[ServerView], exchange: Exchange) -> ServerView | None:
         if not candidates:
             return None
         if len(candidates) == 1:
@@ -153,7 +153,7 @@ class Random:
 class LowestRtt(_Scored):
     """RProxy's rtt: the lowest smoothed time to response head; unmeasured servers first."""
 
-    def score(self, server: Server) -> float:
+    def score(self, server: ServerView) -> float:
         return server.rtt
 
 
@@ -167,7 +167,7 @@ class ConsistentHash:
 
     sticky = True
 
-    def __init__(self, servers: Sequence[Server], key: Callable[[Exchange], bytes]) -> None:
+    def __init__(self, servers: Sequence[ServerView], key: Callable[[Exchange], bytes]) -> None:
         self._key = key
         points: list[tuple[int, int]] = []
         for index, server in enumerate(servers):
@@ -181,7 +181,7 @@ class ConsistentHash:
         self._owners = [owner for _, owner in points]
         self._servers = list(servers)
 
-    def pick(self, candidates: Sequence[Server], exchange: Exchange) -> Server | None:
+    def pick(self, candidates: Sequence[ServerView], exchange: Exchange) -> ServerView | None:
         if not candidates or not self._points:
             return None
         allowed = {id(server) for server in candidates}
@@ -226,7 +226,7 @@ def hash_key_function(spec: str) -> Callable[[Exchange], bytes]:
     raise ValueError(f"unknown hash key {spec!r}")
 
 
-def make_balancer(method: str, servers: Sequence[Server], hash_key: str) -> Balancer:
+def make_balancer(method: str, servers: Sequence[ServerView], hash_key: str) -> Balancer:
     if method == "round-robin":
         return RoundRobin(servers)
     if method == "weighted-round-robin":

@@ -38,7 +38,7 @@ from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySpl
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
-    from appliance.upstream.pool import Server
+    from appliance.upstream.server_view import ServerView
 
 log = logging.getLogger("rproxyd.backend")
 
@@ -99,7 +99,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         "write_deadline",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerView) -> None:
         self.server = server
         self.state = ConnState.CONNECTING
         self.transport: asyncio.Transport | None = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from appliance.config.schema import BackendConfig, HealthConfig
 
 if TYPE_CHECKING:
-    from appliance.upstream.pool import Server
+    from appliance.upstream.server_view import ServerView
 
 log = logging.getLogger("rproxyd.health")
 
@@ -61,7 +61,7 @@ class ActiveProbe:
 
     __slots__ = ("_config", "_loop", "_server", "_streak", "_task", "up")
 
-    def __init__(self, server: Server, config: HealthConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: ServerView, config: HealthConfig, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
         self._config = config
         self._loop = loop
