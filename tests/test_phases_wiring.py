@@ -7,6 +7,7 @@ subclasses them, to point their files (keys, log) into tmp_path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import textwrap
@@ -48,9 +49,10 @@ def _example(tmp_path: Path, example: str, cls: str, attributes: str = "") -> Pa
     """, f"wrap_{example}.py")
 
 
-def _proxy(tmp_path: Path, origin: Origin, module: Path, extra: str = "") -> Proxy:
+def _proxy(tmp_path: Path, origin: Origin, module: Path, extra: str = "",
+           vhosts: str | None = None) -> Proxy:
     port = free_port()
-    config = proxy_config(port, {"app": [origin.address]},
+    config = proxy_config(port, {"app": [origin.address]}, vhosts=vhosts,
                           extra=f'[phases]\nmodule = "{module}"\n{textwrap.dedent(extra)}')
     return Proxy(tmp_path, config, port)
 
@@ -218,3 +220,56 @@ module = "{module}"
                       == 1 + expected, "the phase's errors counted")
     finally:
         proxy.stop()
+
+
+def test_a_reload_loads_the_changed_module_and_a_broken_one_keeps_the_old_generation(tmp_path, origin):
+    source = """
+        from appliance.phases import Phases
+
+        class Site(Phases):
+            def response_filter(self, req, resp, ctx):
+                resp.headers.set("X-Version", "{version}")
+    """
+    module = _module(tmp_path, source.format(version="one"))
+    (tmp_path / "run").mkdir()
+    config = config_text(origin.port, tmp_path / "run", extra=f'[phases]\nmodule = "{module}"\n')
+    proxy = Rproxyd(tmp_path, config)
+    try:
+        proxy.wait_running()
+        url = f"http://{proxy.address[0]}:{proxy.address[1]}/"
+        assert httpx.get(url).headers["x-version"] == "one"
+        _module(tmp_path, source.format(version="two"))
+        assert proxy.reload().returncode == 0
+        proxy.wait_running(generation=2)
+        assert httpx.get(url, headers={"Connection": "close"}).headers["x-version"] == "two"
+        module.write_text(module.read_text() + "\nimport no_such_module_here\n")
+        failed = proxy.reload()
+        assert failed.returncode == 1
+        assert "no_such_module_here" in failed.stderr
+        assert proxy.status()["generation"] == 2
+        assert httpx.get(url, headers={"Connection": "close"}).headers["x-version"] == "two"
+    finally:
+        proxy.stop()
+
+
+def test_examples_json_errors_and_api_key_end_to_end(tmp_path, origin):
+    digest = hashlib.sha256(b"s3cret").hexdigest()
+    (tmp_path / "keys").write_text(f"alice {digest}\n")
+    keyed = _example(tmp_path, "api_key", "ApiKey", f'keys_file = "{tmp_path}/keys"')
+    proxy = _proxy(tmp_path, origin, keyed)
+    with running(proxy):
+        assert httpx.get(f"{proxy.url}/headers").status_code == 401
+        assert httpx.get(f"{proxy.url}/headers", headers={"X-Api-Key": "wrong"}).status_code == 403
+        seen = httpx.get(f"{proxy.url}/headers", headers={"X-Api-Key": "s3cret"}).json()
+    sent = dict(seen["headers"])
+    assert sent["X-Api-Client"] == "alice" and "X-Api-Key" not in sent
+    errors_dir = tmp_path / "errors"
+    errors_dir.mkdir()
+    proxy = _proxy(errors_dir, origin, _example(errors_dir, "json_errors", "JsonErrors"),
+                   vhosts='[[vhost]]\nname = "default"\nhosts = ["*"]\n[[vhost.route]]\npath = "/only"\n'
+                   'backend = "app"\n')
+    with running(proxy):
+        missing = httpx.get(f"{proxy.url}/elsewhere", headers={"X-Request-Id": "r-404"})
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/json")
+    assert missing.json()["status"] == 404
