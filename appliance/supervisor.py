@@ -37,7 +37,6 @@ from appliance.config import Config, ConfigError, load
 from appliance.config.paths import runtime_dir
 from appliance.observe import metrics
 from appliance.observe.hub import ObserveHub
-from appliance.phases.serving import refusal
 from appliance.process import heartbeat, logs, plan, status
 from appliance.process.child import run_worker
 from appliance.process.heartbeat import HeartbeatBoard, HeartbeatCell
@@ -435,9 +434,6 @@ class Supervisor:
         self.notifier.reloading(f"{self._status_line()}; {what} in progress")
         try:
             config = load(self.config_path)
-            if refused := refusal(config):
-                self._reload_failed(refused)
-                return
             cpus = plan.slot_cpus(config.process)
             self.listeners.prepare(config.listener, len(cpus))
         except ConfigError as exc:
@@ -676,9 +672,6 @@ class Supervisor:
 
 def run(config_path: Path, config: Config) -> int:
     """`rproxyd -c FILE`: start a supervisor, or resume one across an in-place upgrade."""
-    if refused := refusal(config):
-        print(f"rproxyd: {refused}", file=sys.stderr)
-        return 1
     inherited = os.environ.pop(UPGRADE_ENV, None)
     try:
         logs.setup(config.log)

@@ -24,6 +24,8 @@ from appliance.observe.accesslog import AccessLog
 from appliance.observe.metrics import WorkerSlot
 from appliance.observe.recorder import Recorder
 from appliance.observe.sampled import SampledLog
+from appliance.phases.loader import PhaseError
+from appliance.phases.selection import dispatch_per_vhost
 from appliance.process import heartbeat, logs
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
@@ -78,11 +80,11 @@ class Worker:
         """
         try:
             return uvloop.run(self._serve())
-        except OSError as exc:
+        except (OSError, PhaseError) as exc:
             if self._accepting:
                 raise
-            # A file that `rproxyd -t` found openable and that changed since: one line, the
-            # file named, no traceback.
+            # A file that `rproxyd -t` found openable and that changed since, or a phases
+            # class whose __init__ raised: one line, the file named, no traceback.
             log.error("worker %d failed to start: %s", self.slot, exc)
             return EXIT_BOOT_FAILURE
         except Exception:
@@ -99,7 +101,12 @@ class Worker:
                               config.proxy.internal_redirect_status, config.proxy.splice_min_bytes)
             for name, backend in config.backend.items()
         }
-        router = Router(config, pools.__getitem__)
+        phases = config.phases
+        # The operator's module, imported here, in the worker, after fork: each generation's
+        # workers run the file as it is now, and its __init__ runs as the service user.
+        dispatch = (dispatch_per_vhost(phases.module, phases.class_name, [v.phases for v in config.vhost])
+                    if phases.module else ())
+        router = Router(config, pools.__getitem__, dispatch)
         return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools, via=via,
                              trusted=TrustedProxies(config.proxy.trusted_proxies),
                              timeout_log=SampledLog(logging.getLogger("rproxyd.client"), loop,

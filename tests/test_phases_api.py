@@ -2,7 +2,7 @@
 checking an operator's module, compiled dispatch, eager async phases, and `rproxyd -t`
 (a real subprocess) on configurations with good and bad modules.
 
-The request path does not call phases yet; its end-to-end tests come with that wiring.
+The request path's use of the phases is tested end to end in tests/test_phases_wiring.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from appliance.phases.headers import REQUEST_OWNED, RESPONSE_OWNED
 from appliance.phases.loader import PhaseError, import_module, pick_class, validate
 from appliance.phases.selection import dispatch_per_vhost, resolve
 from tests.support import RPROXYD
-from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "etc/rproxy/phases/examples").glob("*.py"))
@@ -717,28 +716,3 @@ def test_vhost_and_class_keys_are_checked(tmp_path):
     main = _config(tmp_path, f'[phases]\nmodule = "{module}"\nclass = "Site"\n', vhost='phases = "Site"')
     config = load(main)
     assert (config.phases.class_name, config.vhost[0].phases) == ("Site", "Site")
-
-
-def test_rproxyd_refuses_to_serve_phases_until_the_request_path_runs_them(tmp_path):
-    module = _module(tmp_path, "from appliance.phases import Phases\n\nclass Site(Phases):\n    pass\n")
-    main = _config(tmp_path, f'[phases]\nmodule = "{module}"\n')
-    result = subprocess.run([RPROXYD, "-c", str(main)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["rproxyd: [phases] is checked by -t but not served yet"]
-
-
-def test_a_reload_that_adds_phases_is_refused_and_the_old_generation_serves(tmp_path):
-    module = _module(tmp_path, "from appliance.phases import Phases\n\nclass Site(Phases):\n    pass\n")
-    with demo_origin() as origin:
-        proxy = Rproxyd(tmp_path, config_text(origin, tmp_path / "run"))
-        try:
-            proxy.wait_running()
-            proxy.config_path.write_text(config_text(origin, tmp_path / "run",
-                                                     f'[phases]\nmodule = "{module}"\n'))
-            done = proxy.reload()
-            assert done.returncode == 1
-            assert "[phases] is checked by -t but not served yet" in done.stderr
-            assert proxy.status()["generation"] == 1
-            assert get(proxy.address)[0] == 200
-        finally:
-            proxy.stop()

@@ -798,9 +798,8 @@ class PhasesConfig:
     """Python phases: the operator's own code in the request path; see docs/phases.md.
 
     `rproxyd -t` imports the module in a child process and reports import errors, unknown
-    phase names and wrong signatures with the module's file and line. Not served yet:
-    until the request path calls the phases, rproxyd refuses to start (or reload) with a
-    module set, rather than run without it.
+    phase names and wrong signatures with the module's file and line; each worker imports
+    it when it starts, so a reload runs the file as it is then.
     """
 
     module: str = key(

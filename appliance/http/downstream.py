@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import IntEnum
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httptools
@@ -33,18 +34,22 @@ from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
+from appliance.phases import Response, ResponseHead, calls, eager
+from appliance.phases.dispatch import response_or_none
 from appliance.statemachine import Transitions
 from appliance.tls.session import TlsConnection
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, SpliceHolder
 
 if TYPE_CHECKING:
     from appliance.context import WorkerContext
+    from appliance.routing.router import Vhost
     from appliance.tls.contexts import TlsSite
 
 # Reasons reading from the client is paused; reading resumes when none is left. The
 # backend side's own (PAUSE_UPSTREAM_FULL = 1, PAUSE_BUFFER_FULL = 4) are in exchange.py.
 PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
 PAUSE_SPLICE = 8  # the rest of the request body goes through splice(2), not this transport
+PAUSE_PHASE = 16  # an async request phase is waiting
 
 _S = ExchangeState
 log = logging.getLogger("rproxyd.client")
@@ -426,10 +431,11 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self._start(exchanges[0])
 
     def _start(self, exchange: Exchange) -> None:
-        """Route the exchange at the head of the queue and ask its backend for a connection.
+        """Run the request phases for the exchange at the head of the queue, then route it.
 
-        The request phases would run here: request_filter and upstream_peer before the
-        route's backend is asked (today routing is the built-in of both).
+        The built-in request filter first (a client error found while parsing, a path above
+        the root, a Host the TLS session may not ask for), then the vhost's operator phases:
+        new_ctx and request_filter, which may answer. Routing follows in _route.
         """
         if exchange.failure is not None:
             self.fail(exchange, exchange.failure)
@@ -452,9 +458,63 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if refusal is not None:
                 self.fail(exchange, refusal)
                 return
-        route = router.match(host, exchange.method, path)
+        vhost = router.vhost(host)
+        exchange.target = url  # what phases see as req.path and req.query until the route's rewrite
+        if vhost is not None and vhost.phases.new_ctx is not None and not exchange.redirects:
+            exchange.phases = vhost.phases
+            if not self._request_phases(exchange, vhost, path):
+                return
+        self._route(exchange, vhost, path)
+
+    def _request_phases(self, exchange: Exchange, vhost: Vhost, path: bytes) -> bool:
+        """new_ctx and request_filter; True to go on to routing (else answered, failed or awaiting)."""
+        phases = exchange.phases
+        try:
+            exchange.phase_ctx = phases.new_ctx()
+        except Exception as exc:
+            self.fail(exchange, calls.failed(exchange, "new_ctx", exc))
+            return False
+        request_filter = phases.request_filter
+        if request_filter is None:
+            return True
+        try:
+            result = request_filter(calls.request_view(exchange), exchange.phase_ctx)
+            if phases.request_filter_async:
+                finished, result = eager.start(result, self.ctx.loop)
+                if not finished:
+                    # Nothing more is read from this client until the phase completes.
+                    self.pause_reading(PAUSE_PHASE)
+                    result.add_done_callback(partial(self._request_filter_done, exchange, vhost, path))
+                    return False
+            response = response_or_none(result, "request_filter")
+        except Exception as exc:
+            self.fail(exchange, calls.failed(exchange, "request_filter", exc))
+            return False
+        if response is None:
+            return True
+        self._answer(exchange, response, self.response_keep_alive(exchange))
+        return False
+
+    def _request_filter_done(self, exchange: Exchange, vhost: Vhost, path: bytes, task: asyncio.Task) -> None:
+        """An async request_filter that suspended has completed."""
+        self.resume_reading(PAUSE_PHASE)
+        if exchange.finished or self.state is ClientState.CLOSED:
+            return  # the client went away meanwhile
+        try:
+            response = response_or_none(task.result(), "request_filter")
+        except (Exception, asyncio.CancelledError) as exc:
+            self.fail(exchange, calls.failed(exchange, "request_filter", exc))
+            return
+        if response is not None:
+            self._answer(exchange, response, self.response_keep_alive(exchange))
+            return
+        self._route(exchange, vhost, path)
+
+    def _route(self, exchange: Exchange, vhost: Vhost | None, path: bytes) -> None:
+        """Pick the rule (the built-in part of upstream_peer), apply its rewrite, ask its backend."""
+        route = vhost.match(exchange.method, path) if vhost is not None else None
         if route is None:
-            allowed = router.allowed_methods(host, path)
+            allowed = vhost.methods_for(path) if vhost is not None else None
             self.fail(exchange, errors.MethodNotAllowed(allowed) if allowed else errors.NoRoute("no route"))
             return
         if exchange.method == b"TRACE" and not route.allow_trace:
@@ -462,7 +522,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             return
         exchange.route = route
         exchange.backend = route.backend
-        exchange.target = route.target(url)
+        exchange.target = route.target(exchange.target)
         route.backend.acquire(exchange)
 
     def redirect(self, exchange: Exchange, target: bytes) -> None:
@@ -611,6 +671,17 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def start_response(self, exchange: Exchange, status: int, reason: bytes, headers: Fields,
                        version: str, via: bytes | None, body: int) -> None:
         """Frame the response for this client and hold its head: the first body bytes or flush() send it."""
+        phases = exchange.phases
+        if phases.response_filter is not None or phases.logging is not None:
+            resp = exchange.resp = ResponseHead(status, headers)
+            if phases.response_filter is not None:
+                failure = calls.response_filter(exchange, resp)
+                if failure is not None:
+                    self._replace_response(exchange, failure)
+                    return
+                if resp.status != status:
+                    status, reason = resp.status, calls.reason(resp.status)
+                headers = resp.raw_headers
         keep_alive = self.response_keep_alive(exchange)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         hdr.serialize_fields(head, headers)
@@ -638,6 +709,29 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         exchange.response_started = True
         held = self.held_head = b"".join(head)
         self.sent += len(held)
+
+    def _replace_response(self, exchange: Exchange, failure: errors.PhaseFailed) -> None:
+        """response_filter failed: the client gets the error response instead of the server's.
+
+        The backend side goes on relaying the server's body (its connection stays reusable);
+        with FRAME_NONE none of it reaches the client, and the connection closes at the end.
+        """
+        exchange.failure = failure
+        exchange.resp = None
+        response = None
+        if exchange.phases.fail_to_proxy is not None:
+            response = calls.fail_to_proxy(exchange, failure)
+        if response is None:
+            data = errors.error_response(failure, False, exchange.is_head)
+            exchange.status = failure.status
+        else:
+            data = calls.response_bytes(response, False, exchange.is_head, exchange.version)
+            exchange.status = response.status
+        exchange.response_started = True
+        self.response_framing = FRAME_NONE
+        self.answer_keep_alive = False
+        self.held_head = data
+        self.sent += len(data)
 
     def flush(self) -> None:
         """Send a held response head now (no body bytes came with it in this read)."""
@@ -708,6 +802,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.flush()
         exchange.transition(_S.FINISHED)
         exchange.upstream = None
+        if exchange.failure is None:
+            exchange.failure = errors.BadBackendResponse("response cut")  # what the logging phase is told
         log.warning("response to %s %s cut: the backend connection broke",
                     exchange.method.decode(), exchange.url.decode(errors="replace"), extra=about(exchange))
         self._report(exchange)
@@ -727,6 +823,13 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             line("%s %s: %d %s", exchange.method.decode(), exchange.url.decode(errors="replace"),
                  failure.status, failure, extra=about(exchange))
         keep_alive = not blame_client and self.response_keep_alive(exchange)
+        exchange.failure = failure
+        if exchange.phases.fail_to_proxy is not None:
+            response = calls.fail_to_proxy(exchange, failure)
+            if response is not None:
+                exchange.upstream = None
+                self._answer(exchange, response, keep_alive)
+                return
         exchange.response_started = True
         exchange.status = failure.status
         response = errors.error_response(failure, keep_alive, exchange.is_head)
@@ -735,10 +838,23 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         exchange.upstream = None
         self._finish(exchange, keep_alive)
 
+    def _answer(self, exchange: Exchange, response: Response, keep_alive: bool) -> None:
+        """Send a phase's own Response (request_filter's or fail_to_proxy's): no backend is asked."""
+        exchange.response_started = True
+        exchange.status = response.status
+        if exchange.phases.logging is not None:
+            exchange.resp = ResponseHead(response.status, response.headers.raw)
+        data = calls.response_bytes(response, keep_alive, exchange.is_head, exchange.version)
+        self.sent += len(data)
+        self.transport.write(data)
+        self._finish(exchange, keep_alive)
+
     def _report(self, exchange: Exchange) -> None:
-        # Once per exchange, however it ended: where the logging phase belongs.
+        # Once per exchange, however it ended: the logging phase, the access log and metrics.
         exchange.bytes_out = self.sent
         self.sent = 0
+        if exchange.phases.logging is not None:
+            calls.logging_phase(exchange)
         self.ctx.observer.exchange_done(exchange)
 
     def _finish(self, exchange: Exchange, keep_alive: bool) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from appliance.phases.dispatch import NO_PHASES
 from appliance.statemachine import Transitions
 
 if TYPE_CHECKING:
@@ -192,11 +193,15 @@ class Exchange:
         "keep_alive",
         "method",
         "pending_since",
+        "phase_ctx",
+        "phases",
         "queue_wait",
         "real_ip",
         "redirects",
+        "req",
         "request_done",
         "request_id",
+        "resp",
         "response_started",
         "retries",
         "route",
@@ -234,7 +239,8 @@ class Exchange:
         self.conn_keep_alive = False
         self.keep_alive = True
         self.hop_names: set[bytes] | None = None
-        # A client error found while this request waited its turn, answered in order.
+        # A client error found while this request waited its turn, answered in order; then
+        # the failure the exchange was answered with (the logging phase's `error`).
         self.failure: Exception | None = None
         self.head_bytes = 0
         self.is_head = False
@@ -270,6 +276,12 @@ class Exchange:
         # X-Request-Id: a trusted client's own, else made when the head goes to a backend
         # (or when a log line needs it first); see appliance/observe/request_id.py.
         self.request_id: bytes | None = None
+        # The operator's phases (appliance/phases): the route's compiled dispatch once new_ctx
+        # ran (else NO_PHASES, whose every phase is None), their ctx, and the views they saw.
+        self.phases = NO_PHASES
+        self.phase_ctx: Any = None
+        self.req: Any = None  # the Request view, made when a phase first needs it
+        self.resp: Any = None  # the ResponseHead view of what the client got, when a phase reads it
 
     def transition(self, new: ExchangeState) -> None:
         """The only place that changes `state`; refuses moves the table does not allow."""

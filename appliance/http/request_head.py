@@ -2,15 +2,18 @@
 
 Never the client's raw bytes: the method, target and headers as the client side parsed
 them and routing left them (the route's rewrite is in `exchange.target`, its header
-policy is applied here first), then the headers the proxy vouches for (X-Forwarded-*,
-X-Real-IP, X-Request-Id, Via) appended last, so nothing that edited the headers before
-can spoof them. Hot path: one list of lines and one join per request; the Via line and
-the per-connection X-Forwarded-For tail are made once, not per request.
+policy is applied here first, then the operator's upstream_request_filter), then the
+headers the proxy vouches for (X-Forwarded-*, X-Real-IP, X-Request-Id, Via) appended
+last, so nothing that edited the headers before can spoof them. Hot path: one list of
+lines and one join per request; the Via line and the per-connection X-Forwarded-For
+tail are made once, not per request.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from appliance.phases import calls
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -27,14 +30,22 @@ class RequestHead:
         self._via_line_11 = b"Via: 1.1 " + via + b"\r\n\r\n"
         self._via_line_10 = b"Via: 1.0 " + via + b"\r\n\r\n"
 
-    def serialize(self, exchange: Exchange) -> bytes:
+    def serialize(self, exchange: Exchange) -> bytes | None:
+        """The head for this try; None if upstream_request_filter failed (exchange.failure says how)."""
         client = exchange.client
         # The route's header policy is the built-in upstream request filter: it edits the
         # client's headers, never the proxy's own below.
         policy = exchange.route.request_policy
         headers = exchange.headers if policy is None else policy.apply(exchange.headers)
+        method, target = exchange.method, exchange.target
+        if exchange.phases.upstream_request_filter is not None:
+            # The operator's, on what the built-in left; the proxy's own headers come after it.
+            edited = calls.upstream_request(exchange, headers)
+            if edited is None:
+                return None
+            method, target, headers = edited
         lines = [name + b": " + value + b"\r\n" for name, value in headers]
-        lines.insert(0, exchange.method + b" " + exchange.target + b" HTTP/1.1\r\n")
+        lines.insert(0, method + b" " + target + b" HTTP/1.1\r\n")
         if exchange.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         forwarded = exchange.forwarded_for if client.trusted else None

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from appliance.config.schema import Config
+from appliance.phases import PHASES
 from appliance.process import heartbeat
 from appliance.shm import SharedRegion
 
@@ -69,6 +70,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rproxyd_tls_handshakes_total": (COUNTER, "Completed TLS handshakes, full or resumed."),
     "rproxyd_client_timeouts_total": (
         COUNTER, "Client connections ended by a timeout, by phase: header or body (408), send (cut)."),
+    "rproxyd_phase_errors_total": (
+        COUNTER, "Operator phases that raised or returned what their contract does not allow, by phase."),
     "rproxyd_worker_restarts_total": (COUNTER, "Workers that died outside a drain and were respawned."),
     "rproxyd_reloads_total": (COUNTER, "Reloads and upgrades, by result."),
     "rproxyd_generation": (GAUGE, "The configuration generation now serving."),
@@ -153,6 +156,10 @@ WORKER_BLOCK: list[Entry] = [
 CLIENT_TIMEOUTS_BLOCK: list[Entry] = [
     ("rproxyd_client_timeouts_total", labels(phase=phase), "") for phase in TIMEOUT_PHASES
 ]
+# One cell per phase, in appliance.phases.PHASES order (appliance/phases/calls.py PHASE_INDEX).
+PHASE_ERRORS_BLOCK: list[Entry] = [
+    ("rproxyd_phase_errors_total", labels(phase=phase), "") for phase in PHASES
+]
 SUPERVISOR_BLOCK: list[Entry] = [
     ("rproxyd_worker_restarts_total", "", ""),
     ("rproxyd_reloads_total", labels(result="ok"), ""),
@@ -173,6 +180,7 @@ class Layout:
     no_route: int = 0
     worker: int = 0
     timeouts: int = 0
+    phase_errors: int = 0
     supervisor: int = 0
 
 
@@ -214,6 +222,7 @@ class Directory:
         layout.supervisor = self.block(SUPERVISOR_BLOCK)
         layout.worker = self.block(WORKER_BLOCK)
         layout.timeouts = self.block(CLIENT_TIMEOUTS_BLOCK)
+        layout.phase_errors = self.block(PHASE_ERRORS_BLOCK)
         layout.no_route = self.block(route_block(*NO_ROUTE))
         for vhost in config.vhost:
             for index in range(len(vhost.route)):

@@ -26,5 +26,8 @@ class Observer:
     def client_timeout(self, phase: int) -> None:
         """Called once per client connection a timeout ended; `phase`: metrics.T_HEADER, T_BODY or T_SEND."""
 
+    def phase_error(self, phase: int) -> None:
+        """Called once per operator phase that failed; `phase`: its index in appliance.phases.PHASES."""
+
     def tls_handshake(self, resumed: bool) -> None:
         """Called once per completed client TLS handshake; `resumed` from ssl_object.session_reused."""

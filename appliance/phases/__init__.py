@@ -18,9 +18,7 @@ docs/phases.md is the guide; the contract of each phase is written once, below, 
 the method of `Phases` that names it. The name and habit come from Pingora's
 ProxyHttp trait (pingora-proxy/src/proxy_trait.rs).
 
-STATUS: the API, loading and the `rproxyd -t` check exist; the request path does not
-call the phases yet, so rproxyd refuses to start with a [phases] table (see
-appliance/phases/serving.py).
+The request path calls them through appliance/phases/calls.py.
 """
 
 from __future__ import annotations
@@ -90,8 +88,9 @@ class Phases:
         """Edit the request that goes to the server.
 
         Runs once a server is chosen, before the request head is written to it (again
-        before each retry, on the same `req`). Assign `req.method`, `req.path` and
-        `req.query`, and edit `req.headers`; the return value is ignored. The headers
+        before each retry, each time starting from the request the built-ins would send).
+        Assign `req.method`, `req.path` and `req.query`, and edit `req.headers`; the return
+        value is ignored. The headers
         the proxy sets itself (X-Forwarded-*, X-Real-IP, X-Request-Id, Via, X-SSL-*) and
         the framing ones are added after this phase: setting one here raises.
         """

@@ -184,6 +184,13 @@ class Request(_MessageView):
         self._target = target
         self._path = self._query = None
 
+    def rebase(self, method: bytes, target: bytes, headers: RawHeaders) -> None:
+        """Start an upstream_request_filter try from the request the built-ins would send."""
+        self._method = method
+        self.retarget(target)
+        self._raw_headers = headers
+        self._headers = None
+
     def _check_writable(self, what: str) -> None:
         if not self._writable:
             raise _read_only(what, "upstream_request_filter")

@@ -10,13 +10,14 @@ rules there are.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
 from typing import Any
 
 from appliance.config.rewrite import expand_template
 from appliance.config.schema import Config, RouteConfig, VhostConfig
+from appliance.phases.dispatch import NO_PHASES, PhaseDispatch
 from appliance.routing.policy import HeaderPolicy
 
 _HOST_MEMO_LIMIT = 4096
@@ -85,11 +86,12 @@ class _Matcher:
         return self.pattern.search(path) is not None
 
 
-class _Vhost:
-    __slots__ = ("exact", "name", "others")
+class Vhost:
+    __slots__ = ("exact", "name", "others", "phases")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, phases: PhaseDispatch = NO_PHASES) -> None:
         self.name = name
+        self.phases = phases  # the operator's phases every request of this vhost runs
         self.exact: dict[bytes, list[Route]] = {}
         self.others: list[_Matcher] = []
 
@@ -122,13 +124,17 @@ class _Vhost:
 class Router:
     """Picks the route for a (host, method, path)."""
 
-    def __init__(self, config: Config, backend_for: Callable[[str], Any]) -> None:
-        self._exact: dict[bytes, _Vhost] = {}
-        self._globs: list[tuple[re.Pattern[bytes], _Vhost]] = []
-        self._default: _Vhost | None = None
-        self._memo: dict[bytes, _Vhost | None] = {}
-        for vhost_config in config.vhost:
+    def __init__(self, config: Config, backend_for: Callable[[str], Any],
+                 phases: Sequence[PhaseDispatch] = ()) -> None:
+        """`phases`: each vhost's compiled phases, in config order (appliance/phases/selection.py)."""
+        self._exact: dict[bytes, Vhost] = {}
+        self._globs: list[tuple[re.Pattern[bytes], Vhost]] = []
+        self._default: Vhost | None = None
+        self._memo: dict[bytes, Vhost | None] = {}
+        for index, vhost_config in enumerate(config.vhost):
             vhost = self._compile(vhost_config, backend_for)
+            if phases:
+                vhost.phases = phases[index]
             if vhost_config.default:
                 self._default = vhost
             for pattern in vhost_config.hosts:
@@ -139,8 +145,8 @@ class Router:
                     self._exact.setdefault(host, vhost)
 
     @staticmethod
-    def _compile(config: VhostConfig, backend_for: Callable[[str], Any]) -> _Vhost:
-        vhost = _Vhost(config.name)
+    def _compile(config: VhostConfig, backend_for: Callable[[str], Any]) -> Vhost:
+        vhost = Vhost(config.name)
         for index, rule in enumerate(config.route):
             pool = backend_for(rule.backend)
             rewrite = re.compile(rule.rewrite.encode()) if rule.rewrite else None
@@ -165,6 +171,10 @@ class Router:
             else:
                 vhost.others.append(_Matcher(rule, route))
         return vhost
+
+    def vhost(self, host: bytes) -> Vhost | None:
+        """The vhost a Host selects (`match` and `allowed_methods` of it route), or None."""
+        return self._exact.get(host) or self._find_vhost(host)
 
     def match(self, host: bytes, method: bytes, path: bytes) -> Route | None:
         """The route for a request, or None. `host` may carry a :port."""
@@ -191,7 +201,7 @@ class Router:
         vhost = self._exact.get(host) or self._find_vhost(host)
         return vhost.name if vhost is not None else ""
 
-    def _find_vhost(self, host: bytes) -> _Vhost | None:
+    def _find_vhost(self, host: bytes) -> Vhost | None:
         try:
             return self._memo[host]
         except KeyError:

@@ -284,6 +284,10 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         exchange.connect_time = self.connect_time if not self.requests_served else 0.0
         transport = self.transport
         head = self.server.pool.request_head(exchange)
+        if head is None:  # upstream_request_filter failed: nothing was sent, nor will be
+            self.abandon()
+            exchange.client.fail(exchange, exchange.failure)
+            return
         if not exchange.body_buffer:
             transport.write(head)
         else:
