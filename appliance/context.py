@@ -21,6 +21,8 @@ from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
 
 if TYPE_CHECKING:
+    from appliance.phases.dispatch import PeerChoice
+    from appliance.upstream.peers import PeerPools
     from appliance.upstream.pool import BackendPool
 
 Client = TypeVar("Client")  # the worker's client connection class
@@ -48,6 +50,10 @@ class WorkerContext(Generic[Client]):
     # Set when the worker starts draining; the data path may read it to answer every
     # further response with Connection: close (see Worker._drain).
     draining: bool = False
+    # With [phases]: what an upstream_peer phase returns, checked (PeerChoice), and the
+    # pools of the servers only such a phase names (appliance/upstream/peers.py).
+    peer_choice: PeerChoice | None = None
+    peer_pools: PeerPools | None = None
 
     def is_trusted(self, address: str) -> bool:
         return address in self.trusted

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import uvloop
 
-from appliance.config.schema import Config
+from appliance.config.schema import BackendConfig, Config
 from appliance.context import WorkerContext
 from appliance.http.downstream import ClientConnection, ClientState
 from appliance.listeners import open_listener
@@ -24,6 +24,7 @@ from appliance.observe.accesslog import AccessLog
 from appliance.observe.metrics import WorkerSlot
 from appliance.observe.recorder import Recorder
 from appliance.observe.sampled import SampledLog
+from appliance.phases.dispatch import PeerChoice
 from appliance.phases.loader import PhaseError
 from appliance.phases.selection import dispatch_per_vhost
 from appliance.process import heartbeat, logs
@@ -31,6 +32,7 @@ from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
 from appliance.shm import SharedRegion
 from appliance.tls.contexts import build_worker_tls
+from appliance.upstream.peers import PeerPools
 from appliance.upstream.pool import BackendPool
 
 log = logging.getLogger("rproxyd.worker")
@@ -96,11 +98,12 @@ class Worker:
     def build_context(self, loop: asyncio.AbstractEventLoop) -> WorkerContext[ClientConnection]:
         config = self.config
         via = config.proxy.via.encode()
-        pools = {
-            name: BackendPool(name, backend, config.limits, loop, via,
-                              config.proxy.internal_redirect_status, config.proxy.splice_min_bytes)
-            for name, backend in config.backend.items()
-        }
+
+        def make_pool(name: str, backend: BackendConfig) -> BackendPool:
+            return BackendPool(name, backend, config.limits, loop, via, config.proxy.internal_redirect_status,
+                               config.proxy.splice_min_bytes)
+
+        pools = {name: make_pool(name, backend) for name, backend in config.backend.items()}
         phases = config.phases
         # The operator's module, imported here, in the worker, after fork: each generation's
         # workers run the file as it is now, and its __init__ runs as the service user.
@@ -108,6 +111,9 @@ class Worker:
                     if phases.module else ())
         router = Router(config, pools.__getitem__, dispatch)
         return WorkerContext(loop=loop, limits=config.limits, router=router, pools=pools, via=via,
+                             peer_choice=PeerChoice(pools) if dispatch else None,
+                             peer_pools=(PeerPools(loop, make_pool, phases.max_peer_pools,
+                                                   phases.peer_pool_idle_timeout) if dispatch else None),
                              trusted=TrustedProxies(config.proxy.trusted_proxies),
                              timeout_log=SampledLog(logging.getLogger("rproxyd.client"), loop,
                                                     "client timeouts", "rproxyd_client_timeouts_total"),

@@ -813,6 +813,16 @@ class PhasesConfig:
         doc="The class vhosts run unless they name their own (`phases` in [[vhost]]); empty: "
         "the module's one subclass of Phases.",
     )
+    max_peer_pools: int = key(
+        64, kind=INT, minimum=1, maximum=65536,
+        doc="Most pools each worker keeps for servers that only an upstream_peer phase names (a Peer "
+        "or \"host:port\" no [backend] lists); a request to a further one gets 503.",
+    )
+    peer_pool_idle_timeout: float = key(
+        60.0, kind=DURATION, minimum=0.05,
+        doc="A pool of such a server that no request used for this long, and that has nothing in "
+        "flight, is closed (its connections too); the next request to it opens a new one.",
+    )
 
     EXAMPLES: ClassVar[dict[str, str]] = {
         "phases for every vhost, and one vhost with its own class": """

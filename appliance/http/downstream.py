@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from enum import IntEnum
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -25,6 +26,7 @@ from appliance.http import headers as hdr
 from appliance.http.exchange import (
     BODY_LENGTH,
     BODY_NONE,
+    BODY_UNTIL_CLOSE,
     PAUSE_BUFFER_FULL,
     Exchange,
     ExchangeState,
@@ -34,8 +36,8 @@ from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
-from appliance.phases import Response, ResponseHead, calls, eager
-from appliance.phases.dispatch import response_or_none
+from appliance.phases import Peer, Response, ResponseHead, calls, eager
+from appliance.phases.dispatch import body_bytes, response_or_none
 from appliance.statemachine import Transitions
 from appliance.tls.session import TlsConnection
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, SpliceHolder
@@ -81,6 +83,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     __slots__ = (
         "_read_pauses",
         "answer_keep_alive",
+        "body_filter",
         "bypass_remaining",
         "ctx",
         "deadline",
@@ -129,6 +132,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.answer_keep_alive = False  # whether the connection survives the response going out
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
+        # The route's response_body_filter while a response goes through it, else None.
+        self.body_filter: Callable[..., Any] | None = None
         self.sent = 0  # response bytes written for the exchange now answering
         self.half_closed = False  # the client sent FIN: it sends nothing more, so no lingering close
         self.write_paused = False
@@ -523,7 +528,63 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         exchange.route = route
         exchange.backend = route.backend
         exchange.target = route.target(exchange.target)
+        if exchange.phases.upstream_peer is not None:
+            self.choose_peer(exchange)
+            return
         route.backend.acquire(exchange)
+
+    def choose_peer(self, exchange: Exchange, retry: bool = False) -> None:
+        """upstream_peer: where the request goes; run before a server is picked and before each retry.
+
+        An async phase that suspends pauses reading from this client until it is done; the
+        request waits as PENDING meanwhile, so a client that leaves cancels it as any queued one.
+        """
+        phases = exchange.phases
+        try:
+            chosen = phases.upstream_peer(calls.request_view(exchange), exchange.phase_ctx)
+            if phases.upstream_peer_async:
+                finished, chosen = eager.start(chosen, self.ctx.loop)
+                if not finished:
+                    if exchange.state is _S.WAITING_TURN:
+                        exchange.transition(_S.PENDING)
+                    self.pause_reading(PAUSE_PHASE)
+                    chosen.add_done_callback(partial(self._upstream_peer_done, exchange, retry))
+                    return
+            choice = self.ctx.peer_choice(chosen)
+        except Exception as exc:
+            self.fail(exchange, calls.failed(exchange, "upstream_peer", exc))
+            return
+        self._go_to_peer(exchange, choice, retry)
+
+    def _upstream_peer_done(self, exchange: Exchange, retry: bool, task: asyncio.Task) -> None:
+        """An async upstream_peer that suspended has completed."""
+        self.resume_reading(PAUSE_PHASE)
+        if exchange.finished or self.state is ClientState.CLOSED:
+            return  # the client went away meanwhile
+        try:
+            choice = self.ctx.peer_choice(task.result())
+        except (Exception, asyncio.CancelledError) as exc:
+            self.fail(exchange, calls.failed(exchange, "upstream_peer", exc))
+            return
+        self._go_to_peer(exchange, choice, retry)
+
+    def _go_to_peer(self, exchange: Exchange, choice: str | Peer | None, retry: bool) -> None:
+        """Send the request to the pool upstream_peer chose: the route's, a backend's, or a Peer's own."""
+        if choice is None:
+            pool = exchange.route.backend
+        elif type(choice) is str:
+            pool = self.ctx.pools[choice]
+        else:
+            pool = self.ctx.peer_pools.get(choice)
+            if pool is None:
+                self.fail(exchange, errors.BackendUnavailable(
+                    f"upstream_peer chose {choice.address}: [phases] max_peer_pools reached"))
+                return
+        exchange.backend = pool
+        if retry:
+            pool.requeue(exchange)
+        else:
+            pool.acquire(exchange)
 
     def redirect(self, exchange: Exchange, target: bytes) -> None:
         """Route the request again to another path, as a backend's internal redirect asked.
@@ -672,6 +733,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
                        version: str, via: bytes | None, body: int) -> None:
         """Frame the response for this client and hold its head: the first body bytes or flush() send it."""
         phases = exchange.phases
+        self.body_filter = None
         if phases.response_filter is not None or phases.logging is not None:
             resp = exchange.resp = ResponseHead(status, headers)
             if phases.response_filter is not None:
@@ -682,6 +744,14 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
                 if resp.status != status:
                     status, reason = resp.status, calls.reason(resp.status)
                 headers = resp.raw_headers
+        if phases.response_body_filter is not None:
+            # The filter may change the length: no Content-Length, the body framed by chunks
+            # (HTTP/1.1) or by the close (HTTP/1.0), as nginx's sub_filter does. HEAD, 204 and
+            # 304 have no body to filter; their Content-Length would describe an unfiltered one.
+            headers[:] = [field for field in headers if field[0].lower() != b"content-length"]
+            if body != BODY_NONE:
+                self.body_filter = phases.response_body_filter
+                body = BODY_UNTIL_CLOSE
         keep_alive = self.response_keep_alive(exchange)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         hdr.serialize_fields(head, headers)
@@ -753,6 +823,10 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         )
 
     def send_body(self, data: bytes) -> None:
+        if self.body_filter is not None:
+            data = self._filter_body(data, False)
+            if not data:
+                return  # held back by the filter (an empty chunk would end a chunked body)
         self.sent += len(data)
         framing = self.response_framing
         head = self.held_head
@@ -772,6 +846,14 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     def finish(self, exchange: Exchange, trailers: Fields | None) -> None:
         """The backend's response is complete: end the framing and move to the next request."""
+        if self.body_filter is not None:
+            # The filter's last call (end=True) may return the bytes it held back.
+            tail = self._filter_body(b"", True)
+            self.body_filter = None
+            if exchange.finished:
+                return  # the filter failed: the response was cut
+            if tail:
+                self.send_body(tail)
         head = self.held_head
         self.held_head = None
         if self.response_framing == FRAME_CHUNKED:
@@ -781,9 +863,20 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self.transport.write(head)
         self._finish(exchange, self.answer_keep_alive)
 
+    def _filter_body(self, data: bytes, end: bool) -> bytes:
+        """response_body_filter over one piece of the body; b"" (and the response cut) if it fails."""
+        exchange = self.exchanges[0]
+        try:
+            return body_bytes(self.body_filter(calls.request_view(exchange), data, end, exchange.phase_ctx))
+        except Exception as exc:
+            self.body_filter = None
+            self._fail_current(exchange, calls.failed(exchange, "response_body_filter", exc))
+            return b""
+
     def response_splice_target(self) -> asyncio.Transport | None:
         transport = self.transport
         if (self.tls is not None or self.response_framing != FRAME_RAW or self.held_head is not None
+                or self.body_filter is not None  # every body byte goes through the operator's filter
                 or transport.get_write_buffer_size()):
             return None  # TLS needs user-space bytes; buffered output must go first (it will drain)
         return transport

@@ -92,6 +92,9 @@ class Downstream(Protocol):
     def redirect(self, exchange: Exchange, target: bytes) -> None:
         """The backend asked for an internal redirect: route the request again to `target`."""
 
+    def choose_peer(self, exchange: Exchange, retry: bool = False) -> None:
+        """Ask the upstream_peer phase where the request goes (again, before a retry) and send it there."""
+
     def pause_reading(self, reason: int) -> None:
         """Stop reading from the peer for `reason` (a PAUSE_* flag) until resume_reading(reason)."""
 

@@ -83,14 +83,15 @@ class Recorder(Observer):
         duration = ended - exchange.started
         cells[base + _R_DUR + bisect_left(_BOUNDS, duration)] += 1
         cells[base + _R_DUR_SUM] += int(duration * _SCALE)
-        server = exchange.server
-        if server is not None:
-            base = self._servers[server]
+        # A server of a pool made for an upstream_peer phase's Peer has no cells (the metrics
+        # layout is fixed by the configuration): its requests count on the route only.
+        base = self._servers.get(exchange.server)
+        if base is not None:
             spent = exchange.upstream_time
             cells[base + bisect_left(_BOUNDS, spent)] += 1
             cells[base + _S_SUM] += int(spent * _SCALE)
         waited = exchange.queue_wait
-        if waited:
+        if waited and exchange.backend in self._backends:
             base = self._backends[exchange.backend]
             cells[base + _B_WAIT + bisect_left(_BOUNDS, waited)] += 1
             cells[base + _B_WAIT_SUM] += int(waited * _SCALE)

@@ -113,7 +113,8 @@ class Phases:
         with `end=True` (and possibly an empty chunk) when the body is complete. Return
         the bytes to send in place of `chunk` (b"" to hold everything back for now).
         Only the routes whose class defines this phase lose splice(2) relaying; the
-        proxy re-frames the body (chunked to the client) when the length changes.
+        proxy drops Content-Length and re-frames the body (chunked to an HTTP/1.1
+        client, ended by the close to an HTTP/1.0 one), so the length may change.
         """
         return chunk
 

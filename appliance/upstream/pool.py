@@ -264,6 +264,7 @@ class BackendPool:
     __slots__ = (
         "_budget",
         "config",
+        "default_balancer",
         "limits",
         "loop",
         "name",
@@ -293,6 +294,8 @@ class BackendPool:
         self.pending_timeouts = 0
         self.servers = [Server(self, spec, config) for spec in config.servers]
         self._budget = RETRY_BUDGET_FLOOR
+        # For requests an upstream_peer phase sent here from a route over another backend.
+        self.default_balancer = self.balancer("", "")
 
     def balancer(self, method: str, hash_key: str) -> Balancer:
         """A balancer for one route over this backend's servers."""
@@ -311,6 +314,17 @@ class BackendPool:
         for server in self.servers:
             if server.probe is not None:
                 server.probe.stop()
+
+    def idle_now(self) -> bool:
+        """Nothing in flight: no request queued, no connection opening or serving one."""
+        return not self.waiting() and not any(server.active or server.connecting for server in self.servers)
+
+    def close(self) -> None:
+        """Stop probes and close the idle connections (a pool made for a phase's peer, gone idle)."""
+        self.stop()
+        for server in self.servers:
+            while server.idle:
+                server.idle.pop().close()
 
     def waiting(self) -> int:
         return len(self.pending) + sum(len(server.pending) for server in self.servers)
@@ -343,7 +357,8 @@ class BackendPool:
         if not usable:
             self._refuse(exchange, errors.BackendUnavailable("every server is down"))
             return
-        balancer = exchange.route.balancer
+        route = exchange.route
+        balancer = route.balancer if route.backend is self else self.default_balancer
         if balancer.sticky:
             server = balancer.pick(usable, exchange)
             conn = server.take_idle()
@@ -490,5 +505,12 @@ class BackendPool:
         log.info("retrying %s %s on another server after %s failed", exchange.method.decode(),
                  exchange.url.decode("latin-1"), server.address, extra=about(exchange))
         exchange.transition(ExchangeState.PENDING)
-        self._dispatch(exchange, front=True)
+        if exchange.phases.upstream_peer is not None:
+            exchange.client.choose_peer(exchange, retry=True)  # the phase chooses again, as Pingora's
+        else:
+            self._dispatch(exchange, front=True)
         return True
+
+    def requeue(self, exchange: Exchange) -> None:
+        """A retried request the upstream_peer phase sent (back) to this backend: first in line."""
+        self._dispatch(exchange, front=True)
