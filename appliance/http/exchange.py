@@ -142,12 +142,14 @@ class ExchangeState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     PENDING = 3  # in a backend's pending queue, waiting for a connection
     PROXYING = 4  # attached to a backend connection
     FINISHED = 5  # response complete, failed, or abandoned
+    AWAITING_PHASE = 6  # an async request phase suspended; routed once it completes
 
 
 _S = ExchangeState
 _MOVES = Transitions("exchange", {
     _S.HEAD: (_S.WAITING_TURN, _S.FINISHED),
-    _S.WAITING_TURN: (_S.PENDING, _S.PROXYING, _S.FINISHED),
+    _S.WAITING_TURN: (_S.AWAITING_PHASE, _S.PENDING, _S.PROXYING, _S.FINISHED),
+    _S.AWAITING_PHASE: (_S.PENDING, _S.PROXYING, _S.FINISHED),
     _S.PENDING: (_S.PROXYING, _S.FINISHED),
     # PENDING: retried after a reused connection died unanswered.
     _S.PROXYING: (_S.PENDING, _S.FINISHED),
