@@ -37,7 +37,7 @@ from appliance.config import Config, ConfigError, load
 from appliance.config.paths import runtime_dir
 from appliance.observe import metrics
 from appliance.observe.hub import ObserveHub
-from appliance.process import heartbeat, logs, plan, status
+from appliance.process import bootreport, heartbeat, logs, plan, status
 from appliance.process.child import run_worker
 from appliance.process.heartbeat import HeartbeatBoard, HeartbeatCell
 from appliance.process.slots import Generation, ProcState, Slot, SlotState, WorkerProc
@@ -282,6 +282,8 @@ class Supervisor:
         close_fds = self.listeners.all_fds() | {self._wakeup_r, self._wakeup_w}
         close_fds |= {region.fd for region in self.shared.regions.values()}
         close_fds |= self.observe.all_fds() if self.observe is not None else set()
+        close_fds |= {p.boot_report for p in self.procs.values() if p.boot_report >= 0}
+        report, report_w = bootreport.open_pipe()
         counting = self.observe.worker_slot(config, cell) if self.observe is not None else None
         for handler in logging.getLogger().handlers:
             handler.flush()
@@ -290,11 +292,12 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                run_worker(config, sockets, slot.index, slot.cpu, beat, os.getppid(), close_fds,
-                           self.shared.regions[ring.REGION_NAME], counting)
+                run_worker(config, sockets, slot.index, slot.cpu, beat, os.getppid(), close_fds | {report},
+                           self.shared.regions[ring.REGION_NAME], counting, report_w)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        proc = WorkerProc(pid, slot.index, gen.number, cell, now)
+            os.close(report_w)
+        proc = WorkerProc(pid, slot.index, gen.number, cell, now, boot_report=report)
         self.procs[pid] = proc
         slot.started(proc)
         self._dirty = True
@@ -347,18 +350,25 @@ class Supervisor:
             self.observe.worker_exited(proc.cell, restarted=was is not ProcState.DRAINING)
         self._dirty = True
         how = _describe_exit(wait_status)
+        boot_failed = os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == EXIT_BOOT_FAILURE
+        reason = bootreport.collect(proc.boot_report)
+        proc.boot_report = -1
+        if boot_failed and reason:
+            how = f"{how}: {reason}"
         owner = self._owner(proc)
         if owner is None:  # a retired worker finishing its drain
             log.info("worker %d (generation %d slot %d) exited: %s", proc.pid, proc.generation,
                      proc.slot, how)
             return
         gen, slot = owner
-        boot_failed = os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == EXIT_BOOT_FAILURE
         if gen is self.pending:
             self._abort_rollout(f"a new worker (slot {slot.index}) died while starting: {how}", now)
             return
         if self.phase is Phase.STARTING and boot_failed:
-            log.error("worker %d failed to boot; stopping (fix the build or configuration)", proc.pid)
+            log.error("worker %d failed to boot (%s); stopping (fix the build or configuration)",
+                      proc.pid, how)
+            # The journal's one line on why the start failed (the log file may be elsewhere).
+            print(f"rproxyd: a worker failed to boot: {how}", file=sys.stderr)
             self.exit_status = EXIT_BOOT_FAILURE
             self._stop(graceful=False)
             return

@@ -74,6 +74,7 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self._graceful = True
         self._accepting = False
+        self.boot_error = ""  # why run() returned EXIT_BOOT_FAILURE, one line (for the supervisor)
 
     def run(self) -> int:
         """Run the loop in this process; return the exit status.
@@ -88,11 +89,13 @@ class Worker:
             # A file that `rproxyd -t` found openable and that changed since, or a phases
             # class whose __init__ raised: one line, the file named, no traceback.
             log.error("worker %d failed to start: %s", self.slot, exc)
+            self.boot_error = str(exc)
             return EXIT_BOOT_FAILURE
         except Exception:
             if self._accepting:
                 raise
             log.exception("worker %d failed to start", self.slot)
+            self.boot_error = "an unexpected error (the traceback is in the log)"
             return EXIT_BOOT_FAILURE
 
     def build_context(self, loop: asyncio.AbstractEventLoop) -> WorkerContext[ClientConnection]:

@@ -10,13 +10,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
+import struct
+import subprocess
+import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import Origin, Proxy, free_port, proxy_config, raw_exchange, running, wait_for
+from tests.support import (
+    Origin,
+    Proxy,
+    ScriptedBackend,
+    free_port,
+    proxy_config,
+    raw_exchange,
+    running,
+    wait_for,
+)
 from tests.support_proc import Rproxyd, config_text
 from tests.test_observe import metric_sum, until_metrics
 
@@ -273,3 +288,223 @@ def test_examples_json_errors_and_api_key_end_to_end(tmp_path, origin):
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith("application/json")
     assert missing.json()["status"] == 404
+
+
+# -- a phase that waits: what other connections see
+
+def test_a_blocking_sync_phase_stalls_other_connections_only_while_it_runs(tmp_path, origin):
+    # One worker: the slow requests and the others share its event loop. A sync phase that
+    # blocks blocks the worker, so each other request waits at most that long, never longer.
+    module = _module(tmp_path, """
+        import time
+        from appliance.phases import Phases
+
+        class Site(Phases):
+            def request_filter(self, req, ctx):
+                if req.path == "/slow":
+                    time.sleep(0.1)
+    """)
+    proxy = _proxy(tmp_path, origin, module)
+    with running(proxy):
+        slow_statuses: list[int] = []
+
+        def slow() -> None:
+            with httpx.Client(base_url=proxy.url, timeout=30) as client:
+                slow_statuses.extend(client.get("/slow").status_code for _ in range(10))
+
+        thread = threading.Thread(target=slow)
+        statuses, gaps = [], []
+        with httpx.Client(base_url=proxy.url, timeout=30) as client:
+            thread.start()
+            last = time.monotonic()
+            while thread.is_alive() or not statuses:
+                statuses.append(client.get("/").status_code)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+        thread.join()
+    assert slow_statuses == [404] * 10  # the demo origin has no /slow: answered, after the phase
+    assert set(statuses) == {200}
+    assert max(gaps) < 1.0, gaps  # generous: one phase blocks 0.1 s
+
+
+def test_an_awaiting_async_phase_does_not_hold_up_other_connections(tmp_path, origin):
+    # The slow request's phase waits until five other requests have been served (or 20 s):
+    # its answer says how many it saw, so "others completed while it waited" is a count.
+    waiting = tmp_path / "waiting"
+    module = _module(tmp_path, f"""
+        import asyncio
+        from pathlib import Path
+        from appliance.phases import Phases, Response
+
+        class Site(Phases):
+            def __init__(self):
+                self.served = 0
+
+            async def request_filter(self, req, ctx):
+                if req.path != "/slow":
+                    self.served += 1
+                    return None
+                Path("{waiting}").touch()
+                for _ in range(200):
+                    if self.served >= 5:
+                        return Response(200, body=f"released after {{self.served}}\\n")
+                    await asyncio.sleep(0.1)
+                return Response(504, body=b"never released\\n")
+    """)
+    proxy = _proxy(tmp_path, origin, module)
+    with running(proxy):
+        slow: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: slow.append(httpx.get(f"{proxy.url}/slow", timeout=30)))
+        thread.start()
+        wait_for(waiting.exists, 10, "the slow request's phase awaiting")
+        others = [httpx.get(f"{proxy.url}/", headers={"Connection": "close"}).status_code for _ in range(5)]
+        thread.join(30)
+    assert others == [200] * 5
+    assert (slow[0].status_code, slow[0].text) == (200, "released after 5\n")
+
+
+def test_a_request_body_sent_while_an_async_phase_awaits_reaches_the_server_whole(tmp_path, origin):
+    # The connection keeps reading while the phase awaits: the body is buffered (past the
+    # write watermark, reading pauses) and goes up once the phase lets the request on.
+    module = _module(tmp_path, """
+        import asyncio
+        from appliance.phases import Phases
+
+        class Site(Phases):
+            async def request_filter(self, req, ctx):
+                await asyncio.sleep(0.2)
+    """)
+    body = bytes(range(256)) * 4096  # 1 MiB, four times write_high_watermark
+    proxy = _proxy(tmp_path, origin, module)
+    with running(proxy), httpx.Client(base_url=proxy.url, timeout=30) as client:
+        echoed = client.post("/echo", content=body)
+        again = client.post("/echo", content=b"small")  # the same connection, the next request
+    assert (echoed.status_code, len(echoed.content), echoed.content == body) == (200, len(body), True)
+    assert again.content == b"small"
+
+
+def test_a_client_gone_while_an_async_phase_awaits_cancels_it_and_logging_runs_once(tmp_path, origin):
+    trace = tmp_path / "trace.log"
+    module = _module(tmp_path, f"""
+        import asyncio
+        from appliance.phases import Phases
+
+        class Site(Phases):
+            def __init__(self):
+                self.out = open("{trace}", "a", buffering=1)
+
+            async def request_filter(self, req, ctx):
+                if req.path == "/boom":
+                    await asyncio.sleep(0)  # suspends: the failure comes from the task
+                    raise RuntimeError("boom after awaiting")
+                if req.path == "/wait":
+                    self.out.write("waiting\\n")
+                    try:
+                        await asyncio.sleep(60)
+                    except asyncio.CancelledError:
+                        self.out.write("cancelled\\n")
+                        raise
+
+            def logging(self, req, resp, error, ctx):
+                self.out.write(f"logging {{req.path}} {{resp}} {{error}}\\n")
+    """)
+    proxy = _proxy(tmp_path, origin, module)
+    with running(proxy):
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        sock.sendall(b"GET /wait HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: "waiting" in trace.read_text(), 10, "the phase awaiting")
+        # The client goes away abruptly (a reset), as a browser tab closed mid-request.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        wait_for(lambda: "cancelled" in trace.read_text(), 10, "the phase's task cancelled")
+        assert httpx.get(f"{proxy.url}/", headers={"Connection": "close"}).status_code == 200  # serves on
+        wait_for(lambda: "logging / " in trace.read_text(), 10, "the next request logged")
+        lines = trace.read_text().splitlines()
+        assert lines.count("logging /wait None None") == 1, lines
+        assert "Traceback" not in proxy.log() and "never retrieved" not in proxy.log(), proxy.log()
+        # A phase failing after it suspended is a phase failure like any other.
+        assert httpx.get(f"{proxy.url}/boom").status_code == 500
+        wait_for(lambda: "boom after awaiting" in proxy.log(), 10, "the failure logged")
+
+
+def test_a_raising_init_fails_the_start_in_one_line_and_a_reload_keeps_the_old_generation(tmp_path, origin):
+    good = """
+        from appliance.phases import Phases
+
+        class Site(Phases):
+            def response_filter(self, req, resp, ctx):
+                resp.headers.set("X-Version", "one")
+    """
+    bad = """
+        from appliance.phases import Phases
+
+        class Site(Phases):
+            def __init__(self):
+                raise OSError("cannot open the key file")
+
+            def response_filter(self, req, resp, ctx):
+                resp.headers.set("X-Version", "two")
+    """
+    expected = f"{tmp_path / 'site.py'}:6: Site() failed: OSError: cannot open the key file"
+    module = _module(tmp_path, bad)
+    (tmp_path / "run").mkdir()
+    config = config_text(origin.port, tmp_path / "run", extra=f'[phases]\nmodule = "{module}"\n')
+    (tmp_path / "rproxy.toml").write_text(config)
+    started = subprocess.run([sys.executable, "-m", "appliance", "-c", str(tmp_path / "rproxy.toml")],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode != 0
+    named = [line for line in started.stderr.splitlines() if expected in line]
+    assert len(named) == 1, started.stderr
+    _module(tmp_path, good)
+    proxy = Rproxyd(tmp_path, config)
+    try:
+        url = f"http://{proxy.address[0]}:{proxy.address[1]}/"
+        assert httpx.get(url, headers={"Connection": "close"}).headers["x-version"] == "one"
+        _module(tmp_path, bad)
+        failed = proxy.reload()
+        assert failed.returncode == 1
+        assert expected in failed.stderr, failed.stderr
+        assert proxy.status()["generation"] == 1
+        assert httpx.get(url, headers={"Connection": "close"}).headers["x-version"] == "one"
+    finally:
+        proxy.stop()
+
+
+# -- the shipped examples
+
+def _redirecting_origin(conn: socket.socket, backend: ScriptedBackend) -> None:
+    """An origin that tells what it runs and redirects to its own (internal) address."""
+    while backend.read_head(conn) is not None:
+        conn.sendall(b"HTTP/1.1 302 Found\r\nServer: Apache/2.4\r\nX-Powered-By: PHP/8.2\r\n"
+                     b"Location: http://app.internal:8080/login?next=%2F\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_example_header_rewrite_end_to_end(tmp_path):
+    backend = ScriptedBackend(_redirecting_origin)
+    proxy = _proxy(tmp_path, backend, _example(tmp_path, "header_rewrite", "HeaderRewrite"))
+    with running(proxy):
+        response = httpx.get(f"{proxy.url}/account", headers={"Host": "shop.example"})
+    backend.stop()
+    assert response.status_code == 302
+    assert response.headers["location"] == "https://shop.example/login?next=%2F"
+    assert "server" not in response.headers and "x-powered-by" not in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["strict-transport-security"] == "max-age=31536000"
+
+
+def test_example_log_selected_end_to_end(tmp_path, origin):
+    selected = tmp_path / "selected.log"
+    proxy = _proxy(tmp_path, origin, _example(tmp_path, "log_selected", "LogSelected",
+                                              f'log_file = "{selected}"'))
+    with running(proxy), httpx.Client(base_url=proxy.url) as client:
+        assert client.get("/").status_code == 200  # not selected
+        assert client.get("/status/503", headers={"X-Request-Id": "r-503"}).status_code == 503
+        assert client.get("/api/admin/users", headers={"User-Agent": "ops/1"}).status_code == 404
+        wait_for(lambda: selected.exists() and len(selected.read_text().splitlines()) == 2, 10,
+                 "two selected lines")
+    first, second = (json.loads(line) for line in selected.read_text().splitlines())
+    assert (first["path"], first["status"], first["request_id"]) == ("/status/503", 503, "r-503")
+    assert first["error"] is None
+    assert (second["path"], second["status"], second["user_agent"]) == ("/api/admin/users", 404, "ops/1")
+    assert first["client"] == "127.0.0.1" and first["duration_ms"] >= 0

@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 # backend side's own (PAUSE_UPSTREAM_FULL = 1, PAUSE_BUFFER_FULL = 4) are in exchange.py.
 PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
 PAUSE_SPLICE = 8  # the rest of the request body goes through splice(2), not this transport
-PAUSE_PHASE = 16  # an async request phase is waiting
 
 _S = ExchangeState
 log = logging.getLogger("rproxyd.client")
@@ -96,6 +95,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         "parsing",
         "peer",
         "peer_ip",
+        "phase_task",
         "proto",
         "response_framing",
         "send_deadline",
@@ -145,6 +145,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.deadline = Deadline(ctx.loop, self._on_read_timeout)
         self.send_deadline = Deadline(ctx.loop, self._on_send_timeout)
         self.splice: BodySplice | None = None  # set while a request body goes through splice(2)
+        # The Task of an async request_filter that suspended (only the exchange at the head of
+        # the queue runs request phases, so one at a time): cancelled if the exchange ends first.
+        self.phase_task: asyncio.Task | None = None
 
     # ----------------------------------------------------------------- state
     def _transition(self, new: ClientState) -> None:
@@ -487,8 +490,11 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if phases.request_filter_async:
                 finished, result = eager.start(result, self.ctx.loop)
                 if not finished:
-                    # Nothing more is read from this client until the phase completes.
-                    self.pause_reading(PAUSE_PHASE)
+                    # Reading goes on as while a request waits for a server (a body is buffered,
+                    # pipelined requests queue, both bounded), so a client that goes away is
+                    # seen and its phase cancelled (_cancel_phase).
+                    exchange.transition(_S.AWAITING_PHASE)
+                    self.phase_task = result
                     result.add_done_callback(partial(self._request_filter_done, exchange, vhost, path))
                     return False
             response = response_or_none(result, "request_filter")
@@ -502,9 +508,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     def _request_filter_done(self, exchange: Exchange, vhost: Vhost, path: bytes, task: asyncio.Task) -> None:
         """An async request_filter that suspended has completed."""
-        self.resume_reading(PAUSE_PHASE)
-        if exchange.finished or self.state is ClientState.CLOSED:
-            return  # the client went away meanwhile
+        if not self._phase_completed(task):
+            return
         try:
             response = response_or_none(task.result(), "request_filter")
         except (Exception, asyncio.CancelledError) as exc:
@@ -514,6 +519,29 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self._answer(exchange, response, self.response_keep_alive(exchange))
             return
         self._route(exchange, vhost, path)
+
+    def _phase_completed(self, task: asyncio.Task) -> bool:
+        """Whether the async phase that just completed still has an exchange to go on with."""
+        if task is not self.phase_task:
+            # Cancelled: the exchange ended first. Whatever the phase made of its cancellation
+            # goes nowhere (retrieved here, so asyncio logs no "exception was never retrieved").
+            if not task.cancelled():
+                task.exception()
+            return False
+        self.phase_task = None
+        return True
+
+    def _cancel_phase(self, exchange: Exchange) -> None:
+        """The exchange ends while its async request_filter or upstream_peer awaits: cancel it.
+
+        As an asyncio server cancels a request's handler when its client goes away: the
+        phase sees CancelledError at its await (its `finally` and `async with` blocks run),
+        and the logging phase still runs, once, when the exchange is reported.
+        """
+        task = self.phase_task
+        if task is not None and exchange.state is _S.AWAITING_PHASE:  # None once the phase completed
+            self.phase_task = None
+            task.cancel()
 
     def _route(self, exchange: Exchange, vhost: Vhost | None, path: bytes) -> None:
         """Pick the rule (the built-in part of upstream_peer), apply its rewrite, ask its backend."""
@@ -536,8 +564,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def choose_peer(self, exchange: Exchange, retry: bool = False) -> None:
         """upstream_peer: where the request goes; run before a server is picked and before each retry.
 
-        An async phase that suspends pauses reading from this client until it is done; the
-        request waits as PENDING meanwhile, so a client that leaves cancels it as any queued one.
+        An async phase that suspends is awaited as an async request_filter is: reading goes
+        on, and a client that leaves cancels it (_cancel_phase).
         """
         phases = exchange.phases
         try:
@@ -545,9 +573,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if phases.upstream_peer_async:
                 finished, chosen = eager.start(chosen, self.ctx.loop)
                 if not finished:
-                    if exchange.state is _S.WAITING_TURN:
-                        exchange.transition(_S.PENDING)
-                    self.pause_reading(PAUSE_PHASE)
+                    exchange.transition(_S.AWAITING_PHASE)
+                    self.phase_task = chosen
                     chosen.add_done_callback(partial(self._upstream_peer_done, exchange, retry))
                     return
             choice = self.ctx.peer_choice(chosen)
@@ -558,9 +585,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     def _upstream_peer_done(self, exchange: Exchange, retry: bool, task: asyncio.Task) -> None:
         """An async upstream_peer that suspended has completed."""
-        self.resume_reading(PAUSE_PHASE)
-        if exchange.finished or self.state is ClientState.CLOSED:
-            return  # the client went away meanwhile
+        if not self._phase_completed(task):
+            return
         try:
             choice = self.ctx.peer_choice(task.result())
         except (Exception, asyncio.CancelledError) as exc:
@@ -909,6 +935,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         if exchange.response_started:
             self.abort_response(exchange)
             return
+        self._cancel_phase(exchange)
         blame_client = isinstance(failure, errors.ClientFault)
         if not blame_client:
             # The proxy-side error line for this request; client faults are logged where found.
@@ -1026,6 +1053,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         if exchange.finished:
             return
         self._detach_pending(exchange)
+        self._cancel_phase(exchange)
         upstream = exchange.upstream
         had_head = exchange.state is not _S.HEAD  # a request line and headers arrived
         exchange.transition(_S.FINISHED)

@@ -145,13 +145,16 @@ class ExchangeState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     PENDING = 3  # in a backend's pending queue, waiting for a connection
     PROXYING = 4  # attached to a backend connection
     FINISHED = 5  # response complete, failed, or abandoned
+    AWAITING_PHASE = 6  # an async request_filter or upstream_peer suspended; goes on once it completes
 
 
 _S = ExchangeState
 _MOVES = Transitions("exchange", {
     _S.HEAD: (_S.WAITING_TURN, _S.FINISHED),
-    _S.WAITING_TURN: (_S.PENDING, _S.PROXYING, _S.FINISHED),
-    _S.PENDING: (_S.PROXYING, _S.FINISHED),
+    _S.WAITING_TURN: (_S.AWAITING_PHASE, _S.PENDING, _S.PROXYING, _S.FINISHED),
+    _S.AWAITING_PHASE: (_S.PENDING, _S.PROXYING, _S.FINISHED),
+    # AWAITING_PHASE: an async upstream_peer asked again before a retry.
+    _S.PENDING: (_S.AWAITING_PHASE, _S.PROXYING, _S.FINISHED),
     # PENDING: retried after a reused connection died unanswered.
     _S.PROXYING: (_S.PENDING, _S.FINISHED),
 })

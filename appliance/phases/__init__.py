@@ -46,7 +46,9 @@ class Phases:
     new_ctx, request_filter, upstream_peer, upstream_request_filter, response_filter,
     response_body_filter (per chunk), logging; fail_to_proxy replaces the response
     path when the request fails. Only request_filter and upstream_peer may be `async`;
-    while an async phase awaits, the proxy stops reading from that client.
+    while an async phase awaits, the request waits as for a server (a body is buffered,
+    bounded); if the exchange ends first (the client went away, a timeout), the
+    phase's task is cancelled.
 
     An exception escaping a phase answers that request with 500 (fail_to_proxy is
     still asked, with error.phase naming the phase), logs the traceback with the
@@ -134,7 +136,9 @@ class Phases:
 
         Runs exactly once per request that reached new_ctx, after the last byte went
         to the client or the exchange was abandoned. `resp` is what the client got
-        (None if no response head went out), `error` the failure if there was one.
+        (None if no response head went out), `error` the failure if there was one
+        (a client that went away before any response: resp and error None, 499 in
+        the access log).
         Nothing here can change the response; an exception is logged and counted.
         """
         return None

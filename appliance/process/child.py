@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from appliance.config.schema import Config
 from appliance.observe.metrics import WorkerSlot
-from appliance.process import logs
+from appliance.process import bootreport, logs
 from appliance.process.heartbeat import HeartbeatCell
 from appliance.shm import SharedRegion
 from appliance.worker import EXIT_BOOT_FAILURE, Worker
@@ -49,6 +49,7 @@ def run_worker(
     close_fds: set[int],
     ticket_ring: SharedRegion | None = None,
     metrics: WorkerSlot | None = None,
+    boot_report: int = -1,
 ) -> NoReturn:
     """Become worker `slot` and never return (os._exit keeps the parent's atexit and buffers out)."""
     status = EXIT_BOOT_FAILURE
@@ -78,7 +79,10 @@ def run_worker(
         logs.setup(config.log)
         faulthandler.enable()  # SIGABRT from the heartbeat check dumps a Python traceback
         booted = True
-        status = Worker(config, sockets, slot, beat, ticket_ring, metrics).run()
+        worker = Worker(config, sockets, slot, beat, ticket_ring, metrics)
+        status = worker.run()
+        if status == EXIT_BOOT_FAILURE:
+            bootreport.tell(boot_report, worker.boot_error)
     except BaseException:
         log.exception("worker %d crashed", slot)
         status = 1 if booted else EXIT_BOOT_FAILURE

@@ -41,6 +41,7 @@ class WorkerProc:
     kill_at: float = 0.0  # once DRAINING: when SIGKILL ends a drain that overran
     abort_sent: float = 0.0  # when SIGABRT went out for a missed heartbeat or deadline
     exit_status: int | None = None
+    boot_report: int = -1  # read end of the pipe the worker tells a boot failure's cause by
 
     def transition(self, new: ProcState) -> None:
         self.state = _PROC_MOVES.check(self.state, new, self.pid)
