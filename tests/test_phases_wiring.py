@@ -384,7 +384,8 @@ def test_a_request_body_sent_while_an_async_phase_awaits_reaches_the_server_whol
     assert again.content == b"small"
 
 
-def test_a_client_gone_while_an_async_phase_awaits_cancels_it_and_logging_runs_once(tmp_path, origin):
+@pytest.mark.parametrize("phase", ["request_filter", "upstream_peer"])
+def test_a_client_gone_while_an_async_phase_awaits_cancels_it_and_logging_runs_once(tmp_path, origin, phase):
     trace = tmp_path / "trace.log"
     module = _module(tmp_path, f"""
         import asyncio
@@ -394,7 +395,7 @@ def test_a_client_gone_while_an_async_phase_awaits_cancels_it_and_logging_runs_o
             def __init__(self):
                 self.out = open("{trace}", "a", buffering=1)
 
-            async def request_filter(self, req, ctx):
+            async def {phase}(self, req, ctx):
                 if req.path == "/boom":
                     await asyncio.sleep(0)  # suspends: the failure comes from the task
                     raise RuntimeError("boom after awaiting")
