@@ -31,9 +31,9 @@ from appliance.phases.headers import REQUEST_OWNED, RESPONSE_OWNED
 from appliance.phases.loader import PhaseError, import_module, pick_class, validate
 from appliance.phases.selection import dispatch_per_vhost, resolve
 from tests.support import RPROXYD
+from tests.support.phases import EXAMPLES, phase_module
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((REPO / "etc/rproxy/phases/examples").glob("*.py"))
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
 
 
 def _request(headers: list[tuple[bytes, bytes]] | None = None, target: bytes = b"/a/b?x=1",
@@ -41,11 +41,6 @@ def _request(headers: list[tuple[bytes, bytes]] | None = None, target: bytes = b
     raw = [(b"Host", b"example.com"), (b"Accept", b"*/*")] if headers is None else headers
     return Request(method, target, b"example.com", b"192.0.2.7", raw, "rid-1")
 
-
-def _module(tmp_path: Path, source: str, name: str = "site.py") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source))
-    return path
 
 
 # -- Headers
@@ -259,7 +254,7 @@ def test_peer_parses_and_validates():
 
 
 def test_the_modules_one_subclass_is_found(tmp_path):
-    path = _module(tmp_path, """
+    path = phase_module(tmp_path, """
         from appliance.phases import Phases
         from appliance.phases import Phases as Imported  # the base itself is never a candidate
 
@@ -274,10 +269,10 @@ def test_the_modules_one_subclass_is_found(tmp_path):
 
 
 def test_no_subclass_or_several_are_errors_naming_file_and_lines(tmp_path):
-    none = import_module(str(_module(tmp_path, "X = 1\n", "none.py")))
+    none = import_module(str(phase_module(tmp_path, "X = 1\n", "none.py")))
     with pytest.raises(PhaseError, match=r"none\.py: no subclass of appliance\.phases\.Phases"):
         pick_class(none, "")
-    several = import_module(str(_module(tmp_path, """
+    several = import_module(str(phase_module(tmp_path, """
         from appliance.phases import Phases
 
         class A(Phases):
@@ -292,7 +287,7 @@ def test_no_subclass_or_several_are_errors_naming_file_and_lines(tmp_path):
 
 
 def _problems(tmp_path: Path, body: str) -> list[str]:
-    path = _module(tmp_path, "from appliance.phases import Phases\n\nclass Site(Phases):\n"
+    path = phase_module(tmp_path, "from appliance.phases import Phases\n\nclass Site(Phases):\n"
                    + textwrap.indent(textwrap.dedent(body), "    "))
     return validate(pick_class(import_module(str(path)), ""))
 
@@ -380,7 +375,7 @@ def test_an_init_that_needs_arguments_is_an_error(tmp_path):
 
 
 def test_a_module_that_raises_on_import_names_its_own_line(tmp_path):
-    path = _module(tmp_path, """
+    path = phase_module(tmp_path, """
         import json
 
         def setup():
@@ -394,18 +389,18 @@ def test_a_module_that_raises_on_import_names_its_own_line(tmp_path):
 
 
 def test_syntax_errors_and_missing_files_name_the_file(tmp_path):
-    path = _module(tmp_path, "x = 1\ndef broken(:\n")
+    path = phase_module(tmp_path, "x = 1\ndef broken(:\n")
     with pytest.raises(PhaseError, match=rf"^{path}:2: syntax error: "):
         import_module(str(path))
     with pytest.raises(PhaseError, match=r"missing\.py: cannot read: No such file"):
         import_module(str(tmp_path / "missing.py"))
-    exits = _module(tmp_path, "import sys\nsys.exit(3)\n", "exits.py")
+    exits = phase_module(tmp_path, "import sys\nsys.exit(3)\n", "exits.py")
     with pytest.raises(PhaseError, match=rf"^{exits}:2: importing failed: SystemExit: 3"):
         import_module(str(exits))
 
 
 def test_each_import_is_a_fresh_module_with_the_files_current_code(tmp_path):
-    path = _module(tmp_path, "VALUE = 1\n")
+    path = phase_module(tmp_path, "VALUE = 1\n")
     first = import_module(str(path))
     path.write_text("VALUE = 2\n")  # same size, likely the same second: a .pyc would be stale
     second = import_module(str(path))
@@ -418,7 +413,7 @@ def test_each_import_is_a_fresh_module_with_the_files_current_code(tmp_path):
 
 
 def test_a_default_class_is_needed_only_when_a_vhost_names_none(tmp_path):
-    module = import_module(str(_module(tmp_path, """
+    module = import_module(str(phase_module(tmp_path, """
         from appliance.phases import Phases
 
         class Api(Phases):
@@ -438,7 +433,7 @@ def test_a_default_class_is_needed_only_when_a_vhost_names_none(tmp_path):
 
 
 def test_dispatch_per_vhost_makes_one_instance_per_class(tmp_path):
-    path = _module(tmp_path, """
+    path = phase_module(tmp_path, """
         from appliance.phases import Phases
 
         MADE = []
@@ -457,7 +452,7 @@ def test_dispatch_per_vhost_makes_one_instance_per_class(tmp_path):
 
 
 def test_an_init_that_raises_fails_the_load_with_its_line(tmp_path):
-    path = _module(tmp_path, """
+    path = phase_module(tmp_path, """
         from appliance.phases import Phases
 
         class Site(Phases):
@@ -637,7 +632,7 @@ def _check(main: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([RPROXYD, "-t", "-c", str(main)], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_every_shipped_example_passes_the_check(tmp_path, example):
     result = _check(_config(tmp_path, f'[phases]\nmodule = "{example}"\n'))
     assert result.returncode == 0, result.stderr
@@ -645,7 +640,7 @@ def test_every_shipped_example_passes_the_check(tmp_path, example):
 
 
 def test_check_reports_every_phase_problem_with_config_key_and_module_line(tmp_path):
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         from appliance.phases import Phases
 
         class Site(Phases):
@@ -669,7 +664,7 @@ def test_check_reports_every_phase_problem_with_config_key_and_module_line(tmp_p
 
 
 def test_check_imports_in_a_child_so_a_crashing_module_cannot_hurt_it(tmp_path):
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         import os
         print("chatter on stdout")  # must not be taken for the check's answer
         os._exit(7)
@@ -680,7 +675,7 @@ def test_check_imports_in_a_child_so_a_crashing_module_cannot_hurt_it(tmp_path):
 
 
 def test_check_reports_an_import_error_at_its_line_and_ignores_what_the_module_prints(tmp_path):
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         import os
         print("[[1, 2]]")
         os.write(1, b"[]")
@@ -693,7 +688,7 @@ def test_check_reports_an_import_error_at_its_line_and_ignores_what_the_module_p
 
 
 def test_a_module_that_blocks_at_import_fails_the_check_in_bounded_time(tmp_path, monkeypatch):
-    module = _module(tmp_path, "import threading\nthreading.Event().wait()\n")
+    module = phase_module(tmp_path, "import threading\nthreading.Event().wait()\n")
     monkeypatch.setattr(check, "CHECK_TIMEOUT", 0.5)
     problems = check.run_check({"module": str(module), "class": "", "vhosts": [""]})
     assert problems == [(("phases", "module"), f"{module}: importing took longer than 0.5 s; a phases "
@@ -705,7 +700,7 @@ def test_vhost_and_class_keys_are_checked(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load(main)
     assert raised.value.problems == [f"{main}: vhost[0].phases: names a class but [phases] module is not set"]
-    module = _module(tmp_path, "from appliance.phases import Phases\n\nclass Site(Phases):\n    pass\n")
+    module = phase_module(tmp_path, "from appliance.phases import Phases\n\nclass Site(Phases):\n    pass\n")
     main = _config(tmp_path, f'[phases]\nmodule = "{module}"\nclass = "Other"\n', vhost='phases = "Gone"')
     with pytest.raises(ConfigError) as raised:
         load(main)

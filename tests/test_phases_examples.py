@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -18,8 +17,7 @@ import pytest
 from appliance.http.errors import BackendTimeout, BackendUnavailable
 from appliance.phases import Peer, Request, Response, ResponseHead
 from appliance.phases.loader import import_module
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "etc/rproxy/phases/examples"
+from tests.support.phases import EXAMPLES
 
 
 def _example(name: str) -> ModuleType:

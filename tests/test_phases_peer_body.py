@@ -5,7 +5,6 @@ Phase modules are written to tmp_path; each test checks what the origin and the 
 
 from __future__ import annotations
 
-import textwrap
 import urllib.request
 import zlib
 from pathlib import Path
@@ -22,17 +21,9 @@ from tests.support import (
     running,
     wait_for,
 )
+from tests.support.phases import EXAMPLES, phase_module
 from tests.support.tls import make_certs
 from tests.test_tls import TlsOrigin
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "etc/rproxy/phases/examples"
-
-
-def _module(tmp_path: Path, source: str) -> Path:
-    path = tmp_path / "site.py"
-    path.write_text(textwrap.dedent(source))
-    return path
 
 
 def _proxy(tmp_path: Path, port: int, backends: dict[str, list[str]], module: Path,
@@ -43,7 +34,7 @@ def _proxy(tmp_path: Path, port: int, backends: dict[str, list[str]], module: Pa
 
 def test_upstream_peer_to_a_backend_an_address_and_the_routes_choice(tmp_path):
     a, b, c = Origin("a"), Origin("b"), Origin("c")
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         from appliance.phases import Phases
 
         class Site(Phases):
@@ -65,7 +56,7 @@ def test_upstream_peer_to_a_backend_an_address_and_the_routes_choice(tmp_path):
 
 def test_async_upstream_peer_that_suspends_and_one_that_does_not(tmp_path):
     a, b = Origin("a"), Origin("b")
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         import asyncio
         from appliance.phases import Phases
 
@@ -90,7 +81,7 @@ def test_upstream_peer_to_a_tls_peer_with_sni(tmp_path):
     (tmp_path / "certs").mkdir()
     certs = make_certs(tmp_path / "certs")
     origin, a = TlsOrigin(certs), Origin("a")
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         from appliance.phases import Peer, Phases
 
         SECURE = Peer("127.0.0.1:{origin.port}", tls=True, sni="b.test", ca="{certs.path('ca.pem')}")
@@ -114,7 +105,7 @@ def test_upstream_peer_to_a_tls_peer_with_sni(tmp_path):
 
 def test_a_phase_named_peer_past_max_peer_pools_gets_503(tmp_path):
     a, b, c = Origin("a"), Origin("b"), Origin("c")
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         from appliance.phases import Phases
 
         class Site(Phases):
@@ -135,7 +126,7 @@ def test_a_phase_named_peer_past_max_peer_pools_gets_503(tmp_path):
 
 def test_an_upstream_peer_that_raises_or_returns_junk_gives_500_and_the_worker_serves_on(tmp_path):
     a = Origin("a")
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         import asyncio
         from appliance.phases import Phases
 
@@ -168,7 +159,7 @@ def _silent(conn, backend):
 
 def test_upstream_peer_is_asked_again_before_a_retry(tmp_path):
     first, second, b = ScriptedBackend(_always_503), ScriptedBackend(_always_503), Origin("b")
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         from appliance.phases import Phases
 
         class Site(Phases):
@@ -190,7 +181,7 @@ def test_upstream_peer_is_asked_again_before_a_retry(tmp_path):
 
 def test_a_peers_own_read_timeout_applies(tmp_path):
     silent, a = ScriptedBackend(_silent), Origin("a")
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         from appliance.phases import Peer, Phases
 
         SLOW = Peer("{silent.address}", read_timeout=0.3)
@@ -219,7 +210,7 @@ BODY_FILTER = """
 
 def test_a_body_filter_reframes_content_length_and_chunked_bodies(tmp_path):
     a = Origin("a")
-    module = _module(tmp_path, BODY_FILTER)
+    module = phase_module(tmp_path, BODY_FILTER)
     port = free_port()
     # With splice on, a large body to an HTTP/1.0 client would be relayed by splice(2): not here.
     proxy = _proxy(tmp_path, port, {"a": [a.address]}, module, "[proxy]\nsplice_min_bytes = 16384")
@@ -249,7 +240,7 @@ def test_a_body_filter_reframes_content_length_and_chunked_bodies(tmp_path):
 
 def test_a_raising_body_filter_cuts_the_response_and_the_worker_serves_on(tmp_path):
     a = Origin("a")
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         from appliance.phases import Phases
 
         class Site(Phases):

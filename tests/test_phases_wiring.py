@@ -32,17 +32,9 @@ from tests.support import (
     running,
     wait_for,
 )
+from tests.support.phases import EXAMPLES, phase_module
 from tests.support_proc import Rproxyd, config_text
 from tests.test_observe import metric_sum, until_metrics
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "etc/rproxy/phases/examples"
-
-
-def _module(tmp_path: Path, source: str, name: str = "site.py") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source))
-    return path
 
 
 def _indented(method: str) -> str:
@@ -52,7 +44,7 @@ def _indented(method: str) -> str:
 
 def _example(tmp_path: Path, example: str, cls: str, attributes: str = "") -> Path:
     """A module subclassing a shipped example (imported by its file path), with `attributes` set."""
-    return _module(tmp_path, f"""
+    return phase_module(tmp_path, f"""
         import importlib.util
 
         _spec = importlib.util.spec_from_file_location("example_{example}", "{EXAMPLES / example}.py")
@@ -115,7 +107,7 @@ ORDER = """
 
 def test_phases_run_in_order_and_their_edits_reach_the_origin_and_the_client(tmp_path, origin):
     log = tmp_path / "order.log"
-    proxy = _proxy(tmp_path, origin, _module(tmp_path, ORDER.format(log=log)))
+    proxy = _proxy(tmp_path, origin, phase_module(tmp_path, ORDER.format(log=log)))
     with running(proxy):
         response = httpx.get(f"{proxy.url}/anything?x=1", headers={"Host": "shop.example"})
         assert response.status_code == 203
@@ -131,7 +123,7 @@ def test_phases_run_in_order_and_their_edits_reach_the_origin_and_the_client(tmp
 
 
 def test_a_phase_cannot_spoof_the_proxy_headers(tmp_path, origin):
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         from appliance.phases import Phases
 
         class Site(Phases):
@@ -159,7 +151,7 @@ def test_request_filter_answers_without_the_backend(tmp_path, origin, kind):
         "async-suspends": ("async def request_filter(self, req, ctx):\n    await asyncio.sleep(0.05)\n"
                            "    return self.answer(req)"),
     }[kind]
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         import asyncio
         from appliance.phases import Phases, Response
 
@@ -201,7 +193,7 @@ RAISING = {
 @pytest.mark.parametrize("phase", list(RAISING))
 def test_a_raising_phase_gives_500_logs_the_traceback_counts_and_the_worker_serves_on(tmp_path, origin,
                                                                                        phase):
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         from appliance.phases import Phases
 
         class Site(Phases):
@@ -245,7 +237,7 @@ def test_a_reload_loads_the_changed_module_and_a_broken_one_keeps_the_old_genera
             def response_filter(self, req, resp, ctx):
                 resp.headers.set("X-Version", "{version}")
     """
-    module = _module(tmp_path, source.format(version="one"))
+    module = phase_module(tmp_path, source.format(version="one"))
     (tmp_path / "run").mkdir()
     config = config_text(origin.port, tmp_path / "run", extra=f'[phases]\nmodule = "{module}"\n')
     proxy = Rproxyd(tmp_path, config)
@@ -253,7 +245,7 @@ def test_a_reload_loads_the_changed_module_and_a_broken_one_keeps_the_old_genera
         proxy.wait_running()
         url = f"http://{proxy.address[0]}:{proxy.address[1]}/"
         assert httpx.get(url).headers["x-version"] == "one"
-        _module(tmp_path, source.format(version="two"))
+        phase_module(tmp_path, source.format(version="two"))
         assert proxy.reload().returncode == 0
         proxy.wait_running(generation=2)
         assert httpx.get(url, headers={"Connection": "close"}).headers["x-version"] == "two"
@@ -295,7 +287,7 @@ def test_examples_json_errors_and_api_key_end_to_end(tmp_path, origin):
 def test_a_blocking_sync_phase_stalls_other_connections_only_while_it_runs(tmp_path, origin):
     # One worker: the slow requests and the others share its event loop. A sync phase that
     # blocks blocks the worker, so each other request waits at most that long, never longer.
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         import time
         from appliance.phases import Phases
 
@@ -332,7 +324,7 @@ def test_an_awaiting_async_phase_does_not_hold_up_other_connections(tmp_path, or
     # The slow request's phase waits until five other requests have been served (or 20 s):
     # its answer says how many it saw, so "others completed while it waited" is a count.
     waiting = tmp_path / "waiting"
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         import asyncio
         from pathlib import Path
         from appliance.phases import Phases, Response
@@ -367,7 +359,7 @@ def test_an_awaiting_async_phase_does_not_hold_up_other_connections(tmp_path, or
 def test_a_request_body_sent_while_an_async_phase_awaits_reaches_the_server_whole(tmp_path, origin):
     # The connection keeps reading while the phase awaits: the body is buffered (past the
     # write watermark, reading pauses) and goes up once the phase lets the request on.
-    module = _module(tmp_path, """
+    module = phase_module(tmp_path, """
         import asyncio
         from appliance.phases import Phases
 
@@ -387,7 +379,7 @@ def test_a_request_body_sent_while_an_async_phase_awaits_reaches_the_server_whol
 @pytest.mark.parametrize("phase", ["request_filter", "upstream_peer"])
 def test_a_client_gone_while_an_async_phase_awaits_cancels_it_and_logging_runs_once(tmp_path, origin, phase):
     trace = tmp_path / "trace.log"
-    module = _module(tmp_path, f"""
+    module = phase_module(tmp_path, f"""
         import asyncio
         from appliance.phases import Phases
 
@@ -448,7 +440,7 @@ def test_a_raising_init_fails_the_start_in_one_line_and_a_reload_keeps_the_old_g
                 resp.headers.set("X-Version", "two")
     """
     expected = f"{tmp_path / 'site.py'}:6: Site() failed: OSError: cannot open the key file"
-    module = _module(tmp_path, bad)
+    module = phase_module(tmp_path, bad)
     (tmp_path / "run").mkdir()
     config = config_text(origin.port, tmp_path / "run", extra=f'[phases]\nmodule = "{module}"\n')
     (tmp_path / "rproxy.toml").write_text(config)
@@ -457,12 +449,12 @@ def test_a_raising_init_fails_the_start_in_one_line_and_a_reload_keeps_the_old_g
     assert started.returncode != 0
     named = [line for line in started.stderr.splitlines() if expected in line]
     assert len(named) == 1, started.stderr
-    _module(tmp_path, good)
+    phase_module(tmp_path, good)
     proxy = Rproxyd(tmp_path, config)
     try:
         url = f"http://{proxy.address[0]}:{proxy.address[1]}/"
         assert httpx.get(url, headers={"Connection": "close"}).headers["x-version"] == "one"
-        _module(tmp_path, bad)
+        phase_module(tmp_path, bad)
         failed = proxy.reload()
         assert failed.returncode == 1
         assert expected in failed.stderr, failed.stderr
