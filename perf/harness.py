@@ -406,8 +406,10 @@ def _rss(pids: list[int]) -> int:
 
 
 def _brief(sc: Scenario, r: dict) -> str:
-    rps = r["requests"] / r["seconds"] if r["seconds"] else 0
-    s = f"{rps:,.0f} req/s, {r['bytes'] / r['seconds'] / 1e6:,.1f} MB/s, cpu {r['cpu_s']:.2f}s"
+    seconds = r["seconds"]  # 0 for a run that measures no throughput (a timeout burst)
+    rps = r["requests"] / seconds if seconds else 0
+    mbs = r["bytes"] / seconds / 1e6 if seconds else 0
+    s = f"{rps:,.0f} req/s, {mbs:,.1f} MB/s, cpu {r['cpu_s']:.2f}s"
     if r.get("p99_ms") is not None:
         s += f", p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
     if r.get("rss_per_conn_kib") is not None:
