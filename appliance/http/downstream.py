@@ -975,6 +975,11 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.sent = 0
         if exchange.phases.logging is not None:
             calls.logging_phase(exchange)
+        if exchange.req is not None:
+            # The request view's lazy request id refers back to the exchange: without the views
+            # (and the ctx a phase may have handed them to) the exchange is freed by reference
+            # counting when it is done, instead of waiting for the cyclic GC.
+            exchange.req = exchange.resp = exchange.phase_ctx = None
         self.ctx.observer.exchange_done(exchange)
 
     def _finish(self, exchange: Exchange, keep_alive: bool) -> None:
