@@ -38,6 +38,8 @@ mkdir -p "$src/docs"
 # Every operator document; debian/rproxyd.docs picks what the package installs.
 cp "$top"/docs/*.md "$src/docs/"
 cp "$top/etc/rproxy/conf.d/README" "$src/etc/rproxy/conf.d/"
+mkdir -p "$src/etc/rproxy/phases"
+cp -R "$top/etc/rproxy/phases/examples" "$src/etc/rproxy/phases/"
 cp -R "$top/packaging/debian" "$src/debian"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
 rm -f "$src"/appliance/tls/_ticketkeys.so  # debian/rules compiles its own
