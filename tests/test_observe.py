@@ -17,7 +17,7 @@ import pytest
 
 from appliance.http.downstream import LINGER_SECONDS
 from tests.support import curl, read_all, wait_connected_to, wait_for
-from tests.support.tls import client_context, https_get, make_certs
+from tests.support.tls import Certs, client_context, https_get, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
 pytestmark = pytest.mark.timeout(90)
@@ -183,17 +183,23 @@ backend = "dead"
         proxy.stop()
 
 
-def test_access_log_tls_fields(tmp_path: Path, origin_port: int) -> None:
+def _tls_listener(tmp_path: Path) -> tuple[Certs, str]:
+    """Certificates made in tmp_path, and a [[listener]] table serving a.test over TLS."""
     (tmp_path / "certs").mkdir()
     certs = make_certs(tmp_path / "certs")
-    proxy = start(tmp_path, origin_port, tables=f"""
+    return certs, f"""
 [[listener]]
 name = "tls"
 bind = "127.0.0.1:0"
 [listener.tls]
 enabled = true
 certificate = "{certs.path('a.test.pem')}"
+"""
 
+
+def test_access_log_tls_fields(tmp_path: Path, origin_port: int) -> None:
+    certs, listener = _tls_listener(tmp_path)
+    proxy = start(tmp_path, origin_port, tables=listener + """
 [[vhost]]
 name = "a"
 hosts = ["a.test"]
@@ -224,16 +230,8 @@ backend = "demo"
 def test_access_log_client_address_over_tls(tmp_path: Path, origin_port: int) -> None:
     """The client address is taken when the connection is made: by the time a batch is written
     the TLS transport no longer reports its peer, least of all for a client already gone."""
-    (tmp_path / "certs").mkdir()
-    certs = make_certs(tmp_path / "certs")
-    proxy = start(tmp_path, origin_port, tables=f"""
-[[listener]]
-name = "tls"
-bind = "127.0.0.1:0"
-[listener.tls]
-enabled = true
-certificate = "{certs.path('a.test.pem')}"
-""")
+    certs, listener = _tls_listener(tmp_path)
+    proxy = start(tmp_path, origin_port, tables=listener)
     try:
         port = int(proxy.status()["listeners"]["tls"].rsplit(":", 1)[1])
         result = curl("--cacert", certs.path("trust.pem"), "--resolve", f"a.test:{port}:127.0.0.1",

@@ -488,14 +488,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         try:
             result = request_filter(calls.request_view(exchange), exchange.phase_ctx)
             if phases.request_filter_async:
-                finished, result = eager.start(result, self.ctx.loop)
+                finished, result = self._run_async_phase(
+                    exchange, result, partial(self._request_filter_done, exchange, vhost, path))
                 if not finished:
-                    # Reading goes on as while a request waits for a server (a body is buffered,
-                    # pipelined requests queue, both bounded), so a client that goes away is
-                    # seen and its phase cancelled (_cancel_phase).
-                    exchange.transition(_S.AWAITING_PHASE)
-                    self.phase_task = result
-                    result.add_done_callback(partial(self._request_filter_done, exchange, vhost, path))
                     return False
             response = response_or_none(result, "request_filter")
         except Exception as exc:
@@ -519,6 +514,21 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self._answer(exchange, response, self.response_keep_alive(exchange))
             return
         self._route(exchange, vhost, path)
+
+    def _run_async_phase(self, exchange: Exchange, coro: Any,
+                         on_done: Callable[[asyncio.Task], None]) -> tuple[bool, Any]:
+        """Drive an async phase's coroutine; (True, its result), or (False, its Task) if it suspended.
+
+        A suspended phase is awaited with reading going on, as while a request waits for a
+        server (a body is buffered, pipelined requests queue, both bounded), so a client that
+        goes away is seen and the phase cancelled (_cancel_phase); `on_done` goes on with it.
+        """
+        finished, result = eager.start(coro, self.ctx.loop)
+        if not finished:
+            exchange.transition(_S.AWAITING_PHASE)
+            self.phase_task = result
+            result.add_done_callback(on_done)
+        return finished, result
 
     def _phase_completed(self, task: asyncio.Task) -> bool:
         """Whether the async phase that just completed still has an exchange to go on with."""
@@ -564,18 +574,15 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def choose_peer(self, exchange: Exchange, retry: bool = False) -> None:
         """upstream_peer: where the request goes; run before a server is picked and before each retry.
 
-        An async phase that suspends is awaited as an async request_filter is: reading goes
-        on, and a client that leaves cancels it (_cancel_phase).
+        An async phase that suspends is awaited as an async request_filter is (_run_async_phase).
         """
         phases = exchange.phases
         try:
             chosen = phases.upstream_peer(calls.request_view(exchange), exchange.phase_ctx)
             if phases.upstream_peer_async:
-                finished, chosen = eager.start(chosen, self.ctx.loop)
+                finished, chosen = self._run_async_phase(
+                    exchange, chosen, partial(self._upstream_peer_done, exchange, retry))
                 if not finished:
-                    exchange.transition(_S.AWAITING_PHASE)
-                    self.phase_task = chosen
-                    chosen.add_done_callback(partial(self._upstream_peer_done, exchange, retry))
                     return
             choice = self.ctx.peer_choice(chosen)
         except Exception as exc:

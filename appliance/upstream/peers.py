@@ -62,16 +62,14 @@ class PeerPools:
 
     def get(self, peer: Peer) -> BackendPool | None:
         """The pool for `peer`, made now if need be; None when the bound is reached."""
-        self._used[peer] = self._loop.time()
         pool = self.pools.get(peer)
-        if pool is not None:
-            return pool
-        if len(self.pools) >= self._limit:
-            del self._used[peer]
-            return None
-        pool = self.pools[peer] = self._make(f"peer {peer.address}", peer_config(peer))
-        if self._sweep is None:
-            self._sweep = self._loop.call_later(self._idle_timeout, self._close_idle)
+        if pool is None:
+            if len(self.pools) >= self._limit:
+                return None
+            pool = self.pools[peer] = self._make(f"peer {peer.address}", peer_config(peer))
+            if self._sweep is None:
+                self._sweep = self._loop.call_later(self._idle_timeout, self._close_idle)
+        self._used[peer] = self._loop.time()
         return pool
 
     def _close_idle(self) -> None:
