@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TICKET_CB := appliance/tls/_ticketkeys.so
 BUILD_LIST := appliance/_build_modules.txt
 BUILD_INFO := appliance/_build_info.json
-COMPILED_MODULES := $(shell sed -e 's/\#.*//' $(BUILD_LIST))
+COMPILED_MODULES := $(shell sed -e 's/\#.*//' $(BUILD_LIST) 2>/dev/null)
 COMPILED_SOURCES := $(COMPILED_MODULES) $(wildcard $(COMPILED_MODULES:.py=.pxd))
 # What building the compiled modules needs besides the venv: a C compiler and Python's headers.
 HAS_COMPILER := command -v cc >/dev/null && $(PYTHON) -c 'import os, sysconfig; \

@@ -133,7 +133,16 @@ p_install() {
         || fail "/etc/rproxy/rproxy.toml is not a conffile"
     check "man page" test -f /usr/share/man/man8/rproxyd.8.gz
     check "logrotate config parses" logrotate -d /etc/logrotate.d/rproxyd 2>/dev/null
-    note "running as rproxy on :80 (CapAmb $(awk '/CapAmb/{print $2}' /proc/"$pid"/status)), 502 without origin"
+    # The package ships the compiled request path (no compiler here): the build that runs, and
+    # a worker that has its extension modules loaded.
+    local build worker
+    build=$(rproxyd --version)
+    [[ $build == *", compiled with Cython "* ]] || fail "rproxyd --version: '$build', not the compiled build"
+    worker=$(pgrep -P "$pid" | head -1)
+    grep -q '/usr/lib/rproxyd/appliance/.*\.cpython-.*\.so' "/proc/$worker/maps" \
+        || fail "worker $worker has no compiled appliance module loaded"
+    note "running as rproxy on :80 (CapAmb $(awk '/CapAmb/{print $2}' /proc/"$pid"/status)), 502 without origin;" \
+        "$build"
 }
 
 p_verify() {
