@@ -69,8 +69,8 @@ test: system-deps $(STAMP) $(BUILD_INFO) $(TICKET_CB) lint
 test-pure: $(STAMP) $(BUILD_INFO) $(TICKET_CB)
 	RPROXYD_PURE=1 $(PYTEST) $(PURE_CORE_TESTS)
 
-## system-deps: the Debian packages the tests drive (curl, openssl, nginx) and the C callback's compiler
-## and libssl headers, via apt when root
+## system-deps: the Debian packages the tests drive (curl, openssl, nginx), the C compiler with
+## libssl's and Python's headers (the ticket callback, the compiled request path), via apt when root
 system-deps:
 	bash .ci/system-deps
 

@@ -51,12 +51,15 @@ def source_digest(source: Path) -> str:
 
 
 def module_source(name: str) -> Path:
+    """The .py file of an appliance module, by its dotted name."""
     return PACKAGE.parent.joinpath(*name.split(".")).with_suffix(".py")
 
 
 def _built(info: dict) -> tuple[dict[str, Path], str]:
     """The extension files of a build record, or {} and why they cannot run."""
     found: dict[str, Path] = {}
+    if not info["modules"]:
+        return {}, "the build compiled no module"
     for name, entry in info["modules"].items():
         source = module_source(name)
         extension = source.with_name(entry["extension"])

@@ -141,6 +141,10 @@ p_install() {
     worker=$(pgrep -P "$pid" | head -1)
     grep -q '/usr/lib/rproxyd/appliance/.*\.cpython-.*\.so' "/proc/$worker/maps" \
         || fail "worker $worker has no compiled appliance module loaded"
+    # The pure-Python build runs here too (no Cython installed: the package's cython.py).
+    RPROXYD_PURE=1 python3 -I -c 'import sys; sys.path.insert(0, "/usr/lib/rproxyd")
+import appliance.worker, appliance.http.downstream as d; assert d.__file__.endswith(".py"), d.__file__' \
+        || fail "the pure-Python build does not import"
     note "running as rproxy on :80 (CapAmb $(awk '/CapAmb/{print $2}' /proc/"$pid"/status)), 502 without origin;" \
         "$build"
 }
