@@ -30,9 +30,9 @@ NOT_COMPILABLE = {"appliance/__init__.py", "appliance/build.py"}
 DIRECTIVES = {
     "language_level": 3,
     # binding=False: module functions and methods are Cython's builtin-style functions, which
-    # uvloop and the other compiled modules call faster than binding cyfunctions. Nothing in
-    # these modules introspects their own functions (inspect.signature works on the phases an
-    # operator writes, which are never compiled).
+    # uvloop and the other compiled modules call faster than binding cyfunctions. Nothing at run
+    # time introspects these modules' own functions (the phase checks inspect the operator's
+    # classes, never compiled); a test of an interface reads the source (test_seam_units.py).
     "binding": False,
     # Index checks stay as Python has them: a compiled module must behave as its .py file
     # (IndexError, negative indices), never read past a buffer.
