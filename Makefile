@@ -7,17 +7,42 @@ ORIGIN_PORT ?= 8081
 STAMP := $(VENV)/.installed
 # The C session-ticket callback; appliance/tls/tickets.py falls back to ctypes without it.
 TICKET_CB := appliance/tls/_ticketkeys.so
+BUILD_LIST := appliance/_build_modules.txt
+BUILD_INFO := appliance/_build_info.json
+COMPILED_MODULES := $(shell sed -e 's/\#.*//' $(BUILD_LIST) 2>/dev/null)
+COMPILED_SOURCES := $(COMPILED_MODULES) $(wildcard $(COMPILED_MODULES:.py=.pxd))
+# What building the compiled modules needs besides the venv: a C compiler and Python's headers.
+HAS_COMPILER := command -v cc >/dev/null && $(PYTHON) -c 'import os, sysconfig; \
+    assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null
+# The suite's core files, which CI also runs on the pure-Python build (RPROXYD_PURE=1): the
+# request path, pipelining, request smuggling, stale backend connections, phases, configuration.
+PURE_CORE_TESTS := tests/test_proxy_basics.py tests/test_proxy_errors.py tests/test_routing.py \
+    tests/test_stale_connections.py tests/test_phases_wiring.py tests/test_config.py tests/test_build.py
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
 
-.PHONY: run test lint docs venv clean system-deps
+.PHONY: run test test-pure lint docs venv compiled clean system-deps
 
+# The venv also gets the build requirements (Cython, pinned in pyproject.toml), for the
+# compiled request path below; the editable install then builds with them, not in a copy.
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || bash .ci/system-deps
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null && $(HAS_COMPILER) || bash .ci/system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet $$($(BIN)/python -c 'import tomllib; \
+	    print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])')
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) $(BUILD_INFO)
+
+# The compiled request path: setup.py compiles the modules $(BUILD_LIST) lists with Cython into
+# extension modules beside their .py files, in place, and records them in $(BUILD_INFO)
+# (appliance/build.py picks the build at run time; RPROXYD_PURE=1 picks the .py files).
+# Rebuilt when a listed module, its .pxd, the list or setup.py changes.
+$(BUILD_INFO): $(STAMP) setup.py $(BUILD_LIST) $(COMPILED_SOURCES)
+	$(BIN)/python setup.py --quiet build_ext --inplace --parallel 2
+
+compiled: $(BUILD_INFO)
 
 $(TICKET_CB): appliance/tls/ticketkeys.c
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $< -lssl -lcrypto
@@ -26,24 +51,31 @@ $(TICKET_CB): appliance/tls/ticketkeys.c
 # rproxyd itself logs "serving on http://..." once its listeners are bound and its workers
 # serve; a failure to bind is its last word. Its status.json goes to .run/ (not the
 # /run/rproxyd of an installed service), which `rproxyd --reload PID` finds the same way.
-run: $(STAMP)
+run: $(STAMP) $(BUILD_INFO)
 	@$(MAKE) -s $(TICKET_CB) 2>/dev/null || echo "no C compiler or libssl-dev: using the ctypes ticket callback"
+	@$(BIN)/rproxyd --version
 	@$(BIN)/python -m appliance.demo_origin --port $(ORIGIN_PORT) & origin=$$!; \
 	trap 'kill $$origin 2>/dev/null' EXIT INT TERM; \
 	echo "starting rproxyd -c $(CONFIG) (Ctrl-C stops it and the demo origin)"; \
 	RUNTIME_DIRECTORY=$(CURDIR)/.run $(BIN)/rproxyd -c $(CONFIG)
 
-## test: system tools, lint, then the whole suite against real processes on loopback
-test: system-deps $(STAMP) $(TICKET_CB) lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+## test: system tools, lint, the whole suite on the compiled build, then its core files on the
+## pure-Python build (test-pure), against real processes on loopback
+test: system-deps $(STAMP) $(BUILD_INFO) $(TICKET_CB) lint
+	$(PYTEST) $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-pure
 
-## system-deps: the Debian packages the tests drive (curl, openssl, nginx) and the C callback's compiler
-## and libssl headers, via apt when root
+## test-pure: the core test files on the pure-Python build (RPROXYD_PURE=1)
+test-pure: $(STAMP) $(BUILD_INFO) $(TICKET_CB)
+	RPROXYD_PURE=1 $(PYTEST) $(PURE_CORE_TESTS)
+
+## system-deps: the Debian packages the tests drive (curl, openssl, nginx), the C compiler with
+## libssl's and Python's headers (the ticket callback, the compiled request path), via apt when root
 system-deps:
 	bash .ci/system-deps
 
 lint: $(STAMP)
-	$(BIN)/ruff check appliance tests perf etc/rproxy/phases
+	$(BIN)/ruff check appliance tests perf etc/rproxy/phases setup.py
 	$(BIN)/python -m appliance.config.docs --check docs/configuration.md
 
 ## docs: regenerate docs/configuration.md from the schema
@@ -51,7 +83,8 @@ docs: $(STAMP)
 	$(BIN)/python -m appliance.config.docs > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .ruff_cache build *.egg-info $(TICKET_CB)
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache build *.egg-info $(TICKET_CB) $(BUILD_INFO)
+	rm -f $(COMPILED_MODULES:.py=.c) $(wildcard $(COMPILED_MODULES:.py=.cpython-*.so))
 
 # Feature areas keep their targets beside their code.
 -include perf/perf.mk

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance import __version__
+from appliance import __version__, build
 from appliance.config import DEFAULT_PATH, ConfigError, load
 
 
@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         "--reload-timeout", type=float, default=120.0, metavar="SECONDS",
         help="how long --reload waits for the outcome (default 120)",
     )
-    parser.add_argument("--version", action="version", version=f"rproxyd {__version__}")
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and the build that runs (compiled or pure Python), and exit")
     return parser
 
 
@@ -57,6 +58,9 @@ def _reload(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.version:
+        print(f"rproxyd {__version__}, {build.describe(load=True)}")
+        return 0
     if args.reload is not None:
         return _reload(args)
     try:

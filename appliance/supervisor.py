@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance import shm
+from appliance import build, shm
 from appliance.config import Config, ConfigError, load
 from appliance.config.paths import runtime_dir
 from appliance.observe import metrics
@@ -537,6 +537,7 @@ class Supervisor:
         cpus = {(gen.number, s.index): s.cpu for gen in self._generations() for s in gen.slots}
         return {
             "pid": os.getpid(),
+            "build": build.describe(),
             "phase": self.phase.value,
             "generation": self.current.number if self.current else 0,
             "reload": dict(self.reload),

@@ -33,7 +33,7 @@ src=$out/rproxyd-$version
 rm -rf "$src"
 mkdir -p "$src/etc/rproxy/conf.d"
 cp -R "$top/appliance" "$src/appliance"
-cp "$top/requirements.txt" "$src/"
+cp "$top/requirements.txt" "$top/setup.py" "$top/pyproject.toml" "$top/README.md" "$src/"
 mkdir -p "$src/docs"
 # Every operator document; debian/rproxyd.docs picks what the package installs.
 cp "$top"/docs/*.md "$src/docs/"
@@ -42,7 +42,10 @@ mkdir -p "$src/etc/rproxy/phases"
 cp -R "$top/etc/rproxy/phases/examples" "$src/etc/rproxy/phases/"
 cp -R "$top/packaging/debian" "$src/debian"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
-rm -f "$src"/appliance/tls/_ticketkeys.so  # debian/rules compiles its own
+# debian/rules compiles its own: the C ticket callback and the compiled request path (the
+# working tree's were built for its venv's Python, with other flags).
+find "$src/appliance" \( -name '*.so' -o -name '*.c' ! -name ticketkeys.c \) -delete
+rm -f "$src/appliance/_build_info.json"
 
 if [[ -n $suffix ]]; then
     maint=$(sed -n 's/^Maintainer: //p' "$src/debian/control")

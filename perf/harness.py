@@ -29,10 +29,18 @@ from .tools import (
 
 PERF = Path(__file__).resolve().parent
 ROOT = PERF.parent
-PROXIES = ("direct", "nginx", "haproxy", "rproxyd", "tls_floor", "rproxyd_phases")
+PROXIES = ("direct", "nginx", "haproxy", "rproxyd", "tls_floor", "rproxyd_phases", "rproxyd_pure")
 COMPETITORS = ("nginx", "haproxy")
-# Not in every scenario: the TLS calibration runs in the TLS scenarios, a variant in its own.
-ONLY_IN_OWN_SCENARIOS = ("tls_floor", "rproxyd_phases")
+# rproxyd run another way, measured against plain rproxyd in the same run: what rproxyd_service
+# gets for each (an operator phases module; variables added to rproxyd's environment).
+RPROXYD_VARIANTS = {
+    "rproxyd_phases": {"phases": PERF / "phases_site.py"},
+    # The pure-Python build of the same code (appliance/build.py), beside the compiled one.
+    "rproxyd_pure": {"env": {"RPROXYD_PURE": "1"}},
+}
+# Not in every scenario: the TLS calibration runs in the TLS scenarios, a variant in the
+# scenarios that name it.
+ONLY_IN_OWN_SCENARIOS = ("tls_floor", *RPROXYD_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,9 @@ class Scenario:
     # rproxyd-only scenarios: the variant measured against plain rproxyd in the same run (the
     # target is then a ratio to rproxyd, not to nginx), and the only proxies it runs.
     variant: str = ""
+    # Variants that also run here, beside every other proxy, reported with their ratio to plain
+    # rproxyd too; the target stays plain rproxyd's.
+    beside: tuple[str, ...] = ()
 
     @property
     def higher_is_better(self) -> bool:
@@ -61,14 +72,15 @@ class Scenario:
 MIB = 1 << 20
 SCENARIOS = [
     Scenario("small_get", "Small GET (128 B), keep-alive", "wrk", "req", "/small", 64,
-             target=1.0, target_text="req/CPU-s >= 1.0x nginx"),
+             target=1.0, target_text="req/CPU-s >= 1.0x nginx", beside=("rproxyd_pure",)),
     Scenario("get_1m", "1 MiB GET", "wrk", "bytes", "/1m", 16,
              target=1.5, target_text="bytes/CPU-s >= 1.5x nginx"),
     Scenario("get_100m", "100 MiB GET", "wrk", "bytes", "/100m", 4,
              target=1.5, target_text="bytes/CPU-s >= 1.5x nginx"),
     Scenario("upload_1m", "1 MiB upload (POST)", "wrk", "bytes", "/upload", 16, body=MIB,
              target=1.5, target_text="bytes/CPU-s >= 1.5x nginx"),
-    Scenario("new_conn", "New connection per request", "wrk", "req", "/small", 32, close=True),
+    Scenario("new_conn", "New connection per request", "wrk", "req", "/small", 32, close=True,
+             beside=("rproxyd_pure",)),
     Scenario("latency", "Latency at fixed offered load", "rate", "p99", "/small", 32,
              target=1.2, target_text="p99 <= 1.2x nginx"),
     Scenario("idle_10k", "10k idle keep-alive connections", "idle", "rss", "/small",
@@ -104,8 +116,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated scenarios or 'all' (default); known: {', '.join(BY_NAME)}")
     p.add_argument("--proxies", default=",".join(PROXIES),
                    help="comma-separated proxies to drive (default: all of direct,nginx,haproxy,rproxyd,"
-                   "tls_floor,rproxyd_phases; tls_floor, the TLS calibration, runs in the TLS scenarios "
-                   "only, rproxyd_phases in the *_phases scenarios only, which run rproxyd and it alone)")
+                   "tls_floor,rproxyd_phases,rproxyd_pure; tls_floor, the TLS calibration, runs in the TLS "
+                   "scenarios only, rproxyd_phases in the *_phases scenarios only, which run rproxyd and it "
+                   "alone, rproxyd_pure (the pure-Python build, RPROXYD_PURE=1) in small_get and new_conn)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="measured runs per scenario per proxy; the median "
                    "is reported (default 3)")
@@ -128,7 +141,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "perf/work/quick/ with --quick)")
     p.add_argument("--rproxyd-ref", default=None, metavar="GITREF",
                    help="benchmark rproxyd's appliance/ as of this git ref (exported with git archive into "
-                   "the scratch directory) instead of the working tree; for before/after figures")
+                   "the scratch directory, with its compiled modules built there if it has any) instead "
+                   "of the working tree; for before/after figures")
     p.add_argument("--work", type=Path, default=PERF / "work", help="scratch directory (default perf/work)")
     a = p.parse_args(argv)
     a.work = a.work.resolve()  # nginx and HAProxy resolve relative paths against their own prefix
@@ -182,21 +196,17 @@ class Bench:
         self.rproxyd = [str(rp)] if rp.exists() else [sys.executable, "-m", "appliance"]
         self.rproxyd_env: dict | None = None
         if args.rproxyd_ref:
-            src = args.work / "rproxyd-ref"
-            if src.exists():
-                shutil.rmtree(src)
-            src.mkdir(parents=True)
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.rproxyd_ref, "appliance"],
-                                     capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-            if (src / "appliance/tls/ticketkeys.c").exists():
-                # The ref's C ticket callback, built by the same Makefile rule as the working tree's.
-                subprocess.run(["make", "-s", "-C", str(src), "-f", str(ROOT / "Makefile"),
-                                "appliance/tls/_ticketkeys.so"], check=True)
+            src = _export_ref(args.rproxyd_ref, args.work)
             self.rproxyd = [sys.executable, "-m", "appliance"]
             self.rproxyd_env = dict(os.environ, PYTHONPATH=str(src), PYTHONSAFEPATH="1")
             self.notes["rproxyd_source"] = f"appliance/ from git ref {args.rproxyd_ref}"
             log(f"rproxyd from git ref {args.rproxyd_ref} ({src})")
+        # Which build plain rproxyd runs (compiled or pure Python; a ref from before the build says
+        # its version only).
+        self.notes["rproxyd_build"] = subprocess.run(
+            [*self.rproxyd, "--version"], capture_output=True, text=True, env=self.rproxyd_env,
+            check=True).stdout.strip()
+        log(self.notes["rproxyd_build"])
         self.origin: Service | None = None
         self.results: list[dict] = []
         self.failures: list[str] = []
@@ -223,10 +233,13 @@ class Bench:
             svcs["rproxyd"], notes = proxies.rproxyd_service(w, o, c, self.cpus, self.rproxyd, n,
                                                              self.rproxyd_env)
             self.notes.update({f"rproxyd_{k}": v for k, v in notes.items()})
-        if "rproxyd_phases" in wanted:
-            svcs["rproxyd_phases"], _ = proxies.rproxyd_service(
-                w, o, c, self.cpus, self.rproxyd, n, self.rproxyd_env, name="rproxyd_phases",
-                phases=PERF / "phases_site.py")
+        for variant, options in RPROXYD_VARIANTS.items():
+            if variant in wanted:
+                env = self.rproxyd_env
+                if "env" in options:
+                    env = {**(env or os.environ), **options["env"]}
+                svcs[variant], _ = proxies.rproxyd_service(w, o, c, self.cpus, self.rproxyd, n, env,
+                                                           name=variant, phases=options.get("phases"))
         if "tls_floor" in wanted:
             svcs["tls_floor"] = proxies.tls_floor_service(w, c, self.cpus, n)
         for name, svc in list(svcs.items()):
@@ -392,11 +405,49 @@ class Bench:
 
 def _proxies_of(sc: Scenario, chosen: list[str]) -> list[str]:
     """The proxies a scenario runs, of those chosen: the TLS calibration only in TLS scenarios;
-    an rproxyd-only scenario runs plain rproxyd and its variant, nothing else."""
+    an rproxyd-only scenario runs plain rproxyd and its variant, nothing else; a variant runs
+    beside the others where the scenario names it."""
     if sc.variant:
         return [p for p in chosen if p in ("rproxyd", sc.variant)]
     return [p for p in chosen
-            if p not in ONLY_IN_OWN_SCENARIOS or (p == "tls_floor" and sc.kind == "tls")]
+            if p not in ONLY_IN_OWN_SCENARIOS or (p == "tls_floor" and sc.kind == "tls") or p in sc.beside]
+
+
+def _export_ref(ref: str, work: Path) -> Path:
+    """appliance/ as of a git ref, in the scratch directory, built as `make` builds the working
+    tree: its C ticket callback and, if the ref has a build list, its compiled request path
+    (setup.py), so before/after figures compare compiled builds. Kept per commit, so alternating
+    runs against the same ref build it once."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    src = work / f"rproxyd-ref-{commit[:12]}"
+    done = src / ".built"
+    if done.exists():
+        return src
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    paths = ["appliance"]
+    if _in_commit(commit, "appliance/_build_modules.txt"):
+        paths += ["setup.py", "pyproject.toml", "README.md"]
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, *paths],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    if (src / "appliance/tls/ticketkeys.c").exists():
+        # The ref's C ticket callback, built by the same Makefile rule as the working tree's.
+        subprocess.run(["make", "-s", "-C", str(src), "-f", str(ROOT / "Makefile"),
+                        "appliance/tls/_ticketkeys.so"], check=True)
+    if (src / "setup.py").exists():
+        log(f"building the compiled modules of {ref} ({commit[:12]})")
+        subprocess.run([sys.executable, "setup.py", "--quiet", "build_ext", "--inplace", "--parallel", "2"],
+                       cwd=src, check=True)
+    done.touch()
+    return src
+
+
+def _in_commit(commit: str, path: str) -> bool:
+    return subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}:{path}"],
+                          capture_output=True, check=False).returncode == 0
 
 
 def _rss(pids: list[int]) -> int:
@@ -504,7 +555,7 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
            "stall": "stall_ms"}[sc.metric]
     ref = {r["proxy"]: r.get(key) for r in rows if r["status"] == "ok"}
     for r in rows:
-        for comp in (*COMPETITORS, "rproxyd") if sc.variant else COMPETITORS:
+        for comp in (*COMPETITORS, "rproxyd") if sc.variant or sc.beside else COMPETITORS:
             mine, theirs = r.get(key), ref.get(comp)
             ok = r["status"] == "ok" and r["proxy"] not in ("direct", comp) and mine is not None and theirs
             r[f"vs_{comp}"] = round(mine / theirs, 3) if ok else None

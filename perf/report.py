@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 PROXY_NAMES = {"direct": "direct (no proxy)", "nginx": "nginx", "haproxy": "HAProxy", "rproxyd": "rproxyd",
-               "tls_floor": "uvloop TLS floor (no proxying)", "rproxyd_phases": "rproxyd + phases"}
+               "tls_floor": "uvloop TLS floor (no proxying)", "rproxyd_phases": "rproxyd + phases",
+               "rproxyd_pure": "rproxyd, pure Python build"}
 
 
 def write_all(out: Path, meta: dict, rows: list[dict], scenarios: list) -> None:

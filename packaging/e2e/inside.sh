@@ -133,7 +133,20 @@ p_install() {
         || fail "/etc/rproxy/rproxy.toml is not a conffile"
     check "man page" test -f /usr/share/man/man8/rproxyd.8.gz
     check "logrotate config parses" logrotate -d /etc/logrotate.d/rproxyd 2>/dev/null
-    note "running as rproxy on :80 (CapAmb $(awk '/CapAmb/{print $2}' /proc/"$pid"/status)), 502 without origin"
+    # The package ships the compiled request path (no compiler here): the build that runs, and
+    # a worker that has its extension modules loaded.
+    local build worker
+    build=$(rproxyd --version)
+    [[ $build == *", compiled with Cython "* ]] || fail "rproxyd --version: '$build', not the compiled build"
+    worker=$(pgrep -P "$pid" | head -1)
+    grep -q '/usr/lib/rproxyd/appliance/.*\.cpython-.*\.so' "/proc/$worker/maps" \
+        || fail "worker $worker has no compiled appliance module loaded"
+    # The pure-Python build runs here too (no Cython installed: the package's cython.py).
+    RPROXYD_PURE=1 python3 -I -c 'import sys; sys.path.insert(0, "/usr/lib/rproxyd")
+import appliance.worker, appliance.http.downstream as d; assert d.__file__.endswith(".py"), d.__file__' \
+        || fail "the pure-Python build does not import"
+    note "running as rproxy on :80 (CapAmb $(awk '/CapAmb/{print $2}' /proc/"$pid"/status)), 502 without origin;" \
+        "$build"
 }
 
 p_verify() {
