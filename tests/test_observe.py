@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from appliance.http.downstream import LINGER_SECONDS
-from tests.support import curl, read_all, read_until_close, wait_connected_to, wait_for
+from tests.support import curl, read_all, wait_connected_to, wait_for
 from tests.support.tls import Certs, client_context, https_get, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin, get
 
@@ -456,35 +456,6 @@ def test_connection_closed_by_the_client_is_not_kept_lingering(tmp_path: Path, o
         until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_client_connections") == 0,
                       "no client connection counted")
     finally:
-        proxy.stop()
-
-
-def test_connection_whose_request_asked_for_the_close_is_not_kept_lingering(
-        tmp_path: Path, origin_port: int) -> None:
-    """A client whose request says `Connection: close` sends nothing after it (RFC 9112 9.6):
-    once that request is read to its end and answered, the socket closes at once, as nginx's
-    `lingering_close on` does, even while the client keeps its own side open (it used to linger
-    LINGER_SECONDS, waiting for the client's FIN)."""
-    proxy = start(tmp_path, origin_port)
-    clients = []
-    try:
-        worker = proxy.current_workers()[0]["pid"]
-        wait_connected_to([origin_port])  # the warm backend connection is part of the baseline
-        baseline = len(os.listdir(f"/proc/{worker}/fd"))
-        for _ in range(20):
-            sock = socket.create_connection(proxy.address)
-            clients.append(sock)  # held open, never closed nor shut down, until the end
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            answer, closed = read_until_close(sock, 5)
-            assert answer.startswith(b"HTTP/1.1 200 ") and closed, answer
-        # Bounded well below LINGER_SECONDS: before the fix all twenty were still open.
-        wait_for(lambda: len(os.listdir(f"/proc/{worker}/fd")) == baseline, LINGER_SECONDS * 0.75,
-                 "the worker's descriptors back to their baseline")
-        until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_client_connections") == 0,
-                      "no client connection counted")
-    finally:
-        for sock in clients:
-            sock.close()
         proxy.stop()
 
 

@@ -88,9 +88,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         "deadline",
         "exchanges",
         "forwarded_tail",
+        "half_closed",
         "head_raw",
         "held_head",
-        "input_over",
         "parser",
         "parsing",
         "peer",
@@ -135,9 +135,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         # The route's response_body_filter while a response goes through it, else None.
         self.body_filter: Callable[..., Any] | None = None
         self.sent = 0  # response bytes written for the exchange now answering
-        # The client sends nothing more (its FIN came, or the request that said Connection: close
-        # was read to its end with nothing after it): its close needs no lingering.
-        self.input_over = False
+        self.half_closed = False  # the client sent FIN: it sends nothing more, so no lingering close
         self.write_paused = False
         self._read_pauses = 0
         self.peer: tuple | None = None  # (address, port, ...) as the socket reported it
@@ -239,7 +237,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state is ClientState.CLOSED:
             return False  # the client finished its side of a lingering close
-        self.input_over = True
+        self.half_closed = True
         exchange = self.parsing
         if exchange is not None and not exchange.request_done:
             if exchange.state is _S.HEAD:
@@ -1001,13 +999,6 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         if self.exchanges and self.exchanges[0] is exchange:
             self.exchanges.pop(0)
         if not keep_alive or not exchange.request_done:
-            if (exchange.keep_alive is False and exchange.failure is None and exchange.request_done
-                    and not self.exchanges and self.parsing is None):
-                # The client asked for the close and sent nothing after that request (RFC 9112
-                # 9.6: it sends no further one): close at once, as nginx's `lingering_close on`
-                # does. Lingering would cost a shutdown, a read of the client's FIN and a loop
-                # turn on every such connection.
-                self.input_over = True
             self.close()
             return
         if self._read_pauses & PAUSE_PIPELINE_FULL and (
@@ -1152,13 +1143,12 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             return
         if force:
             transport.abort()
-        elif transport.can_write_eof() and not self.input_over:
+        elif transport.can_write_eof() and not self.half_closed:
             # Lingering close (nginx's lingering_close): send FIN once our output is flushed,
             # then read and drop what the client still sends until it closes or LINGER_SECONDS
             # pass. Closing with unread input would send a reset, which can destroy a response
             # the client has not read yet, or turn a keep-alive race into an error. A client
-            # that sent FIN, or whose last request asked for the close, sends nothing more: its
-            # socket closes once our output is flushed.
+            # that sent FIN sends nothing more: its socket closes once our output is flushed.
             transport.write_eof()
             transport.resume_reading()
             self.deadline.set(LINGER_SECONDS)
