@@ -10,39 +10,21 @@ kernel time; comparing them call by call with nginx's and HAProxy's shows which 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from pathlib import Path
+
+from .tools import PerfAttached
 
 EVENTS = "syscalls:sys_enter_*"
 _PREFIX = "syscalls:sys_enter_"
 
 
-class SyscallCount:
+class SyscallCount(PerfAttached):
     """`perf stat` of the syscall entries of some processes for the duration of a `with` block."""
 
     def __init__(self, perf: str, pids: list[int], out: Path) -> None:
-        self.argv = [perf, "stat", "-x", ",", "--no-big-num", "-e", EVENTS, "-o", str(out),
-                     "-p", ",".join(str(pid) for pid in pids)]
+        # Half a second to open a counter per tracepoint and thread before the load starts.
+        super().__init__([perf, "stat", "-x", ",", "--no-big-num", "-e", EVENTS, "-o", str(out)], pids, 0.5)
         self.out = out
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> SyscallCount:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.5)  # opening a counter per tracepoint and thread; the load starts after
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"perf stat failed: {self.proc.stderr.read().strip()[-300:]}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
     def counts(self) -> dict[str, int]:
         """Entries of each system call (only those entered at least once)."""
