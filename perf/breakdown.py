@@ -18,10 +18,10 @@ part is what their runtimes cost. Sampling costs CPU too (250 samples a second p
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
+
+from .tools import PerfAttached
 
 PARTS = ("OpenSSL", "kernel", "libc", "own code")
 SAMPLE_HZ = 250
@@ -39,30 +39,12 @@ def part_of(dso: str) -> str:
     return "own code"
 
 
-class PerfRecord:
+class PerfRecord(PerfAttached):
     """`perf record` of some processes for the duration of a `with` block."""
 
     def __init__(self, perf: str, pids: list[int], out: Path) -> None:
-        self.argv = [perf, "record", "-q", "-F", str(SAMPLE_HZ), "-o", str(out),
-                     "-p", ",".join(str(pid) for pid in pids)]
+        super().__init__([perf, "record", "-q", "-F", str(SAMPLE_HZ), "-o", str(out)], pids, 0.2)
         self.out = out
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> PerfRecord:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.2)  # attaching to the processes; the load starts after
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"perf record failed: {self.proc.stderr.read().strip()[-300:]}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
     def shares(self, perf: str) -> dict[str, float]:
         """Fraction of the samples in each shared object."""

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import breakdown, load, proxies, report
+from . import breakdown, load, proxies, report, syscalls
 from .tools import (
     CpuPlan,
     Service,
@@ -132,6 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--breakdown", action="store_true",
                    help="record every measured run with perf and report the CPU per request by part "
                    "(OpenSSL, kernel, libc, the proxy's own code); see perf/breakdown.py")
+    p.add_argument("--syscalls", action="store_true",
+                   help="count every system call the proxy enters during the measured runs (perf stat on "
+                   "the syscall tracepoints) and report them per request; see perf/syscalls.py")
     p.add_argument("--access-log", action="store_true",
                    help="every proxy writes an access log (default: all off); for the logging cost")
     p.add_argument("--quick", action="store_true",
@@ -183,7 +186,7 @@ class Bench:
             shutil.rmtree(self.work)
         (self.work / "logs").mkdir(parents=True)
         self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"]
-                                  + (["perf"] if args.breakdown else []))
+                                  + (["perf"] if args.breakdown or args.syscalls else []))
         self.cpus: CpuPlan = plan_cpus(args.workers)
         log(self.cpus.note)
         self.notes: dict[str, str] = {}
@@ -257,11 +260,14 @@ class Bench:
         assert self.origin is not None
         pids = svc.pids()
         opids = self.origin.pids()
-        recording = None
+        recording = counting = None
         if self.a.breakdown and proxy != "direct" and sc.kind != "idle":
             recording = breakdown.PerfRecord(self.paths["perf"], pids,
                                              self.work / f"perf-{sc.name}-{proxy}.data")
-        with recording or contextlib.nullcontext():
+        if self.a.syscalls and sc.kind != "idle":
+            counting = syscalls.SyscallCount(self.paths["perf"], pids,
+                                             self.work / f"syscalls-{sc.name}-{proxy}.csv")
+        with recording or contextlib.nullcontext(), counting or contextlib.nullcontext():
             before, obefore = cpu_ticks(pids), cpu_ticks(opids)
             res = self.run_load(sc, proxy, svc, seconds)
             after, oafter = cpu_ticks(svc.pids() or pids), cpu_ticks(opids)
@@ -269,6 +275,8 @@ class Bench:
         res["origin_cpu_s"] = cpu_seconds_between(obefore, oafter)
         if proxy == "direct":
             res["origin_cpu_s"] = 0.0
+        if counting is not None:
+            res["syscalls"] = counting.counts()
         if recording is not None:
             res["cpu_parts_s"], res["own_code_s"] = breakdown.split(recording.shares(self.paths["perf"]),
                                                                     res["cpu_s"])
@@ -496,6 +504,19 @@ def _cpu_breakdown(sc: Scenario, runs: list[dict]) -> dict:
     }
 
 
+def _syscalls_per_unit(sc: Scenario, runs: list[dict]) -> dict:
+    """Median entries per request (per MiB for the byte scenarios) of each system call, most first."""
+    per_mib = sc.metric == "bytes"
+    counted = [(r["syscalls"], r["bytes"] / MIB if per_mib else r["requests"])
+               for r in runs if "syscalls" in r]
+    counted = [(calls, work) for calls, work in counted if work]
+    per = {name: _median([calls.get(name, 0) / work for calls, work in counted])
+           for name in {name for calls, _ in counted for name in calls}}
+    per["total"] = _median([sum(calls.values()) / work for calls, work in counted])
+    return {"unit": "per MiB" if per_mib else "per request",
+            "calls": dict(sorted(per.items(), key=lambda item: -(item[1] or 0)))}
+
+
 def _median(vals: list) -> float | None:
     vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.median(vals) if vals else None
@@ -535,6 +556,8 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
                 row[k] = _median([r.get(k) for r in per_run])
         if any("cpu_parts_s" in r for r in rs):
             row["cpu_breakdown"] = _cpu_breakdown(sc, rs)
+        if any("syscalls" in r for r in rs):
+            row["syscalls"] = _syscalls_per_unit(sc, rs)
         errs: dict[str, int] = {}
         for r in per_run:
             for k, v in r.get("errors", {}).items():

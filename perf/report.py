@@ -159,6 +159,7 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
                 f"| {_ratio(r.get('vs_haproxy'))} | {'; '.join(notes)} |"
             )
     out += _breakdown_section(rows, titles)
+    out += _syscalls_section(rows, titles)
     if meta.get("failures"):
         out += ["", "## Failures", ""]
         out += [f"- {f.splitlines()[0][:400]}" for f in meta["failures"]]
@@ -192,6 +193,26 @@ def _breakdown_section(rows: list[dict], titles: dict) -> list[str]:
             total = _num(b["total"], "{:,.1f}")
             out.append(f"| {sc.title} | {PROXY_NAMES[r['proxy']]} | {b['unit']} | {total} "
                        f"| {' | '.join(parts)} | {largest} |")
+    return out
+
+
+def _syscalls_section(rows: list[dict], titles: dict) -> list[str]:
+    """`perf/run --syscalls`: each proxy's system calls per request, call by call."""
+    counted = [r for r in rows if r.get("syscalls")]
+    if not counted:
+        return []
+    out = ["", "## System calls (`--syscalls`)", "",
+           "Entries of each system call by the proxy's processes during the measured runs (perf stat "
+           "on the syscall tracepoints, perf/syscalls.py), per request (per MiB in the byte scenarios); "
+           "medians of the runs; calls under 0.01 per unit left out.", "",
+           "| Scenario | Proxy | unit | total | calls |", "|---|---|---|---:|---|"]
+    for name, sc in titles.items():
+        for r in (x for x in counted if x["scenario"] == name):
+            s = r["syscalls"]
+            calls = ", ".join(f"{call} {v:.2f}" for call, v in s["calls"].items()
+                              if call != "total" and v >= 0.01)
+            out.append(f"| {sc.title} | {PROXY_NAMES[r['proxy']]} | {s['unit']} "
+                       f"| {_num(s['calls']['total'], '{:.2f}')} | {calls} |")
     return out
 
 

@@ -254,6 +254,31 @@ class Service:
             return ""
 
 
+class PerfAttached:
+    """A `perf` command attached to some processes for the duration of a `with` block."""
+
+    def __init__(self, argv: list[str], pids: list[int], settle: float) -> None:
+        self.argv = [*argv, "-p", ",".join(str(pid) for pid in pids)]
+        self.settle = settle  # seconds for perf to attach before the load starts
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> PerfAttached:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(self.settle)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(self.argv[:2])} failed: {self.proc.stderr.read().strip()[-300:]}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def run_capture(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
