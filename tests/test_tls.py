@@ -7,7 +7,6 @@ Certificates are made at test time (trustme, cryptography); everything is on 127
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -450,10 +449,7 @@ def _refused(port: int, certs: Certs, cert: str) -> bool:
 
 
 class RecordingOrigin:
-    """A plain HTTP/1.1 origin that keeps the raw bytes of every request (head, body, trailers).
-
-    It answers "ok", chunked when the path starts with /chunked, else with a Content-Length.
-    """
+    """A plain HTTP/1.1 origin that keeps the raw bytes of every request (head, body, trailers)."""
 
     def __init__(self) -> None:
         self.requests: list[bytes] = []
@@ -473,10 +469,7 @@ class RecordingOrigin:
         with conn, conn.makefile("rb") as stream:
             while (raw := _read_request(stream)) is not None:
                 self.requests.append(raw)
-                # Head and body in one send: the proxy reads them together.
-                chunked = raw.startswith(b"GET /chunked")
-                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
-                             if chunked else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     def request(self, path: str) -> bytes:
         """The raw request whose request line names `path`."""
@@ -532,56 +525,6 @@ def _sent_headers(raw: bytes) -> list[tuple[str, str]]:
     head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     return [(name.strip(), value.strip()) for name, _, value in (line.partition(":")
                                                                  for line in head.split("\r\n")[1:])]
-
-
-def _tls12_response_records(port: int, certs: Certs, path: str) -> tuple[bytes, int]:
-    """What a TLS 1.2 client receives for GET `path`: the plaintext, and in how many records.
-
-    TLS 1.2 because its tickets and alerts have record types of their own: every
-    application-data record is then a piece of the response.
-    """
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = client_context(certs, version="1.2").wrap_bio(incoming, outgoing, server_hostname="a.test")
-    with socket.create_connection(("127.0.0.1", port), 5) as sock:
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                sock.sendall(outgoing.read())
-                incoming.write(sock.recv(65536))
-        tls.write(f"GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".encode())
-        sock.sendall(outgoing.read())
-        raw, types = b"", []
-        while 21 not in types:  # until the proxy's close_notify alert: it then waits for ours
-            data = sock.recv(65536)
-            assert data, "the proxy closed without a close_notify"
-            raw += data
-            types, offset = [], 0
-            while offset + 5 <= len(raw):
-                length = int.from_bytes(raw[offset + 3:offset + 5], "big")
-                if offset + 5 + length <= len(raw):
-                    types.append(raw[offset])
-                offset += 5 + length
-    incoming.write(raw)
-    plain = b""
-    with contextlib.suppress(ssl.SSLZeroReturnError, ssl.SSLWantReadError):
-        while data := tls.read(65536):
-            plain += data
-    return plain, types.count(23)  # application_data
-
-
-def test_a_response_read_at_once_goes_out_in_one_tls_record(one_vhost: tuple[Rproxyd, RecordingOrigin],
-                                                            certs: Certs) -> None:
-    # uvloop seals each piece of a writelines() as a record of its own: the head and the body
-    # went out as two records, a chunk as three (header, data, CRLF).
-    proxy, _ = one_vhost
-    plain, records = _tls12_response_records(_port(proxy), certs, "/length")
-    assert plain.startswith(b"HTTP/1.1 200 ") and plain.endswith(b"\r\n\r\nok")
-    assert records == 1
-    plain, records = _tls12_response_records(_port(proxy), certs, "/chunked")
-    assert plain.startswith(b"HTTP/1.1 200 ") and plain.endswith(b"\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-    assert records == 2  # the head with the chunk, then the last chunk when the response ends
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])

@@ -867,29 +867,15 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if framing == FRAME_RAW:
                 self.transport.write(data)
             elif framing == FRAME_CHUNKED:
-                self._write_parts((hdr.chunk_header(len(data)), data, b"\r\n"))
+                self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
             return
         self.held_head = None
         if framing == FRAME_RAW:
-            if self.tls is None:
-                self.transport.writelines((head, data))
-            else:  # one TLS record, not two (_write_parts)
-                self.transport.write(head + data)
+            self.transport.writelines((head, data))
         elif framing == FRAME_CHUNKED:
-            self._write_parts((head, hdr.chunk_header(len(data)), data, b"\r\n"))
+            self.transport.writelines((head, hdr.chunk_header(len(data)), data, b"\r\n"))
         else:
             self.transport.write(head)
-
-    def _write_parts(self, parts: tuple[bytes, ...]) -> None:
-        """Send pieces of the response in one write: writev on plain TCP, joined on TLS.
-
-        uvloop's TLS transport seals each item of writelines() as a TLS record of its own:
-        a chunk of a chunked body would cost three encryptions and three record headers.
-        """
-        if self.tls is None:
-            self.transport.writelines(parts)
-        else:
-            self.transport.write(b"".join(parts))
 
     def finish(self, exchange: Exchange, trailers: Fields | None) -> None:
         """The backend's response is complete: end the framing and move to the next request."""
