@@ -21,8 +21,9 @@ BACKEND_SIDE = Path(appliance.__file__).parent / "upstream"
 
 
 def _members(protocol: type) -> tuple[set[str], set[str]]:
+    # isroutine, not isfunction: in the compiled build the methods are Cython functions.
     methods = {name for name, value in vars(protocol).items()
-               if inspect.isfunction(value) and not name.startswith("__")}
+               if inspect.isroutine(value) and not name.startswith("__")}
     attributes = set(inspect.get_annotations(protocol)) - methods
     return methods, attributes
 
