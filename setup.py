@@ -38,6 +38,9 @@ DIRECTIVES = {
     # (IndexError, negative indices), never read past a buffer.
     "boundscheck": True,
     "wraparound": True,
+    # The .pxd beside each .py declares the types; the .py's annotations are for readers and
+    # mypy, and some (asyncio.Transport for a uvloop transport) would be wrong as C-level checks.
+    "annotation_typing": False,
 }
 
 
@@ -82,6 +85,8 @@ class BuildExt(build_ext):
 EXTENSIONS = [Extension(path.removesuffix(".py").replace("/", "."), [path]) for path in listed_modules()]
 
 setup(
-    ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES, quiet=True),
+    # include_path: the .pxd files are found by package path from the top of the tree (the
+    # namespace package appliance/upstream is not found otherwise, and its .pxd would be skipped).
+    ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES, include_path=[str(ROOT)], quiet=True),
     cmdclass={"build_ext": BuildExt},
 )

@@ -22,15 +22,37 @@ import httptools
 
 from appliance.deadline import Deadline
 from appliance.http import errors
-from appliance.http import headers as hdr
 from appliance.http.exchange import (
+    AWAITING_PHASE,
     BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
+    FINISHED,
+    HEAD,
     PAUSE_BUFFER_FULL,
+    PENDING,
+    WAITING_TURN,
     Exchange,
-    ExchangeState,
     Fields,
+)
+from appliance.http.headers import (
+    REQ_CONNECTION,
+    REQ_CONTENT_LENGTH,
+    REQ_EXPECT,
+    REQ_FORWARDED_FOR,
+    REQ_HOST,
+    REQ_REAL_IP,
+    REQ_REQUEST_ID,
+    REQ_TRANSFER_ENCODING,
+    REQ_VIA,
+    REQUEST_ACTIONS,
+    SSL_PREFIXES,
+    allowed_request_trailer,
+    chunk_header,
+    connection_tokens,
+    last_chunk,
+    remove_named,
+    serialize_fields,
 )
 from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 from appliance.observe import metrics
@@ -52,7 +74,6 @@ if TYPE_CHECKING:
 PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
 PAUSE_SPLICE = 8  # the rest of the request body goes through splice(2), not this transport
 
-_S = ExchangeState
 log = logging.getLogger("rproxyd.client")
 
 # How long a closed client connection keeps reading (and dropping) input after our FIN.
@@ -66,10 +87,14 @@ class ClientState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     CLOSED = 4
 
 
+# The states as module constants: a module global is one cached lookup, while every
+# `ClientState.X` goes through EnumType's __getattr__ hook (interpreted or compiled).
+IDLE, BUSY, CLOSING, CLOSED = ClientState
+
 _CLIENT_MOVES = Transitions("client", {
-    ClientState.IDLE: (ClientState.BUSY, ClientState.CLOSING, ClientState.CLOSED),
-    ClientState.BUSY: (ClientState.IDLE, ClientState.CLOSING, ClientState.CLOSED),
-    ClientState.CLOSING: (ClientState.CLOSED,),
+    IDLE: (BUSY, CLOSING, CLOSED),
+    BUSY: (IDLE, CLOSING, CLOSED),
+    CLOSING: (CLOSED,),
 })
 
 # Body framing of the response as sent to the client.
@@ -78,7 +103,7 @@ FRAME_RAW = 1  # body bytes as they come (Content-Length, or close-delimited to 
 FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 
 
-class ClientConnection(SpliceHolder, asyncio.Protocol):
+class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: no asyncio.Protocol base
     __slots__ = (
         "_read_pauses",
         "answer_keep_alive",
@@ -100,7 +125,6 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         "response_framing",
         "send_deadline",
         "sent",
-        "splice",
         "state",
         "tls",
         "transport",
@@ -115,7 +139,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         # On a TLS listener: the listener's fallback site until connection_made replaces it
         # with what the handshake established (TlsConnection). None on plain HTTP.
         self.tls: TlsSite | TlsConnection | None = tls
-        self.state = ClientState.IDLE
+        self.state = IDLE
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         # A list, not a deque: an empty deque costs 760 bytes, a list 56, and with 10k idle
@@ -175,8 +199,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_splice()
-        if self.state is not ClientState.CLOSED:
-            self._transition(ClientState.CLOSED)
+        if self.state is not CLOSED:
+            self._transition(CLOSED)
         self.deadline.cancel()
         self.send_deadline.cancel()
         self.ctx.clients.discard(self)
@@ -186,7 +210,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.parsing = None
 
     def data_received(self, data: bytes) -> None:
-        if self.state is ClientState.CLOSED:
+        if self.state is CLOSED:
             return
         if self.bypass_remaining:
             data = self._forward_length_body(data)
@@ -216,9 +240,9 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             return
         self._start_ready()
         exchange = self.parsing
-        if exchange is None or self.state is ClientState.CLOSED:
+        if exchange is None or self.state is CLOSED:
             return
-        if exchange.state is _S.HEAD:
+        if exchange.state is HEAD:
             # llhttp keeps an unfinished head in memory without bound: cap it here.
             if self.head_raw > self.ctx.limits.max_header_bytes:
                 self._reject(errors.HeadTooLarge("request head too large"))
@@ -235,12 +259,12 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self._try_splice(exchange)
 
     def eof_received(self) -> bool | None:
-        if self.state is ClientState.CLOSED:
+        if self.state is CLOSED:
             return False  # the client finished its side of a lingering close
         self.half_closed = True
         exchange = self.parsing
         if exchange is not None and not exchange.request_done:
-            if exchange.state is _S.HEAD:
+            if exchange.state is HEAD:
                 # The stream ended inside a request head: that request can never be whole.
                 # Drop it unanswered, as nginx does, instead of waiting out header_timeout;
                 # the requests before it are still answered.
@@ -281,8 +305,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         exchange.started = self.ctx.loop.time()
         self.parsing = exchange
         self.exchanges.append(exchange)
-        if self.state is ClientState.IDLE:
-            self._transition(ClientState.BUSY)
+        if self.state is IDLE:
+            self._transition(BUSY)
             self.deadline.set(self.ctx.limits.header_timeout)
         if len(self.exchanges) > self.ctx.limits.max_pipelined:
             self.pause_reading(PAUSE_PIPELINE_FULL)
@@ -295,48 +319,48 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
         exchange.head_bytes += len(name) + len(value) + 4
-        if exchange.state is not _S.HEAD:
+        if exchange.state is not HEAD:
             # After the head, fields are trailers of a chunked body.
-            if hdr.allowed_request_trailer(name):
+            if allowed_request_trailer(name):
                 if exchange.trailers is None:
                     exchange.trailers = []
                 exchange.trailers.append((name, value))
             return
         lname = name.lower()
-        action = hdr.REQUEST_ACTIONS.get(lname)
+        action = REQUEST_ACTIONS.get(lname)
         if action is None:
             # X-SSL-* describe our own TLS session: a client-sent copy, in any spelling, is a spoof.
-            if lname[:6] not in hdr.SSL_PREFIXES:
+            if lname[:6] not in SSL_PREFIXES:
                 exchange.headers.append((name, value))
-        elif action == hdr.REQ_HOST:
+        elif action == REQ_HOST:
             if exchange.host is not None:
                 raise errors.ClientFault("more than one Host header")
             exchange.host = value
             exchange.headers.append((name, value))
-        elif action == hdr.REQ_CONTENT_LENGTH:
+        elif action == REQ_CONTENT_LENGTH:
             # llhttp has already refused malformed, duplicate or conflicting lengths.
             exchange.content_length = int(value)
             exchange.headers.append((name, value))
-        elif action == hdr.REQ_TRANSFER_ENCODING:
+        elif action == REQ_TRANSFER_ENCODING:
             # llhttp refuses any final coding but chunked, and Content-Length with it.
             exchange.chunked = True
-        elif action == hdr.REQ_CONNECTION:
+        elif action == REQ_CONNECTION:
             self._note_connection_header(exchange, value)
-        elif action == hdr.REQ_EXPECT:
+        elif action == REQ_EXPECT:
             if value.lower() == b"100-continue":
                 exchange.expect_continue = True
             else:
                 raise errors.ExpectationFailed("unsupported Expect")
-        elif action == hdr.REQ_FORWARDED_FOR:
+        elif action == REQ_FORWARDED_FOR:
             exchange.forwarded_for = (
                 value if exchange.forwarded_for is None else exchange.forwarded_for + b", " + value
             )
-        elif action == hdr.REQ_VIA:
+        elif action == REQ_VIA:
             exchange.via = value if exchange.via is None else exchange.via + b", " + value
-        elif action == hdr.REQ_REQUEST_ID and self.trusted and exchange.request_id is None:
+        elif action == REQ_REQUEST_ID and self.trusted and exchange.request_id is None:
             # Only a trusted proxy's id is kept; anyone else's could collide or inject into logs.
             exchange.request_id = value
-        elif (action == hdr.REQ_REAL_IP and self.trusted and exchange.real_ip is None
+        elif (action == REQ_REAL_IP and self.trusted and exchange.real_ip is None
               and not self.ctx.trusted.everyone):
             # Trusting everyone (the default, for appending X-Forwarded-For) vouches for no
             # address: as nginx's $remote_addr without set_real_ip_from, the peer's is sent.
@@ -361,7 +385,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         else:
             raise errors.UnsupportedVersion(f"HTTP/{version}")
         if exchange.hop_names is not None:
-            exchange.headers = hdr.remove_named(exchange.headers, exchange.hop_names)
+            exchange.headers = remove_named(exchange.headers, exchange.hop_names)
         exchange.method = self.parser.get_method()
         exchange.is_head = exchange.method == b"HEAD"
         if exchange.method == b"CONNECT":
@@ -379,10 +403,10 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self.deadline.clear()
         else:
             self.deadline.set(limits.body_timeout)
-        if self.state is ClientState.CLOSING:
+        if self.state is CLOSING:
             exchange.close_after = True
         # Started once feed_data returns (data_received), or when the requests before it are answered.
-        exchange.transition(_S.WAITING_TURN)
+        exchange.transition(WAITING_TURN)
 
     def on_body(self, body: bytes) -> None:
         self.head_raw = 0
@@ -392,18 +416,18 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         exchange = self.parsing
         self.parsing = None
         exchange.request_done = True
-        if self.state is not ClientState.CLOSED:
+        if self.state is not CLOSED:
             self.deadline.clear()
         if exchange.finished:
             return
         upstream = exchange.upstream
         if upstream is not None and exchange.chunked:
-            upstream.send_request_bytes(hdr.last_chunk(exchange.trailers))
+            upstream.send_request_bytes(last_chunk(exchange.trailers))
 
     # ------------------------------------------------------- request side
     @staticmethod
     def _note_connection_header(exchange: Exchange, value: bytes) -> None:
-        tokens = hdr.connection_tokens(value)
+        tokens = connection_tokens(value)
         exchange.conn_close = exchange.conn_close or b"close" in tokens
         exchange.conn_keep_alive = exchange.conn_keep_alive or b"keep-alive" in tokens
         named = {t for t in tokens if t not in (b"close", b"keep-alive")}
@@ -435,7 +459,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         Requests behind it are started in turn as each response finishes (_finish).
         """
         exchanges = self.exchanges  # empty once the connection is closed
-        if exchanges and exchanges[0].state is _S.WAITING_TURN:
+        if exchanges and exchanges[0].state is WAITING_TURN:
             self._start(exchanges[0])
 
     def _start(self, exchange: Exchange) -> None:
@@ -525,7 +549,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         """
         finished, result = eager.start(coro, self.ctx.loop)
         if not finished:
-            exchange.transition(_S.AWAITING_PHASE)
+            exchange.transition(AWAITING_PHASE)
             self.phase_task = result
             result.add_done_callback(on_done)
         return finished, result
@@ -549,7 +573,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         and the logging phase still runs, once, when the exchange is reported.
         """
         task = self.phase_task
-        if task is not None and exchange.state is _S.AWAITING_PHASE:  # None once the phase completed
+        if task is not None and exchange.state is AWAITING_PHASE:  # None once the phase completed
             self.phase_task = None
             task.cancel()
 
@@ -638,7 +662,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         exchange.url = target
         exchange.tried = []
         exchange.retries = 0
-        exchange.transition(_S.PENDING)
+        exchange.transition(PENDING)
         self._start(exchange)
 
     def _request_body(self, exchange: Exchange, body: bytes) -> None:
@@ -689,14 +713,14 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         # The parser was skipped for the body: start afresh for the next request.
         self.parser = httptools.HttpRequestParser(self)
         self.on_message_complete()
-        if exchange.state is not _S.HEAD and self.state is not ClientState.CLOSED:
+        if exchange.state is not HEAD and self.state is not CLOSED:
             self.deadline.clear()
 
     # ---------------------------------------------------- zero-copy request body
     def _try_splice(self, exchange: Exchange) -> None:
         """Hand the rest of a large plaintext request body to splice(2), client socket to backend."""
         upstream = exchange.upstream
-        if upstream is None or self.tls is not None or exchange.finished or self.state is ClientState.CLOSED:
+        if upstream is None or self.tls is not None or exchange.finished or self.state is CLOSED:
             return
         limit = self.ctx.limits.max_body_bytes
         if limit and exchange.content_length > limit:
@@ -758,7 +782,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self.send_continue(exchange)
         elif exchange.version == "1.1" and self.transport is not None:
             lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-            hdr.serialize_fields(lines, headers)
+            serialize_fields(lines, headers)
             lines.append(b"\r\n")
             self.transport.write(b"".join(lines))
 
@@ -787,7 +811,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
                 body = BODY_UNTIL_CLOSE
         keep_alive = self.response_keep_alive(exchange)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        hdr.serialize_fields(head, headers)
+        serialize_fields(head, headers)
         own_via = self.ctx.via
         if own_via:
             prior = via + b", " if via else b""
@@ -849,7 +873,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             exchange.keep_alive is not False
             and not exchange.close_after
             and exchange.request_done
-            and self.state is ClientState.BUSY
+            and self.state is BUSY
             # A draining worker closes after each response: saying keep-alive and then
             # closing would race the client's next request.
             and not self.ctx.draining
@@ -867,13 +891,13 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             if framing == FRAME_RAW:
                 self.transport.write(data)
             elif framing == FRAME_CHUNKED:
-                self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
+                self.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
             return
         self.held_head = None
         if framing == FRAME_RAW:
             self.transport.writelines((head, data))
         elif framing == FRAME_CHUNKED:
-            self.transport.writelines((head, hdr.chunk_header(len(data)), data, b"\r\n"))
+            self.transport.writelines((head, chunk_header(len(data)), data, b"\r\n"))
         else:
             self.transport.write(head)
 
@@ -890,7 +914,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         head = self.held_head
         self.held_head = None
         if self.response_framing == FRAME_CHUNKED:
-            ending = hdr.last_chunk(trailers)
+            ending = last_chunk(trailers)
             self.transport.write(ending if head is None else head + ending)
         elif head is not None:
             self.transport.write(head)
@@ -926,7 +950,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
     def abort_response(self, exchange: Exchange) -> None:
         """The response broke after it started: the client can only see a cut connection."""
         self.flush()
-        exchange.transition(_S.FINISHED)
+        exchange.transition(FINISHED)
         exchange.upstream = None
         if exchange.failure is None:
             exchange.failure = errors.BadBackendResponse("response cut")  # what the logging phase is told
@@ -937,7 +961,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     def fail(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
         """Answer an exchange with a proxy-generated error response."""
-        if exchange.finished or self.state is ClientState.CLOSED:
+        if exchange.finished or self.state is CLOSED:
             return
         if exchange.response_started:
             self.abort_response(exchange)
@@ -991,10 +1015,10 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
 
     def _finish(self, exchange: Exchange, keep_alive: bool) -> None:
         if not exchange.finished:
-            exchange.transition(_S.FINISHED)
+            exchange.transition(FINISHED)
         exchange.upstream = None
         self._report(exchange)
-        if self.state is ClientState.CLOSED:
+        if self.state is CLOSED:
             return
         if self.exchanges and self.exchanges[0] is exchange:
             self.exchanges.pop(0)
@@ -1007,12 +1031,12 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self.resume_reading(PAUSE_PIPELINE_FULL)
         if self.exchanges:
             following = self.exchanges[0]
-            if following.state is _S.WAITING_TURN:
+            if following.state is WAITING_TURN:
                 self._start(following)
-        elif self.state is ClientState.CLOSING:
+        elif self.state is CLOSING:
             self.close()
         else:
-            self._transition(ClientState.IDLE)
+            self._transition(IDLE)
             self.deadline.set(self.ctx.limits.keepalive_timeout)
 
     def _fail_current(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
@@ -1035,7 +1059,7 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self.bypass_remaining = 0
         self._stop_reading_requests()
         if exchange is None:
-            if self.transport is not None and self.state is not ClientState.CLOSED:
+            if self.transport is not None and self.state is not CLOSED:
                 self.transport.write(errors.error_response(failure, False))
             self.close()
             return
@@ -1053,11 +1077,11 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         else:
             # Answer the earlier requests first; this one is answered in its turn.
             exchange.failure = failure
-            if exchange.state is _S.HEAD:
-                exchange.transition(_S.WAITING_TURN)
+            if exchange.state is HEAD:
+                exchange.transition(WAITING_TURN)
 
     def _detach_pending(self, exchange: Exchange) -> None:
-        if exchange.state is _S.PENDING and exchange.backend is not None:
+        if exchange.state is PENDING and exchange.backend is not None:
             exchange.backend.cancel_pending(exchange)
 
     def _abandon(self, exchange: Exchange) -> None:
@@ -1067,8 +1091,8 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         self._detach_pending(exchange)
         self._cancel_phase(exchange)
         upstream = exchange.upstream
-        had_head = exchange.state is not _S.HEAD  # a request line and headers arrived
-        exchange.transition(_S.FINISHED)
+        had_head = exchange.state is not HEAD  # a request line and headers arrived
+        exchange.transition(FINISHED)
         exchange.upstream = None
         if upstream is not None:
             upstream.abandon()
@@ -1077,19 +1101,19 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
             self._report(exchange)
 
     def _stop_reading_requests(self) -> None:
-        if self.state in (ClientState.IDLE, ClientState.BUSY):
-            self._transition(ClientState.CLOSING)
+        if self.state in (IDLE, BUSY):
+            self._transition(CLOSING)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
     def _on_read_timeout(self) -> None:
-        if self.state is ClientState.CLOSED:
+        if self.state is CLOSED:
             self.transport.close()  # the lingering close is over
             return
         exchange = self.parsing
         if exchange is None:
             self.close()  # idle keep-alive or silent new connection: close quietly, like nginx
-        elif exchange.state is _S.HEAD:
+        elif exchange.state is HEAD:
             self._note_timeout(metrics.T_HEADER, "408 request head timed out", exchange)
             self._refuse(errors.ClientTimeout("request head timed out"))
         else:
@@ -1116,23 +1140,23 @@ class ClientConnection(SpliceHolder, asyncio.Protocol):
         if not self._read_pauses & reason:
             return
         self._read_pauses &= ~reason
-        if not self._read_pauses and self.state in (ClientState.IDLE, ClientState.BUSY):
+        if not self._read_pauses and self.state in (IDLE, BUSY):
             self.transport.resume_reading()
 
     def shutdown(self) -> None:
         """Graceful stop: finish what is in flight, close when idle."""
-        if self.state is ClientState.IDLE:
+        if self.state is IDLE:
             self.close()
-        elif self.state is ClientState.BUSY:
-            self._transition(ClientState.CLOSING)
+        elif self.state is BUSY:
+            self._transition(CLOSING)
             for exchange in self.exchanges:
                 exchange.close_after = True
 
     def close(self, force: bool = False) -> None:
-        if self.state is ClientState.CLOSED:
+        if self.state is CLOSED:
             return
         self.stop_splice()
-        self._transition(ClientState.CLOSED)
+        self._transition(CLOSED)
         self.deadline.cancel()
         self.send_deadline.cancel()
         for exchange in self.exchanges:

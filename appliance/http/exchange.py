@@ -148,15 +148,17 @@ class ExchangeState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     AWAITING_PHASE = 6  # an async request_filter or upstream_peer suspended; goes on once it completes
 
 
-_S = ExchangeState
+# The states as module constants: a module global is one cached lookup, while every
+# `ExchangeState.X` goes through EnumType's __getattr__ hook (interpreted or compiled).
+HEAD, WAITING_TURN, PENDING, PROXYING, FINISHED, AWAITING_PHASE = ExchangeState
 _MOVES = Transitions("exchange", {
-    _S.HEAD: (_S.WAITING_TURN, _S.FINISHED),
-    _S.WAITING_TURN: (_S.AWAITING_PHASE, _S.PENDING, _S.PROXYING, _S.FINISHED),
-    _S.AWAITING_PHASE: (_S.PENDING, _S.PROXYING, _S.FINISHED),
+    HEAD: (WAITING_TURN, FINISHED),
+    WAITING_TURN: (AWAITING_PHASE, PENDING, PROXYING, FINISHED),
+    AWAITING_PHASE: (PENDING, PROXYING, FINISHED),
     # AWAITING_PHASE: an async upstream_peer asked again before a retry.
-    _S.PENDING: (_S.AWAITING_PHASE, _S.PROXYING, _S.FINISHED),
+    PENDING: (AWAITING_PHASE, PROXYING, FINISHED),
     # PENDING: retried after a reused connection died unanswered.
-    _S.PROXYING: (_S.PENDING, _S.FINISHED),
+    PROXYING: (PENDING, FINISHED),
 })
 
 IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -228,7 +230,7 @@ class Exchange:
 
     def __init__(self, client: Downstream) -> None:
         self.client = client
-        self.state = _S.HEAD
+        self.state = HEAD
         self.method = b""
         self.url = b""
         self.version = "1.1"
@@ -301,7 +303,7 @@ class Exchange:
 
     @property
     def finished(self) -> bool:
-        return self.state is _S.FINISHED
+        return self.state is FINISHED
 
     def drop_body(self) -> None:
         """Make this a GET (a HEAD stays HEAD) without a body: an internal redirect's new request."""

@@ -22,7 +22,6 @@ import httptools
 
 from appliance.deadline import Deadline
 from appliance.http import errors
-from appliance.http import headers as hdr
 from appliance.http.exchange import (
     BODY_CHUNKED,
     BODY_LENGTH,
@@ -30,7 +29,19 @@ from appliance.http.exchange import (
     BODY_UNTIL_CLOSE,
     PAUSE_BUFFER_FULL,
     PAUSE_UPSTREAM_FULL,
-    ExchangeState,
+    PROXYING,
+)
+from appliance.http.headers import (
+    RESP_CONNECTION,
+    RESP_CONTENT_LENGTH,
+    RESP_TRANSFER_ENCODING,
+    RESP_VIA,
+    RESPONSE_ACTIONS,
+    allowed_trailer,
+    chunk_header,
+    connection_tokens,
+    last_chunk,
+    remove_named,
 )
 from appliance.observe.errorlog import about
 from appliance.statemachine import Transitions
@@ -50,10 +61,14 @@ class ConnState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     DOWN = 4
 
 
+# The states as module constants: a module global is one cached lookup, while every
+# `ConnState.X` goes through EnumType's __getattr__ hook (interpreted or compiled).
+CONNECTING, IDLE, ACTIVE, DOWN = ConnState
+
 _MOVES = Transitions("backend connection", {
-    ConnState.CONNECTING: (ConnState.IDLE, ConnState.DOWN),
-    ConnState.IDLE: (ConnState.ACTIVE, ConnState.DOWN),
-    ConnState.ACTIVE: (ConnState.IDLE, ConnState.DOWN),
+    CONNECTING: (IDLE, DOWN),
+    IDLE: (ACTIVE, DOWN),
+    ACTIVE: (IDLE, DOWN),
 })
 
 MAX_INTERNAL_REDIRECTS = 5
@@ -63,7 +78,7 @@ class _UnsolicitedMessage(Exception):
     """Raised in a parser callback to stop llhttp at a message after the complete response."""
 
 
-class BackendConnection(SpliceHolder, asyncio.Protocol):
+class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name: no asyncio.Protocol base
     __slots__ = (
         "body_mode",
         "body_seen",
@@ -92,7 +107,6 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         "resp_via",
         "sent_at",
         "server",
-        "splice",
         "state",
         "trailers",
         "transport",
@@ -101,7 +115,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def __init__(self, server: ServerView) -> None:
         self.server = server
-        self.state = ConnState.CONNECTING
+        self.state = CONNECTING
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
@@ -147,9 +161,9 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         old = self.state
         self.state = _MOVES.check(old, new)
         # The server's in-flight count feeds least-conn balancing.
-        if new is ConnState.ACTIVE:
+        if new is ACTIVE:
             self.server.active += 1
-        elif old is ConnState.ACTIVE:
+        elif old is ACTIVE:
             self.server.active -= 1
 
     # --------------------------------------------------------- asyncio hooks
@@ -164,18 +178,18 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def connected(self) -> None:
         """The pool's connect attempt finished: this connection is ready for requests."""
-        if self.state is not ConnState.CONNECTING:
+        if self.state is not CONNECTING:
             return  # closed again before the connect attempt returned
-        self._transition(ConnState.IDLE)
+        self._transition(IDLE)
         self.server.on_connected(self)
 
     def connect_failed(self) -> None:
         """The pool's connect attempt failed: never connected, so no transport and no callbacks to come."""
-        if self.state is ConnState.CONNECTING:
-            self._transition(ConnState.DOWN)
+        if self.state is CONNECTING:
+            self._transition(DOWN)
 
     def data_received(self, data: bytes) -> None:
-        if self.state is not ConnState.ACTIVE:
+        if self.state is not ACTIVE:
             # Bytes nobody asked for: the connection's framing can't be trusted any more.
             log.warning("backend %s sent %d unsolicited bytes", self.server.address, len(data))
             self.close()
@@ -212,13 +226,13 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         self.read_deadline.cancel()
         self.write_deadline.cancel()
         previous = self.state
-        if previous is ConnState.DOWN:
+        if previous is DOWN:
             return
-        self._transition(ConnState.DOWN)
+        self._transition(DOWN)
         exchange = self.exchange
         self.exchange = None
         self.server.on_closed(self, previous)
-        if previous is ConnState.ACTIVE and exchange is not None and not exchange.finished:
+        if previous is ACTIVE and exchange is not None and not exchange.finished:
             self._lost_while_active(exchange, exc)
 
     def pause_writing(self) -> None:
@@ -245,7 +259,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         if self.reading_paused and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
-            if self.state is ConnState.ACTIVE:
+            if self.state is ACTIVE:
                 self.read_deadline.set(self.server.config.read_timeout)
 
     # ---------------------------------------------------------- request side
@@ -269,8 +283,8 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def attach(self, exchange: Exchange) -> None:
         """Start proxying `exchange` over this IDLE connection."""
-        self._transition(ConnState.ACTIVE)
-        exchange.transition(ExchangeState.PROXYING)
+        self._transition(ACTIVE)
+        exchange.transition(PROXYING)
         self.exchange = exchange
         exchange.upstream = self
         self._reset_response()
@@ -302,7 +316,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             exchange.client.resume_reading(PAUSE_BUFFER_FULL)
         if exchange.request_done:
             if exchange.chunked:
-                transport.write(hdr.last_chunk(exchange.trailers))
+                transport.write(last_chunk(exchange.trailers))
         else:
             exchange.client.send_continue(exchange)
         if exchange.client.write_paused:
@@ -316,14 +330,14 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             return exchange.body_buffer
         framed: list[bytes] = []
         for chunk in exchange.body_buffer:
-            framed += (hdr.chunk_header(len(chunk)), chunk, b"\r\n")
+            framed += (chunk_header(len(chunk)), chunk, b"\r\n")
         return framed
 
     def send_request_bytes(self, data: bytes) -> None:
         self.transport.write(data)
 
     def send_request_chunk(self, data: bytes) -> None:
-        self.transport.writelines((hdr.chunk_header(len(data)), data, b"\r\n"))
+        self.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
 
     def request_splice_target(self, remaining: int) -> tuple[PipePool, asyncio.Transport] | None:
         """Pipes and transport for splicing `remaining` request-body bytes here; None: copy them."""
@@ -358,19 +372,19 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
-            if hdr.allowed_trailer(name):
+            if allowed_trailer(name):
                 if self.trailers is None:
                     self.trailers = []
                 self.trailers.append((name, value))
             return
-        action = hdr.RESPONSE_ACTIONS.get(name.lower())
+        action = RESPONSE_ACTIONS.get(name.lower())
         if action is None:
             self.resp_headers.append((name, value))
-        elif action == hdr.RESP_CONTENT_LENGTH:
+        elif action == RESP_CONTENT_LENGTH:
             self.resp_content_length = int(value)
             self.resp_headers.append((name, value))
-        elif action == hdr.RESP_CONNECTION:
-            tokens = hdr.connection_tokens(value)
+        elif action == RESP_CONNECTION:
+            tokens = connection_tokens(value)
             self.resp_close = self.resp_close or b"close" in tokens
             self.resp_keep_alive = self.resp_keep_alive or b"keep-alive" in tokens
             named = {t for t in tokens if t not in (b"close", b"keep-alive")}
@@ -378,9 +392,9 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
                 # Headers named by Connection are hop-by-hop too, wherever they stand in the
                 # head; removed once it is complete.
                 self.resp_hop_names = named if self.resp_hop_names is None else self.resp_hop_names | named
-        elif action == hdr.RESP_VIA:
+        elif action == RESP_VIA:
             self.resp_via = value if self.resp_via is None else self.resp_via + b", " + value
-        elif action == hdr.RESP_TRANSFER_ENCODING:
+        elif action == RESP_TRANSFER_ENCODING:
             # Hop-by-hop: the body is re-framed for the client, so only plain "chunked" can
             # be passed on. Another coding (gzip, chunked twice) would reach the client
             # undecoded under a false framing: refused with 502, as nginx does.
@@ -392,7 +406,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self.resp_hop_names is not None:
-            self.resp_headers = hdr.remove_named(self.resp_headers, self.resp_hop_names)
+            self.resp_headers = remove_named(self.resp_headers, self.resp_hop_names)
             self.resp_hop_names = None
         status = self.parser.get_status_code()
         if status < 200:
@@ -487,7 +501,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
 
     def _after_feed(self) -> None:
         """Act on what the parser recorded during one read."""
-        if self.state is not ConnState.ACTIVE:
+        if self.state is not ACTIVE:
             return
         if not self.complete and self.head_bytes > self.server.config.max_response_header_bytes:
             # llhttp would keep an unfinished head or trailer section in memory without bound.
@@ -576,7 +590,7 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
         trailers, discard = self.trailers, self.discard
         # Release first, so a pipelined follow-up request can reuse this warm connection.
         if reusable:
-            self._transition(ConnState.IDLE)
+            self._transition(IDLE)
             self.server.release(self)
         else:
             self.close()
@@ -640,11 +654,11 @@ class BackendConnection(SpliceHolder, asyncio.Protocol):
             exchange.client.fail(exchange, failure)
 
     def _on_read_timeout(self) -> None:
-        if self.state is ConnState.ACTIVE:
+        if self.state is ACTIVE:
             self._fail(errors.BackendTimeout(f"no response data for {self.server.config.read_timeout}s"))
 
     def _on_write_timeout(self) -> None:
-        if self.state is ConnState.ACTIVE:
+        if self.state is ACTIVE:
             self._fail(errors.BackendTimeout("backend did not read the request"))
 
 

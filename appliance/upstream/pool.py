@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from appliance.config.schema import BackendConfig, LimitsConfig
 from appliance.config.values import ServerSpec
 from appliance.http import errors
-from appliance.http.exchange import ExchangeState
+from appliance.http.exchange import PENDING
 from appliance.http.request_head import RequestHead
 from appliance.observe.errorlog import about
 from appliance.timerwheel import BATCH
@@ -74,7 +74,7 @@ class PendingQueue:
         entries = self.entries
         while entries:
             exchange = entries.popleft()
-            if exchange.state is ExchangeState.PENDING:
+            if exchange.state is PENDING:
                 return exchange
         return None
 
@@ -83,7 +83,7 @@ class PendingQueue:
             self.entries.remove(exchange)
 
     def drain(self) -> list[Exchange]:
-        waiting = [e for e in self.entries if e.state is ExchangeState.PENDING]
+        waiting = [e for e in self.entries if e.state is PENDING]
         self.entries.clear()
         return waiting
 
@@ -104,7 +104,7 @@ class PendingQueue:
         due = [e for e in entries if e.pending_since <= expire_before]
         for exchange in due[:BATCH]:
             entries.remove(exchange)
-            if exchange.state is ExchangeState.PENDING:
+            if exchange.state is PENDING:
                 self._on_expired(exchange)
         if len(due) > BATCH:
             self._timer = self._loop.call_soon(self._expire)
@@ -393,8 +393,8 @@ class BackendPool:
 
     @staticmethod
     def _queue(queue: PendingQueue, exchange: Exchange, front: bool) -> None:
-        if exchange.state is not ExchangeState.PENDING:
-            exchange.transition(ExchangeState.PENDING)
+        if exchange.state is not PENDING:
+            exchange.transition(PENDING)
         queue.push(exchange, front)
 
     @staticmethod
@@ -479,7 +479,7 @@ class BackendPool:
         if exchange.stale_retries >= MAX_STALE_RETRIES or not exchange.replayable_on_stale():
             return False
         exchange.stale_retries += 1
-        exchange.transition(ExchangeState.PENDING)
+        exchange.transition(PENDING)
         self._dispatch(exchange, front=True)
         return True
 
@@ -504,7 +504,7 @@ class BackendPool:
         exchange.tried.append(server)
         log.info("retrying %s %s on another server after %s failed", exchange.method.decode(),
                  exchange.url.decode("latin-1"), server.address, extra=about(exchange))
-        exchange.transition(ExchangeState.PENDING)
+        exchange.transition(PENDING)
         if exchange.phases.upstream_peer is not None:
             exchange.client.choose_peer(exchange, retry=True)  # the phase chooses again, as Pingora's
         else:

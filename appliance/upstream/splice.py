@@ -188,10 +188,9 @@ class BodySplice:
 
 
 class SpliceHolder:
-    """Mixed into a connection that may run one splice (its `splice` slot)."""
+    """The base of a connection that may run one splice (its `splice` slot)."""
 
-    __slots__ = ()
-    splice: BodySplice | None
+    __slots__ = ("splice",)
 
     def stop_splice(self) -> None:
         """Release the running splice, if any, without a report (the connection is closing)."""
