@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from appliance.config.schema import LimitsConfig
+from appliance.http.peer import PeerAddresses
 from appliance.observe import request_id
 from appliance.observe.observer import Observer
 from appliance.observe.sampled import SampledLog
@@ -54,6 +55,8 @@ class WorkerContext(Generic[Client]):
     # pools of the servers only such a phase names (appliance/upstream/peers.py).
     peer_choice: PeerChoice | None = None
     peer_pools: PeerPools | None = None
+    # What a connection derives from its peer's address, once per address (trusted or not, ...).
+    peers: PeerAddresses = field(init=False)
 
-    def is_trusted(self, address: str) -> bool:
-        return address in self.trusted
+    def __post_init__(self) -> None:
+        self.peers = PeerAddresses(self.trusted)

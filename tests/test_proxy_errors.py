@@ -17,6 +17,7 @@ from tests.support import (
     free_port,
     raw_exchange,
     read_all,
+    read_until_close,
     recv_until,
     status_codes,
     wait_for,
@@ -372,6 +373,36 @@ def test_idle_keepalive_connection_closed_quietly(proxy):
         raw = read_all(sock, 5)
     assert status_codes(raw) == [200]
     assert 0.8 < time.monotonic() - started < 3
+
+
+def test_connection_idle_again_after_more_requests_still_closed_by_keepalive_timeout(proxy):
+    # Each idle spell drops the connection's parser and the next request bytes make a new one
+    # (issue 15): requests after an idle spell, pipelined and cut across writes, still parse,
+    # and the connection idle after them is still closed at keepalive_timeout.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = recv_until(sock, b"\r\n\r\nx")
+        sock.sendall(b"GET /bytes/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /bytes/3 HTTP/1.1\r\nHo")
+        second = recv_until(sock, b"\r\n\r\nxx")
+        sock.sendall(b"st: a\r\n\r\n")
+        rest, closed = read_until_close(sock, 5)
+    assert status_codes(first) == [200]
+    assert status_codes(second + rest) == [200, 200]
+    assert rest.endswith(b"\r\n\r\nxxx")
+    assert closed  # by keepalive_timeout (1 s), quietly, within the 5 s of silence allowed
+
+
+def test_request_cut_by_a_close_is_never_seen_on_another_connection(proxy):
+    # Parsers are not carried from one connection to the next: the half head a client left
+    # behind when it closed must not become the start of another client's request.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        recv_until(sock, b"\r\n\r\nx")
+        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: a\r\nX-Left-Behind: 1")
+    for _ in range(3):
+        raw = raw_exchange(proxy.port, b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert status_codes(raw) == [200]
+        assert b"left-behind" not in raw.lower()
 
 
 @pytest.mark.parametrize(("sent", "answers"), [

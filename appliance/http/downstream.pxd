@@ -20,8 +20,8 @@ cdef class ClientConnection(SpliceHolder):
     cdef public object held_head
     cdef public object parser
     cdef public Exchange parsing
-    cdef public object peer
     cdef public object peer_ip
+    cdef public Py_ssize_t peer_port
     cdef public object phase_task
     cdef public object proto
     cdef public int response_framing

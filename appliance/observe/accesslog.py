@@ -42,10 +42,11 @@ def _tls(exchange: Exchange) -> Any:
 
 
 def _client(exchange: Exchange) -> str:
-    peer = exchange.client.peer  # taken when the connection was made
-    if not peer:
+    client = exchange.client  # its peer taken when the connection was made
+    if not client.peer_port:
         return "-"
-    return f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+    address = client.peer_ip.decode()
+    return f"[{address}]:{client.peer_port}" if ":" in address else f"{address}:{client.peer_port}"
 
 
 def _tls_cipher(exchange: Exchange) -> str | None:
