@@ -114,10 +114,11 @@ class Headers:
         pair = (field, _encode_value(name, value))
         raw = self._raw  # edited in place: the proxy holds this list
         size = len(key)
-        for index, (have, _) in enumerate(raw):
-            if len(have) == size and have.lower() == key:
-                raw[index] = pair
-                raw[index + 1:] = [kept for kept in raw[index + 1:]
+        for old in raw:
+            if len(old[0]) == size and old[0].lower() == key:
+                first = raw.index(old)  # an equal pair before it would have matched first
+                raw[first] = pair
+                raw[first + 1:] = [kept for kept in raw[first + 1:]
                                    if len(kept[0]) != size or kept[0].lower() != key]
                 break
         else:
