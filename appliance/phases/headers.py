@@ -191,7 +191,7 @@ def _key(name: str) -> bytes:
             return known[1]
         if TOKEN.match(name):
             return _token(name)[1]
-    return name.lower().encode("latin-1", "replace")  # no field has such a name: it matches nothing
+    return name.lower().encode("latin-1", "replace")  # not a token (or a str subclass): made each time
 
 
 def raw_from(headers: Headers | Iterable[tuple[str, str]] | dict[str, str] | None,
