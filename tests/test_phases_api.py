@@ -112,6 +112,27 @@ def test_request_headers_the_proxy_owns_cannot_be_set_or_removed(name):
             edit()
 
 
+def test_names_are_checked_once_but_ownership_on_every_edit():
+    # Header names are remembered once found to be tokens (appliance/phases/headers.py
+    # _NAMES); whether a view may edit one is still decided by that view, every time.
+    Headers([]).set("X-SSL-Client", "1")  # no name is owned in an operator's own Headers
+    Headers([]).set("Via", "1")
+    with pytest.raises(ValueError, match="managed by the proxy"):
+        Headers([], REQUEST_OWNED, ssl_owned=True).set("X-SSL-Client", "2")
+    with pytest.raises(ValueError, match="managed by the proxy"):
+        Headers([], RESPONSE_OWNED).add("Via", "2")
+
+    class Name(str):
+        pass
+
+    with pytest.raises(ValueError, match="invalid header name"):
+        Headers([]).set(Name("Bad Name"), "1")
+    raw: list[tuple[bytes, bytes]] = []
+    for n in range(3000):  # more names than are remembered
+        Headers(raw).add(f"X-N{n}", "v")
+    assert len(raw) == 3000 and Headers(raw).get("x-n2999") == "v"
+
+
 def test_host_may_be_rewritten_by_a_phase():
     raw = [(b"Host", b"a")]
     Headers(raw, REQUEST_OWNED, ssl_owned=True).set("host", "b.example")
@@ -193,11 +214,22 @@ def test_request_method_changes_that_change_the_framing_raise(old, new):
         req.method = "GE T"
 
 
-def test_request_retarget_after_a_rewrite():
+def test_request_rebase_starts_each_upstream_try_from_the_built_ins_request():
     req = _request()
     assert req.path == "/a/b"
-    req.retarget(b"/rewritten?z=9")
+    headers = req.headers  # made in request_filter, read-only there
+    first = [(b"Host", b"example.com")]
+    req.rebase(b"GET", b"/rewritten?z=9", first)  # the route's rewrite, the header policy's list
     assert (req.path, req.query) == ("/rewritten", "z=9")
+    assert req.headers is headers and headers.raw is first  # one view, over the list that goes up
+    headers.set("X-Try", "1")
+    assert req.sent() == (b"GET", b"/rewritten?z=9", [(b"Host", b"example.com"), (b"X-Try", b"1")])
+    with pytest.raises(ValueError, match="read-only"):
+        headers.set("X-Try", "2")  # sent: read-only again
+    second = [(b"Host", b"example.com")]
+    req.rebase(b"GET", b"/rewritten?z=9", second)  # a retry: the first try's edits are not in it
+    headers.add("X-Try", "2")
+    assert req.sent()[2] == [(b"Host", b"example.com"), (b"X-Try", b"2")]
 
 
 def test_response_view_status_and_headers():

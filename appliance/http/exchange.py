@@ -26,6 +26,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from appliance.observe.request_id import ensure
 from appliance.phases.dispatch import NO_PHASES
 from appliance.statemachine import Transitions
 
@@ -290,6 +291,10 @@ class Exchange:
         self.phase_ctx: Any = None
         self.req: Any = None  # the Request view, made when a phase first needs it
         self.resp: Any = None  # the ResponseHead view of what the client got, when a phase reads it
+
+    def request_id_text(self) -> str:
+        """The request id as phases read it (`req.request_id`), made now if it has none yet."""
+        return ensure(self)
 
     def transition(self, new: ExchangeState) -> None:
         """The only place that changes `state`; refuses moves the table does not allow."""

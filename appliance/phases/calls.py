@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from appliance.http import headers as hdr
 from appliance.http.errors import PhaseFailed, ProxyFailure
 from appliance.observe.errorlog import about
-from appliance.observe.request_id import ensure
 from appliance.phases import PHASES, Request, Response, ResponseHead
 from appliance.phases.dispatch import response_or_none
 from appliance.phases.headers import RawHeaders
@@ -47,8 +46,9 @@ def request_view(exchange: Exchange) -> Request:
     """The exchange's Request view, made on first use (then shared by every phase)."""
     req = exchange.req
     if req is None:
+        # The id is made only if a phase reads it: the view holds the exchange's bound method.
         req = exchange.req = Request(exchange.method, exchange.target, exchange.host, exchange.client.peer_ip,
-                                     exchange.headers, lambda: ensure(exchange))
+                                     exchange.headers, exchange.request_id_text)
     return req
 
 
@@ -59,17 +59,18 @@ def upstream_request(exchange: Exchange, headers: RawHeaders) -> tuple[bytes, by
     so a phase that adds a header adds it once however often the request is retried.
     None if the phase failed: exchange.failure holds the PhaseFailed to answer with.
     """
-    req = request_view(exchange)
-    req.rebase(exchange.method, exchange.target, list(headers))
-    req.writable = True
+    req = exchange.req
+    if req is None:
+        req = request_view(exchange)
+    req.rebase(exchange.method, exchange.target, list(headers))  # a copy: the next try starts anew
     try:
         exchange.phases.upstream_request_filter(req, exchange.phase_ctx)
     except Exception as exc:
         exchange.failure = failed(exchange, "upstream_request_filter", exc)
         return None
     finally:
-        req.writable = False
-    return req.raw_method, req.raw_target, req.raw_headers
+        sent = req.sent()
+    return sent
 
 
 def response_filter(exchange: Exchange, resp: ResponseHead) -> PhaseFailed | None:

@@ -26,7 +26,14 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 # An RFC 9110 token: what a header name (and a method) may be.
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\0]")
+
+# Header names already found to be tokens: name -> (the name as sent, its lowercase lookup
+# key, whether it is an X-SSL-* name). Phases use a few constant names, so each is checked
+# and encoded once per worker instead of on every edit and lookup; bounded (cleared when
+# full) for a phase that makes names up per request.
+_Name = tuple[bytes, bytes, bool]
+_NAMES: dict[str, _Name] = {}
+_NAMES_MAX = 1024
 
 # Request headers a phase may not set or remove: every name the parser handles itself,
 # except Host, which a phase may rewrite (routing has already used the client's).
@@ -59,16 +66,22 @@ class Headers:
         """The proxy's list of (name, value) byte pairs, with every edit made so far."""
         return self._raw
 
+    # Lookups compare lengths before lowercasing a field: most fields differ in length
+    # from the name asked for, and lowercasing makes a bytes object per field.
+
     def get(self, name: str, default: str | None = None) -> str | None:
         key = _key(name)
+        size = len(key)
         for field, value in self._raw:
-            if field.lower() == key:
+            if len(field) == size and field.lower() == key:
                 return value.decode("latin-1")
         return default
 
     def get_all(self, name: str) -> list[str]:
         key = _key(name)
-        return [value.decode("latin-1") for field, value in self._raw if field.lower() == key]
+        size = len(key)
+        return [value.decode("latin-1") for field, value in self._raw
+                if len(field) == size and field.lower() == key]
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -80,7 +93,8 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = _key(name)
-        return any(field.lower() == key for field, _ in self._raw)
+        size = len(key)
+        return any(len(field) == size and field.lower() == key for field, _ in self._raw)
 
     def __iter__(self) -> Iterator[str]:
         return (field.decode("latin-1") for field, _ in self._raw)
@@ -96,59 +110,88 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of `name` by one with `value`, where the first one was (else at the end)."""
-        field, encoded = self._encode(name, value)
-        key = field.lower()
-        kept: RawHeaders = []
-        placed = False
-        for pair in self._raw:
-            if pair[0].lower() != key:
-                kept.append(pair)
-            elif not placed:
-                kept.append((field, encoded))
-                placed = True
-        if not placed:
-            kept.append((field, encoded))
-        self._raw[:] = kept  # in place: the proxy holds this list
+        field, key, _ = self._check(name)
+        pair = (field, _encode_value(name, value))
+        raw = self._raw  # edited in place: the proxy holds this list
+        size = len(key)
+        for old in raw:
+            if len(old[0]) == size and old[0].lower() == key:
+                first = raw.index(old)  # an equal pair before it would have matched first
+                raw[first] = pair
+                raw[first + 1:] = [kept for kept in raw[first + 1:]
+                                   if len(kept[0]) != size or kept[0].lower() != key]
+                break
+        else:
+            raw.append(pair)
         self.edited = True
 
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping those of the same name."""
-        self._raw.append(self._encode(name, value))
+        field, _, _ = self._check(name)
+        self._raw.append((field, _encode_value(name, value)))
         self.edited = True
 
     def remove(self, name: str) -> None:
         """Drop every field of `name` (nothing happens if there is none)."""
-        key = self._check(name)
-        self._raw[:] = [pair for pair in self._raw if pair[0].lower() != key]
+        _, key, _ = self._check(name)
+        size = len(key)
+        self._raw[:] = [pair for pair in self._raw if len(pair[0]) != size or pair[0].lower() != key]
         self.edited = True
 
-    def _check(self, name: str) -> bytes:
-        """The lowercased name, once it is known to be a token this view may edit."""
+    def rebind(self, raw: RawHeaders, writable: bool) -> None:
+        """Point this view at another list (the request's next upstream try)."""
+        self._raw = raw
+        self.writable = writable
+
+    def _check(self, name: str) -> _Name:
+        """The name's encodings, once it is known to be a token this view may edit."""
         if not self.writable:
             raise ValueError("these headers are read-only in this phase (request headers change in "
                              "upstream_request_filter, response headers in response_filter)")
-        if not isinstance(name, str) or not TOKEN.match(name):
-            raise ValueError(f"invalid header name {name!r}")
-        key = name.lower().encode("ascii")
-        if key in self._owned or (self._ssl_owned and key[:6] in hdr.SSL_PREFIXES):
+        known = _NAMES.get(name) if type(name) is str else None
+        if known is None:
+            known = _token(name)
+        if known[1] in self._owned or (known[2] and self._ssl_owned):
             raise ValueError(f"{name} is managed by the proxy; a phase cannot set or remove it")
-        return key
+        return known
 
-    def _encode(self, name: str, value: str) -> tuple[bytes, bytes]:
-        self._check(name)
-        if not isinstance(value, str):
-            raise TypeError(f"header {name}: expected a str value, got {type(value).__name__}")
-        if _FORBIDDEN_IN_VALUE.search(value):
-            raise ValueError(f"header {name}: a value may not contain CR, LF or NUL")
-        try:
-            return name.encode("ascii"), value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError(f"header {name}: a value must be latin-1 text (percent- or "
-                             "base64-encode anything else)") from None
+
+def _token(name: object) -> _Name:
+    """A header name checked to be a token (ValueError if not), remembered in _NAMES."""
+    if not isinstance(name, str) or not TOKEN.match(name):
+        raise ValueError(f"invalid header name {name!r}")
+    field = name.encode("ascii")
+    key = field.lower()
+    known = (field, key, key[:6] in hdr.SSL_PREFIXES)
+    if type(name) is str:  # a subclass could compare equal to a name it does not spell
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[name] = known
+    return known
+
+
+def _encode_value(name: str, value: str) -> bytes:
+    """A header value as sent: latin-1 text without CR, LF or NUL (so it cannot split the head)."""
+    if not isinstance(value, str):
+        raise TypeError(f"header {name}: expected a str value, got {type(value).__name__}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"header {name}: a value may not contain CR, LF or NUL")
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"header {name}: a value must be latin-1 text (percent- or "
+                         "base64-encode anything else)") from None
 
 
 def _key(name: str) -> bytes:
-    return name.lower().encode("latin-1", "replace")
+    """The lowercase bytes a lookup compares fields with (a token's remembered in _NAMES)."""
+    if type(name) is str:
+        known = _NAMES.get(name)
+        if known is not None:
+            return known[1]
+        if TOKEN.match(name):
+            return _token(name)[1]
+    return name.lower().encode("latin-1", "replace")  # not a token (or a str subclass): made each time
 
 
 def raw_from(headers: Headers | Iterable[tuple[str, str]] | dict[str, str] | None,
@@ -163,4 +206,4 @@ def raw_from(headers: Headers | Iterable[tuple[str, str]] | dict[str, str] | Non
     else:
         pairs = headers
     checker = Headers(owned=owned)
-    return [checker._encode(name, value) for name, value in pairs]
+    return [(checker._check(name)[0], _encode_value(name, value)) for name, value in pairs]

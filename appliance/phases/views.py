@@ -49,8 +49,7 @@ class _MessageView:
     def headers(self) -> Headers:
         headers = self._headers
         if headers is None:
-            headers = self._headers = Headers(self._raw_headers, self._owned, ssl_owned=self._ssl_owned,
-                                              writable=self._writable)
+            headers = self._headers = Headers(self._raw_headers, self._owned, self._ssl_owned, self._writable)
         return headers
 
     # -- what the proxy uses
@@ -88,7 +87,11 @@ class Request(_MessageView):
 
     def __init__(self, method: bytes, target: bytes, host: bytes | None, client_ip: bytes | str,
                  headers: RawHeaders, request_id: str | Callable[[], str]) -> None:
-        super().__init__(headers)
+        # _MessageView's fields set here rather than through super().__init__: one call
+        # less on every request with phases.
+        self._raw_headers = headers
+        self._headers = None
+        self._writable = False
         self._method = method
         self._target = target
         self._host = host
@@ -179,17 +182,28 @@ class Request(_MessageView):
         """The request target that goes up: path and query as the phases left them."""
         return self._target
 
-    def retarget(self, target: bytes) -> None:
-        """Point the view at a new target (the route's rewrite, made between phases)."""
+    def rebase(self, method: bytes, target: bytes, headers: RawHeaders) -> None:
+        """Start an upstream_request_filter try from the request the built-ins would send, writable.
+
+        A Headers view already made (by request_filter, or an earlier try) is pointed at
+        the new list rather than made again: `req.headers` is one object for the request's life.
+        """
+        self._method = method
         self._target = target
         self._path = self._query = None
-
-    def rebase(self, method: bytes, target: bytes, headers: RawHeaders) -> None:
-        """Start an upstream_request_filter try from the request the built-ins would send."""
-        self._method = method
-        self.retarget(target)
         self._raw_headers = headers
-        self._headers = None
+        self._writable = True
+        view = self._headers
+        if view is not None:
+            view.rebind(headers, True)
+
+    def sent(self) -> tuple[bytes, bytes, RawHeaders]:
+        """End the upstream_request_filter try: read-only again; the method, target and headers to send."""
+        self._writable = False
+        view = self._headers
+        if view is not None:
+            view.writable = False
+        return self._method, self._target, self._raw_headers
 
     def _check_writable(self, what: str) -> None:
         if not self._writable:
