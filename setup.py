@@ -73,8 +73,7 @@ class BuildExt(build_ext):
                     stale.unlink()
                     stale.with_name(stale.name.split(".")[0] + ".c").unlink(missing_ok=True)
         super().run()
-        modules = {name: {"extension": filename,
-                          "digest": build.source_digest(build.module_source(name))}
+        modules = {name: {"extension": filename, "digest": SOURCE_DIGESTS[name]}
                    for name, filename in built.items()}
         info = target / "appliance" / build.INFO_NAME
         info.write_text(json.dumps({"cython": Cython.__version__, "modules": modules}, indent=1) + "\n")
@@ -83,6 +82,10 @@ class BuildExt(build_ext):
 # Named explicitly: appliance/upstream is a namespace package (no __init__.py), from which
 # Cython alone would not derive the module's full name.
 EXTENSIONS = [Extension(path.removesuffix(".py").replace("/", "."), [path]) for path in listed_modules()]
+# The sources as cythonize() below reads them, digested before it does: a module edited during
+# the build is then recorded with its old digest, so the run-time check finds the extension stale
+# (digested after the build, the record claimed the edit for an extension built without it).
+SOURCE_DIGESTS = {ext.name: build.source_digest(build.module_source(ext.name)) for ext in EXTENSIONS}
 
 setup(
     # include_path: the .pxd files are found by package path from the top of the tree (the

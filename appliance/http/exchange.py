@@ -26,7 +26,6 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from appliance.observe.request_id import ensure
 from appliance.phases.dispatch import NO_PHASES
 from appliance.statemachine import Transitions
 
@@ -293,8 +292,12 @@ class Exchange:
         self.resp: Any = None  # the ResponseHead view of what the client got, when a phase reads it
 
     def request_id_text(self) -> str:
-        """The request id as phases read it (`req.request_id`), made now if it has none yet."""
-        return ensure(self)
+        """The request id as text (`req.request_id`, the logs), made now if it has none yet:
+        a log line or a phase may need it before the request goes to a backend."""
+        rid = self.request_id
+        if rid is None:
+            rid = self.request_id = self.client.ctx.new_request_id()
+        return rid.decode("latin-1") if rid is not None else "-"
 
     def transition(self, new: ExchangeState) -> None:
         """The only place that changes `state`; refuses moves the table does not allow."""

@@ -24,7 +24,6 @@ from pythonjsonlogger.json import JsonFormatter
 
 from appliance.config.schema import Config
 from appliance.config.values import parse_address
-from appliance.observe import request_id
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -91,11 +90,11 @@ FIELDS: dict[str, str] = {
     "tls_version": "_tls_version(e)",
     "tls_cipher": "_tls_cipher(e)",
     "tls_resumed": "_tls_resumed(e)",
-    "request_id": "ensure(e)",
+    "request_id": "e.request_id_text()",
 }
 
 _HELPERS = {"_client": _client, "_tls_version": _tls_version, "_tls_cipher": _tls_cipher,
-            "_tls_resumed": _tls_resumed, "ensure": request_id.ensure}
+            "_tls_resumed": _tls_resumed}
 
 
 def compile_fields(names: list[str]) -> Callable[[Exchange, float, Callable[[float], str]], dict[str, Any]]:

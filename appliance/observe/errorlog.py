@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 
 from pythonjsonlogger.json import JsonFormatter
 
-from appliance.observe import request_id
-
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
 
@@ -39,4 +37,4 @@ def formatter(kind: str) -> logging.Formatter:
 
 def about(exchange: Exchange) -> dict[str, str]:
     """`extra` for a log line about this exchange (makes its request id if it has none yet)."""
-    return {"request_id": request_id.ensure(exchange)}
+    return {"request_id": exchange.request_id_text()}

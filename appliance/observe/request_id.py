@@ -10,10 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from appliance.http.exchange import Exchange
 
 HEADER = b"X-Request-Id"
 
@@ -28,11 +24,3 @@ def generator() -> Callable[[], bytes]:
 def never() -> None:
     """The id source when [proxy] request_id is off."""
     return None
-
-
-def ensure(exchange: Exchange) -> str:
-    """The exchange's id, made now if it has none yet (for a log line before the backend)."""
-    rid = exchange.request_id
-    if rid is None:
-        rid = exchange.request_id = exchange.client.ctx.new_request_id()
-    return rid.decode("latin-1") if rid is not None else "-"
