@@ -159,6 +159,8 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
                                 "scheduling is in the figure)"))
             if sc.baseline in BASELINE_NAMES and r.get(f"vs_{sc.baseline}") is not None:
                 notes.append(f"{r[f'vs_{sc.baseline}']:.2f}x {BASELINE_NAMES[sc.baseline]}")
+            if r["proxy"] in sc.beside and r.get("vs_rproxyd") is not None:  # e.g. the pure build's
+                notes.append(f"{r['vs_rproxyd']:.2f}x rproxyd")
             if r.get("offered_rps"):
                 notes.append(f"offered {r['offered_rps']:,.0f}/s")
             work = _work(r) if r["status"] == "ok" or r.get("per_cpu_s") else "-"

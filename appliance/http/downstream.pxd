@@ -47,6 +47,7 @@ cdef class ClientConnection(SpliceHolder):
     cpdef on_message_complete(self)
     cpdef _start_ready(self)
     cpdef _start(self, Exchange exchange)
+    cpdef bint _request_phases(self, Exchange exchange, vhost, path) except -1
     cpdef _route(self, Exchange exchange, vhost, path)
     cpdef _request_body(self, Exchange exchange, body)
     cpdef _forward_length_body(self, data)

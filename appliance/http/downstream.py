@@ -530,7 +530,8 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
                     exchange, result, partial(self._request_filter_done, exchange, vhost, path))
                 if not finished:
                     return False
-            response = response_or_none(result, "request_filter")
+            # None (go on) is the usual result: checked here, without a call into dispatch.py.
+            response = None if result is None else response_or_none(result, "request_filter")
         except Exception as exc:
             self.fail(exchange, calls.failed(exchange, "request_filter", exc))
             return False
