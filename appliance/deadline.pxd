@@ -1,8 +1,10 @@
 # Cython declarations for deadline.py (compiled build): moved on every read of every connection.
 
+from appliance.timerwheel cimport TimerWheel
+
 cdef class Deadline:
     cdef public object _loop
-    cdef public object _wheel
+    cdef public TimerWheel _wheel
     cdef public object on_expiry
     cdef public Py_ssize_t slot
     cdef public object when

@@ -15,7 +15,7 @@ times per worker lifetime, so the slower Enum hash does not matter there.
 from __future__ import annotations
 
 import enum
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 S = TypeVar("S", bound=enum.Enum)
 
@@ -24,8 +24,11 @@ class IllegalTransition(RuntimeError):
     """A state machine was asked for a move its table does not allow."""
 
 
-class Transitions(Generic[S]):
-    """The allowed moves between the states of one machine."""
+class Transitions:
+    """The allowed moves between the states of one machine.
+
+    Compiled (statemachine.pxd): the request path checks a move several times per request.
+    """
 
     __slots__ = ("_moves", "machine")
 

@@ -4,7 +4,11 @@
 
 from appliance.deadline cimport Deadline
 from appliance.http.exchange cimport Exchange
+from appliance.statemachine cimport Transitions
 from appliance.upstream.splice cimport SpliceHolder
+
+# The move table, typed: _transition() calls its check directly.
+cdef Transitions _CLIENT_MOVES
 
 cdef class ClientConnection(SpliceHolder):
     cdef public Py_ssize_t _read_pauses

@@ -1,6 +1,11 @@
 # Cython declarations for exchange.py (compiled build): the exchange as an extension type,
 # its fields C struct members, read and written by the two sides without a dict or slot lookup.
 
+from appliance.statemachine cimport Transitions
+
+# The move table, typed: transition() calls its check directly.
+cdef Transitions _MOVES
+
 cdef class Exchange:
     cdef public object backend
     cdef public object body_buffer

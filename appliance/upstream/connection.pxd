@@ -4,7 +4,11 @@
 
 from appliance.deadline cimport Deadline
 from appliance.http.exchange cimport Exchange
+from appliance.statemachine cimport Transitions
 from appliance.upstream.splice cimport SpliceHolder
+
+# The move table, typed: the state changes call its check directly.
+cdef Transitions _MOVES
 
 cdef class BackendConnection(SpliceHolder):
     cdef public int body_mode

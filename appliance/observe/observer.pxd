@@ -1,0 +1,8 @@
+# Cython declarations for observer.py (compiled build): the base of the worker's Recorder,
+# an extension type so that the Recorder can be one.
+
+cdef class Observer:
+    cpdef exchange_done(self, exchange)
+    cpdef client_timeout(self, phase)
+    cpdef phase_error(self, phase)
+    cpdef tls_handshake(self, resumed)
