@@ -30,6 +30,7 @@ from pathlib import Path
 
 import uvloop
 
+from perf.proxies import rproxyd_base_config
 from perf.tools import free_port, rss_kib, wait_port
 
 IDLE_CLIENT = Path(__file__).with_name("idle_client.py")
@@ -99,27 +100,7 @@ def rproxyd(count: int) -> None:
         wait_port(origin_port, proc=origin)
         with tempfile.TemporaryDirectory() as tmp:
             conf = Path(tmp, "rproxyd.toml")
-            conf.write_text(f"""
-[[listener]]
-name = "http"
-bind = "127.0.0.1:{port}"
-backlog = 4096
-
-[backend.origin]
-servers = ["127.0.0.1:{origin_port}"]
-connections = 64
-
-[[vhost]]
-name = "default"
-hosts = ["*"]
-
-[[vhost.route]]
-path = "/"
-backend = "origin"
-
-[limits]
-keepalive_timeout = "75s"
-""")
+            conf.write_text(rproxyd_base_config(port, origin_port))
             config = load(conf)
         worker = Worker(config, {listener.name: open_listener(listener) for listener in config.listener})
 

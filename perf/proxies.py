@@ -300,7 +300,8 @@ RPROXYD_PROCESS_TEMPLATES = [
 # ----------------------------------------------------------------------------------------------
 
 
-def _rproxyd_base(port: int, origin_port: int) -> str:
+def rproxyd_base_config(port: int, origin_port: int) -> str:
+    """rproxyd's configuration in every scenario: one listener, one origin pool, one route."""
     return f"""
 [[listener]]
 name = "http"
@@ -357,7 +358,7 @@ def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, r
     port, ec_port, rsa_port = free_port(), free_port(), free_port()
     conf = work / f"{name}.toml"
     probe = work / f"{name}-probe.toml"
-    base = _rproxyd_base(port, origin_port)
+    base = rproxyd_base_config(port, origin_port)
     if phases is not None:
         base += f'\n[phases]\nmodule = "{phases}"\n'
     notes: dict[str, str] = {}
