@@ -143,6 +143,15 @@ class ListenerConfig:
         ListenerTlsConfig(), kind=TABLE, item=ListenerTlsConfig,
         doc="TLS termination, as [listener.tls].",
     )
+    proxy_protocol: bool = key(
+        False, kind=BOOL,
+        doc="Every connection starts with a PROXY protocol header (v1 or v2) from a balancer in "
+        "front: its client address becomes the client address everywhere. Only peers in "
+        "[proxy] trusted_proxies may connect, which must then not cover everyone; a header "
+        "that is invalid, incomplete after header_timeout or from anyone else closes the "
+        "connection. On a TLS listener the header comes before the TLS handshake. Listeners "
+        "without it never look for a header. See docs/proxy-protocol.md.",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,6 +317,13 @@ class BackendConfig:
         "", kind=STR, doc="Client certificate chain (PEM) presented to the servers; empty: none.",
     )
     tls_key: str = key("", kind=STR, doc="Key of tls_certificate; empty: in the certificate file.")
+    proxy_protocol: str = key(
+        "", kind=STR, choices=("", "v1", "v2"),
+        doc="Send a PROXY protocol header of this version (\"v1\" text, \"v2\" binary) first on "
+        "every connection to the servers, carrying the client's address (health probes send a "
+        "LOCAL / UNKNOWN one); empty: none. Such a connection carries one request and closes "
+        "(it is not pooled: its header names one client). See docs/proxy-protocol.md.",
+    )
 
     EXAMPLES: ClassVar[dict[str, str]] = {
         "balancing methods": """
