@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from appliance.config.values import Address, ServerSpec
 
 BALANCE_METHODS = ("round-robin", "weighted-round-robin", "least-conn", "most-idle", "random", "hash", "rtt")
+PROXY_PROTOCOL_VERSIONS = ("off", "v1", "v2")
 MATCH_KINDS = ("prefix", "exact", "glob", "regex")
 
 # Key kinds understood by the loader (see loader._convert).
@@ -318,10 +319,10 @@ class BackendConfig:
     )
     tls_key: str = key("", kind=STR, doc="Key of tls_certificate; empty: in the certificate file.")
     proxy_protocol: str = key(
-        "", kind=STR, choices=("", "v1", "v2"),
+        "off", kind=STR, choices=PROXY_PROTOCOL_VERSIONS,
         doc="Send a PROXY protocol header of this version (\"v1\" text, \"v2\" binary) first on "
         "every connection to the servers, carrying the client's address (health probes send a "
-        "LOCAL / UNKNOWN one); empty: none. Such a connection carries one request and closes "
+        "LOCAL / UNKNOWN one); \"off\": none. Such a connection carries one request and closes "
         "(it is not pooled: its header names one client). See docs/proxy-protocol.md.",
     )
 

@@ -149,7 +149,7 @@ class Server:
         self.weight = spec.weight
         self.config = config
         # A connection whose PROXY header names one client serves that client's request only.
-        self.single_use = bool(config.proxy_protocol)
+        self.single_use = config.proxy_protocol != "off"
         self.idle: list[BackendConnection] = []  # a stack: the warmest connection is reused
         self.live = 0  # CONNECTING + IDLE + ACTIVE connections
         self.connecting = 0
@@ -295,7 +295,7 @@ class BackendPool:
         self.limits = limits
         # The request head's serializer, bound once: called once per request.
         self.request_head = RequestHead(via).serialize
-        if config.proxy_protocol:
+        if config.proxy_protocol != "off":
             self.request_head = ProxiedHead(self.request_head, config.proxy_protocol).serialize
         self.redirect_status = redirect_status
         self.retry_statuses = frozenset(config.retry_on_status)

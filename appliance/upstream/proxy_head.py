@@ -44,4 +44,4 @@ class ProxiedHead:
 
 def health_prefix(version: str) -> bytes:
     """What a health probe sends first: a header with no client (v2 LOCAL, v1 UNKNOWN)."""
-    return ENCODERS[version](None, None) if version else b""
+    return ENCODERS[version](None, None) if version != "off" else b""
