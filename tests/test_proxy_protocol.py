@@ -22,6 +22,7 @@ import pytest
 
 from appliance.http.proxy_protocol import V2_SIGNATURE
 from tests.support import free_port, read_all, wait_for, wait_port
+from tests.support.phases import phase_module
 from tests.support.tls import Certs, client_context, make_certs
 from tests.support_proc import Rproxyd, config_text, demo_origin
 from tests.test_observe import admin, metric_sum, records, until_metrics
@@ -237,6 +238,45 @@ backend b
         assert seen["x-forwarded-for"] == "127.0.0.3"
     finally:
         front.stop()
+
+
+def test_phases_and_the_client_ip_hash_see_the_sent_address(tmp_path: Path, origins: dict,
+                                                            certs: Certs) -> None:
+    module = phase_module(tmp_path, """
+        from appliance.phases import Phases, Response
+
+        class Site(Phases):
+            def request_filter(self, req, ctx):
+                if req.path == "/whoami":
+                    return Response(200, body=req.client_ip)
+    """)
+    (tmp_path / "run").mkdir()
+    a, b = origins["a"].port, origins["b"].port
+    text = proxy_protocol_config(a, tmp_path / "run", certs, tmp_path / "access.log",
+                                 f'[phases]\nmodule = "{module}"\n')
+    proxy = Rproxyd(tmp_path, text.replace(f'servers = ["127.0.0.1:{a}"]',
+                                           f'servers = ["127.0.0.1:{a}", "127.0.0.1:{b}"]\nbalance = "hash"'))
+    try:
+        port = port_of(proxy, "l0")
+
+        def ask(ip: str, path: str) -> bytes:
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            return exchange(port, f"PROXY TCP4 {ip} 192.0.2.1 1000 80\r\n".encode() + request)
+
+        assert ask("203.0.113.50", "/whoami").endswith(b"\r\n\r\n203.0.113.50")
+        # The hash on client-ip spreads the sent addresses over both servers (the balancer's
+        # own address would send them all to one), the same address always to the same one.
+        def origin_of(ip: str) -> str:
+            head = ask(ip, "/").partition(b"\r\n\r\n")[0].decode()
+            return next(line[len("X-Origin: "):] for line in head.split("\r\n")
+                        if line.startswith("X-Origin: "))
+
+        chosen = {ip: origin_of(ip) for ip in (f"203.0.113.{i}" for i in range(1, 17))}
+        assert set(chosen.values()) == {"a", "b"}
+        assert all(origin_of(ip) == name for ip, name in list(chosen.items())[:4])
+    finally:
+        proxy.stop()
+    assert "Traceback" not in proxy.log(), proxy.log()
 
 
 # -- to backends
