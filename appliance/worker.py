@@ -11,13 +11,15 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import uvloop
 
 from appliance.config.schema import BackendConfig, Config
 from appliance.context import WorkerContext
 from appliance.http.downstream import ClientConnection, ClientState
+from appliance.http.proxy_accept import ProxyAcceptor
 from appliance.listeners import open_listener
 from appliance.observe import request_id
 from appliance.observe.accesslog import AccessLog
@@ -31,7 +33,7 @@ from appliance.process import heartbeat, logs
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
 from appliance.shm import SharedRegion
-from appliance.tls.contexts import build_worker_tls
+from appliance.tls.contexts import TlsListener, build_worker_tls
 from appliance.upstream.peers import PeerPools
 from appliance.upstream.pool import BackendPool
 
@@ -145,8 +147,10 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
         if self.beat is not None:
             self.beat.start(loop)
-        servers = []
+        servers: list[asyncio.Server | ProxyAcceptor] = []
         tls = build_worker_tls(self.config, ctx.router.vhost_name, self.ticket_ring)
+        refusals = SampledLog(logging.getLogger("rproxyd.client"), loop, "refused PROXY protocol connections",
+                              "rproxyd_proxy_headers_refused_total", logging.WARNING)
         for listener in self.config.listener:
             site = tls.get(listener.name)
             if site is None:
@@ -159,6 +163,14 @@ class Worker:
                 # that a process accepts on it (appliance/process/sockets.py). create_server
                 # would listen() too; saying it here keeps that contract visible.
                 sock.listen(listener.backlog)
+                if listener.proxy_protocol:
+                    acceptor = ProxyAcceptor(loop, sock, partial(_proxied_factory, ctx, site),
+                                             site.context if site is not None else None,
+                                             self.config.limits.header_timeout, ctx.trusted, ctx.observer,
+                                             refusals)
+                    acceptor.start()
+                    servers.append(acceptor)
+                    continue
                 servers.append(await loop.create_server(
                     factory, sock=sock, backlog=listener.backlog,
                     ssl=site.context if site is not None else None,
@@ -229,6 +241,14 @@ class Worker:
             await asyncio.sleep(DRAIN_POLL)
         if ctx.clients:
             log.warning("drain timeout: cutting %d connections", len(ctx.clients))
+
+
+def _proxied_factory(ctx: WorkerContext[ClientConnection], site: TlsListener | None,
+                     peer: tuple[str, int] | None) -> Callable[[], ClientConnection]:
+    """The protocol factory for a connection whose PROXY header sent `peer` (None: the real one)."""
+    if site is None:
+        return lambda: ClientConnection(ctx, b"http", None, peer)
+    return lambda: ClientConnection(ctx, b"https", site.fallback, peer)
 
 
 def run_single(config: Config) -> int:

@@ -229,3 +229,28 @@ syslog_address = "{}"
     for usable in ("127.0.0.1:514", "/dev/log"):
         main.write_text(config.format(usable))
         assert rproxyd("-t", "-c", str(main)).returncode == 0
+
+
+def test_proxy_protocol_listener_needs_narrow_trusted_proxies(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    listener = MINIMAL.replace('bind = "127.0.0.1:8080"', 'bind = "127.0.0.1:8080"\nproxy_protocol = true')
+    expected = {
+        "": "it covers every address of a family (the default covers all)",  # the default: everyone
+        '[proxy]\ntrusted_proxies = ["10.0.0.0/8", "::/0"]': "it covers every address of a family",
+        "[proxy]\ntrusted_proxies = []": "it is empty, so every connection would be refused",
+    }
+    for proxy, problem in expected.items():
+        main.write_text(listener + "\n" + proxy + "\n")
+        with pytest.raises(ConfigError) as caught:
+            load(main)
+        [message] = caught.value.problems
+        assert message.startswith(f"{main}: listener[0].proxy_protocol: needs [proxy] trusted_proxies ")
+        assert problem in message
+    main.write_text(listener + '\n[proxy]\ntrusted_proxies = ["10.0.0.0/8"]\n')
+    assert load(main).listener[0].proxy_protocol
+    main.write_text(MINIMAL.replace('servers = ["127.0.0.1:9000"]', 'servers = ["127.0.0.1:9000"]\n'
+                                    'proxy_protocol = "v3"'))
+    with pytest.raises(ConfigError) as caught:
+        load(main)
+    assert caught.value.problems == [
+        f"{main}: backend.app.proxy_protocol: expected one of off, v1, v2, got 'v3'"]

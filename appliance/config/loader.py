@@ -309,6 +309,8 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
         seen_names.add(listener.name)
         seen_binds.add(listener.bind)
         _check_alpn(listener.tls.alpn, ("listener", i, "tls", "alpn"), builder)
+        if listener.proxy_protocol:
+            _check_proxy_senders(config.proxy.trusted_proxies, ("listener", i, "proxy_protocol"), builder)
     vhost_names: set[str] = set()
     for i, vhost in schema.entries(config.vhost):
         if vhost.name in vhost_names:
@@ -362,6 +364,19 @@ def _check_alpn(protocols: list[str], path: tuple[str | int, ...], builder: _Bui
         if protocol not in schema.ALPN_PROTOCOLS:
             why = "h2 is not supported yet" if protocol == "h2" else f"unknown protocol {protocol!r}"
             builder.problem(path, f"{why}; expected {' or '.join(schema.ALPN_PROTOCOLS)}")
+
+
+def _check_proxy_senders(networks: list[Any], path: tuple[str | int, ...], builder: _Builder) -> None:
+    # The PROXY header rewrites the client address; only the balancers in front may send it
+    # (the spec: "only from trusted sources"). With no network nobody could connect; with the
+    # default of everyone, any client could claim any address.
+    if not networks:
+        builder.problem(path, "needs [proxy] trusted_proxies naming the balancers that send the "
+                        "header; it is empty, so every connection would be refused")
+    elif any(network.prefixlen == 0 for network in networks):
+        builder.problem(path, "needs [proxy] trusted_proxies narrowed to the balancers that send the "
+                        "header; it covers every address of a family (the default covers all), so any "
+                        "client could claim any address")
 
 
 def _check_hash_key(spec: str, path: tuple[str | int, ...], builder: _Builder) -> None:

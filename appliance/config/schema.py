@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from appliance.config.values import Address, ServerSpec
 
 BALANCE_METHODS = ("round-robin", "weighted-round-robin", "least-conn", "most-idle", "random", "hash", "rtt")
+PROXY_PROTOCOL_VERSIONS = ("off", "v1", "v2")
 MATCH_KINDS = ("prefix", "exact", "glob", "regex")
 
 # Key kinds understood by the loader (see loader._convert).
@@ -142,6 +143,15 @@ class ListenerConfig:
     tls: ListenerTlsConfig = key(
         ListenerTlsConfig(), kind=TABLE, item=ListenerTlsConfig,
         doc="TLS termination, as [listener.tls].",
+    )
+    proxy_protocol: bool = key(
+        False, kind=BOOL,
+        doc="Every connection starts with a PROXY protocol header (v1 or v2) from a balancer in "
+        "front: its client address becomes the client address everywhere. Only peers in "
+        "[proxy] trusted_proxies may connect, which must then not cover everyone; a header "
+        "that is invalid, incomplete after header_timeout or from anyone else closes the "
+        "connection. On a TLS listener the header comes before the TLS handshake. Listeners "
+        "without it never look for a header. See docs/proxy-protocol.md.",
     )
 
 
@@ -308,6 +318,13 @@ class BackendConfig:
         "", kind=STR, doc="Client certificate chain (PEM) presented to the servers; empty: none.",
     )
     tls_key: str = key("", kind=STR, doc="Key of tls_certificate; empty: in the certificate file.")
+    proxy_protocol: str = key(
+        "off", kind=STR, choices=PROXY_PROTOCOL_VERSIONS,
+        doc="Send a PROXY protocol header of this version (\"v1\" text, \"v2\" binary) first on "
+        "every connection to the servers, carrying the client's address (health probes send a "
+        "LOCAL / UNKNOWN one); \"off\": none. Such a connection carries one request and closes "
+        "(it is not pooled: its header names one client). See docs/proxy-protocol.md.",
+    )
 
     EXAMPLES: ClassVar[dict[str, str]] = {
         "balancing methods": """

@@ -133,7 +133,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
     )
 
     def __init__(self, ctx: WorkerContext[ClientConnection], proto: bytes = b"http",
-                 tls: TlsSite | None = None) -> None:
+                 tls: TlsSite | None = None, peer: tuple[str, int] | None = None) -> None:
         self.ctx = ctx
         self.proto = proto
         # On a TLS listener: the listener's fallback site until connection_made replaces it
@@ -169,6 +169,11 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         self.peer_port = 0  # 0: the socket reported no peer
         self.trusted = True  # the peer is a trusted proxy: its X-Forwarded-For is kept
         self.forwarded_tail = b""
+        if peer is not None:
+            # The client address a PROXY header sent (appliance/http/proxy_accept.py): the
+            # client is that address everywhere, the balancer's own is forgotten.
+            self.peer_port = peer[1]
+            self.peer_ip, self.trusted, self.forwarded_tail = ctx.peers.facts(peer[0], proto)
         self.deadline = Deadline(ctx.loop, self._on_read_timeout)
         # Made the first time the client stops reading our output (most connections never do).
         self.send_deadline: Deadline | None = None
@@ -188,12 +193,13 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
         # Taken now, once: uvloop's TLS transport stops reporting its peer once the connection
         # ends, and the access log formats its batch later (appliance/observe/accesslog.py).
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer_port = peer[1]
-            self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts(peer[0], self.proto)
-        else:
-            self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts("", self.proto)
+        if not self.peer_ip:  # else a PROXY header named the client (see __init__)
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self.peer_port = peer[1]
+                self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts(peer[0], self.proto)
+            else:
+                self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts("", self.proto)
         if self.tls is not None:
             self.tls = TlsConnection(transport, self.tls)
             # The X-SSL-* lines ride on the per-connection tail every request head ends with.
@@ -1172,6 +1178,11 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         self._read_pauses &= ~reason
         if not self._read_pauses and self.state in (IDLE, BUSY):
             self.transport.resume_reading()
+
+    def local_address(self) -> tuple[str, int] | None:
+        """The address the client connected to (for a PROXY header to a backend), if known."""
+        local = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        return (local[0], local[1]) if local else None
 
     def shutdown(self) -> None:
         """Graceful stop: finish what is in flight, close when idle."""

@@ -59,6 +59,7 @@ class Downstream(Protocol):
     # Who sent the request, read by the request head (appliance/http/request_head.py)
     # and the balancer's client-address hash.
     peer_ip: bytes
+    peer_port: int  # 0: unknown
     trusted: bool  # a trusted proxy: its X-Forwarded-For and X-Real-IP are kept
     forwarded_tail: bytes  # "<peer>\r\nX-Forwarded-Proto: <proto>\r\n" and any X-SSL-* lines
     write_paused: bool  # the peer is not reading: a new backend read starts paused
@@ -66,6 +67,9 @@ class Downstream(Protocol):
     @property
     def ctx(self) -> RequestIds:
         """The downstream's worker context (a WorkerContext, appliance/context.py)."""
+
+    def local_address(self) -> tuple[str, int] | None:
+        """The address the client connected to (a backend's PROXY header names it), if known."""
 
     def send_continue(self, exchange: Exchange) -> None:
         """The backend is ready for the request body: let a client waiting on Expect send it."""

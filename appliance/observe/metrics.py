@@ -70,6 +70,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rproxyd_tls_handshakes_total": (COUNTER, "Completed TLS handshakes, full or resumed."),
     "rproxyd_client_timeouts_total": (
         COUNTER, "Client connections ended by a timeout, by phase: header or body (408), send (cut)."),
+    "rproxyd_proxy_headers_refused_total": (
+        COUNTER, "Connections to a proxy_protocol listener closed before HTTP, by reason: untrusted "
+        "(the peer is not in trusted_proxies), invalid (not a valid PROXY header), timeout, "
+        "truncated (the peer closed inside the header)."),
     "rproxyd_phase_errors_total": (
         COUNTER, "Operator phases that raised or returned what their contract does not allow, by phase."),
     "rproxyd_worker_restarts_total": (COUNTER, "Workers that died outside a drain and were respawned."),
@@ -101,6 +105,9 @@ W_CONNECTIONS, W_TLS_FULL, W_TLS_RESUMED = 0, 1, 2
 # Offsets inside the client-timeouts block (per worker), one per phase.
 TIMEOUT_PHASES = ("header", "body", "send")
 T_HEADER, T_BODY, T_SEND = 0, 1, 2
+# Offsets inside the refused-PROXY-headers block (per worker), one per reason.
+PROXY_REFUSALS = ("untrusted", "invalid", "timeout", "truncated")
+PP_UNTRUSTED, PP_INVALID, PP_TIMEOUT, PP_TRUNCATED = 0, 1, 2, 3
 P_RESTARTS, P_RELOADS_OK, P_RELOADS_FAILED, P_GENERATION, P_WORKERS = 0, 1, 2, 3, 4
 
 NO_ROUTE = ("-", "-")  # vhost and rule of requests that matched none (400, 404, …)
@@ -160,6 +167,9 @@ CLIENT_TIMEOUTS_BLOCK: list[Entry] = [
 PHASE_ERRORS_BLOCK: list[Entry] = [
     ("rproxyd_phase_errors_total", labels(phase=phase), "") for phase in PHASES
 ]
+PROXY_REFUSED_BLOCK: list[Entry] = [
+    ("rproxyd_proxy_headers_refused_total", labels(reason=reason), "") for reason in PROXY_REFUSALS
+]
 SUPERVISOR_BLOCK: list[Entry] = [
     ("rproxyd_worker_restarts_total", "", ""),
     ("rproxyd_reloads_total", labels(result="ok"), ""),
@@ -181,6 +191,7 @@ class Layout:
     worker: int = 0
     timeouts: int = 0
     phase_errors: int = 0
+    proxy_refused: int = 0
     supervisor: int = 0
 
 
@@ -223,6 +234,7 @@ class Directory:
         layout.worker = self.block(WORKER_BLOCK)
         layout.timeouts = self.block(CLIENT_TIMEOUTS_BLOCK)
         layout.phase_errors = self.block(PHASE_ERRORS_BLOCK)
+        layout.proxy_refused = self.block(PROXY_REFUSED_BLOCK)
         layout.no_route = self.block(route_block(*NO_ROUTE))
         for vhost in config.vhost:
             for index in range(len(vhost.route)):

@@ -29,5 +29,8 @@ class Observer:
     def phase_error(self, phase: int) -> None:
         """Called once per operator phase that failed; `phase`: its index in appliance.phases.PHASES."""
 
+    def proxy_header_refused(self, reason: int) -> None:
+        """Called once per connection a proxy_protocol listener closed; `reason`: metrics.PP_*."""
+
     def tls_handshake(self, resumed: bool) -> None:
         """Called once per completed client TLS handshake; `resumed` from ssl_object.session_reused."""

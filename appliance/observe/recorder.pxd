@@ -10,6 +10,7 @@ cdef class Recorder(Observer):
     cdef public object _loop
     cdef public Py_ssize_t _no_route
     cdef public Py_ssize_t _phase_errors
+    cdef public Py_ssize_t _proxy_refused
     cdef public dict _routes
     cdef public dict _servers
     cdef public Py_ssize_t _timeouts

@@ -40,8 +40,8 @@ _SCALE = m.SUM_SCALE
 class Recorder(Observer):
     """Metrics and access log for one worker."""
 
-    __slots__ = ("_backends", "_cells", "_counts", "_loop", "_no_route", "_phase_errors", "_routes",
-                 "_servers", "_timeouts", "_timer", "_used", "_worker", "access", "clients")
+    __slots__ = ("_backends", "_cells", "_counts", "_loop", "_no_route", "_phase_errors", "_proxy_refused",
+                 "_routes", "_servers", "_timeouts", "_timer", "_used", "_worker", "access", "clients")
 
     def __init__(self, cells: memoryview, layout: m.Layout, pools: dict[str, BackendPool],
                  loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set) -> None:
@@ -55,6 +55,7 @@ class Recorder(Observer):
         self._worker = layout.worker
         self._timeouts = layout.timeouts
         self._phase_errors = layout.phase_errors
+        self._proxy_refused = layout.proxy_refused
         self.clients = clients  # the worker's open client connections, for the gauge
         # Keyed by the worker's own objects: one dict lookup per exchange, no label text.
         self._servers: dict[Server, int] = {
@@ -111,6 +112,9 @@ class Recorder(Observer):
     def phase_error(self, phase: int) -> None:
         self._counts[self._phase_errors + phase] += 1
 
+    def proxy_header_refused(self, reason: int) -> None:
+        self._counts[self._proxy_refused + reason] += 1
+
     def _tick(self) -> None:
         self.sync()
         self._timer = self._loop.call_later(SYNC_INTERVAL, self._tick)
@@ -148,5 +152,6 @@ class Recorder(Observer):
 
 
 def _bases(layout: m.Layout) -> list[int]:
-    return [layout.no_route, layout.worker, layout.timeouts, layout.phase_errors, *layout.routes.values(),
+    return [layout.no_route, layout.worker, layout.timeouts, layout.phase_errors, layout.proxy_refused,
+            *layout.routes.values(),
             *layout.servers.values(), *layout.backends.values()]

@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from appliance.config.schema import BackendConfig, HealthConfig
+from appliance.upstream.proxy_head import health_prefix
 
 if TYPE_CHECKING:
     from appliance.upstream.server_view import ServerView
@@ -107,8 +108,11 @@ class ActiveProbe:
         config = self._config
         address = self._server.address
         host = config.host or str(address)
-        request = (f"GET {config.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: rproxyd-health\r\n"
-                   "Connection: close\r\n\r\n").encode()
+        # A server that expects a PROXY header gets one with no client in it (HAProxy's
+        # check-send-proxy sends the same).
+        request = health_prefix(self._server.config.proxy_protocol) + (
+            f"GET {config.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: rproxyd-health\r\n"
+            "Connection: close\r\n\r\n").encode()
         writer = None
         try:
             async with asyncio.timeout(config.timeout):

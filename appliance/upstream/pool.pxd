@@ -28,6 +28,7 @@ cdef class Server:
     cdef public object probe
     cdef public double retry_at
     cdef public double rtt
+    cdef public bint single_use
     cdef public object tls
     cdef public object tls_name
     cdef public object weight

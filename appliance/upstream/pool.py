@@ -30,6 +30,7 @@ from appliance.tls.contexts import backend_peer
 from appliance.upstream.balance import Balancer, make_balancer
 from appliance.upstream.connection import BackendConnection, ConnState
 from appliance.upstream.health import ActiveProbe, PassiveHealth
+from appliance.upstream.proxy_head import ProxiedHead
 from appliance.upstream.splice import PipePool
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Server:
         "probe",
         "retry_at",
         "rtt",
+        "single_use",
         "tls",
         "tls_name",
         "weight",
@@ -146,6 +148,8 @@ class Server:
         self.tls, self.tls_name = backend_peer(config, spec.address.host)
         self.weight = spec.weight
         self.config = config
+        # A connection whose PROXY header names one client serves that client's request only.
+        self.single_use = config.proxy_protocol != "off"
         self.idle: list[BackendConnection] = []  # a stack: the warmest connection is reused
         self.live = 0  # CONNECTING + IDLE + ACTIVE connections
         self.connecting = 0
@@ -233,6 +237,9 @@ class Server:
         self.pool.on_idle(conn)
 
     def release(self, conn: BackendConnection) -> None:
+        if self.single_use:
+            conn.close()  # its PROXY header named the client it served (appliance/upstream/proxy_head.py)
+            return
         self.pool.on_idle(conn)
 
     def take_idle(self) -> BackendConnection | None:
@@ -288,6 +295,8 @@ class BackendPool:
         self.limits = limits
         # The request head's serializer, bound once: called once per request.
         self.request_head = RequestHead(via).serialize
+        if config.proxy_protocol != "off":
+            self.request_head = ProxiedHead(self.request_head, config.proxy_protocol).serialize
         self.redirect_status = redirect_status
         self.retry_statuses = frozenset(config.retry_on_status)
         self.pending = PendingQueue(loop, limits.pending_timeout, self.on_pending_expired)
