@@ -20,6 +20,7 @@ from appliance.observe.observer import Observer
 from appliance.observe.sampled import SampledLog
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
+from appliance.timerwheel import TimerWheel
 
 if TYPE_CHECKING:
     from appliance.phases.dispatch import PeerChoice
@@ -57,6 +58,9 @@ class WorkerContext(Generic[Client]):
     peer_pools: PeerPools | None = None
     # What a connection derives from its peer's address, once per address (trusted or not, ...).
     peers: PeerAddresses = field(init=False)
+    # The loop's timer wheel, where every client connection files its read deadline.
+    wheel: TimerWheel = field(init=False)
 
     def __post_init__(self) -> None:
         self.peers = PeerAddresses(self.trusted)
+        self.wheel = TimerWheel.of(self.loop)

@@ -3,7 +3,6 @@
 from appliance.timerwheel cimport TimerWheel
 
 cdef class Deadline:
-    cdef public object _loop
     cdef public TimerWheel _wheel
     cdef public object on_expiry
     cdef public Py_ssize_t slot

@@ -16,14 +16,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from appliance.timerwheel import DUE, TICK, UNFILED, TimerWheel
+from appliance.timerwheel import UNFILED, TimerWheel
 
 
 class Deadline:
-    __slots__ = ("_loop", "_wheel", "on_expiry", "slot", "when")
+    """A timeout of its own, calling `on_expiry` (the owner's bound method) when it passes.
+
+    A client connection's read deadline is the connection itself, an entry of the wheel
+    with no object of its own (appliance/http/downstream.py); this is for the rarer ones.
+    """
+
+    __slots__ = ("_wheel", "on_expiry", "slot", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
-        self._loop = loop
         self._wheel = TimerWheel.of(loop)
         self.on_expiry = on_expiry
         self.when: float | None = None  # loop time it expires at; None: not set
@@ -31,16 +36,7 @@ class Deadline:
 
     def set(self, timeout: float) -> None:
         """Expire `timeout` seconds from now, replacing any earlier setting."""
-        when = self._loop.time() + timeout
-        self.when = when
-        slot = self.slot
-        if slot == UNFILED:
-            self._wheel.file(self, when)
-        elif slot != DUE and when < (slot - 1) * TICK:
-            # Earlier than its slot begins: refile. (In the backlog it is due already; the
-            # wheel refiles it from there if it moved later.)
-            self._wheel.unfile(self)
-            self._wheel.file(self, when)
+        self._wheel.set(self, timeout)
 
     def clear(self) -> None:
         """Stop the deadline; its wheel entry finds nothing to do when its slot comes."""
@@ -48,9 +44,7 @@ class Deadline:
 
     def cancel(self) -> None:
         """Clear and leave the wheel (on connection close), so nothing keeps the owner alive."""
-        self.when = None
-        if self.slot >= 0:
-            self._wheel.unfile(self)
+        self._wheel.cancel(self)
 
     def release(self) -> None:
         """Cancel for good, once the owner's connection is gone, and forget the callback.

@@ -12,6 +12,8 @@ cdef class TimerWheel:
     cdef public dict _slots
     cdef public object _timer
 
+    cpdef set(self, entry, double timeout)
+    cpdef cancel(self, entry)
     cpdef file(self, deadline, double when)
     cpdef unfile(self, deadline)
     cpdef _arm(self, Py_ssize_t slot)

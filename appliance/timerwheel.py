@@ -44,9 +44,11 @@ ROUNDING = 0.001
 
 
 class Entry(Protocol):
-    """What the wheel files: a deadline (appliance/deadline.py), or any later kind of timer.
+    """What the wheel files: a deadline (appliance/deadline.py), a client connection (its read
+    deadline, appliance/http/downstream.py), or any later kind of timer.
 
-    The wheel owns `slot`; the entry's owner sets `when` (None: nothing to do).
+    The wheel owns `slot`; `when` is set through the wheel's `set` and cleared by the owner
+    (None: nothing to do).
     """
 
     slot: int
@@ -81,6 +83,29 @@ class TimerWheel:
         if wheel is None:
             wheel = _wheels[loop] = TimerWheel(loop)
         return wheel
+
+    def set(self, entry: Entry, timeout: float) -> None:
+        """Have `entry` expire `timeout` seconds from now, replacing any earlier setting.
+
+        Moving an entry later is an attribute write: it stays in its earlier slot and is
+        refiled when that slot comes. Moving it earlier refiles it at once.
+        """
+        when = self._loop.time() + timeout
+        entry.when = when
+        slot = entry.slot
+        if slot == UNFILED:
+            self.file(entry, when)
+        elif slot != DUE and when < (slot - 1) * TICK:
+            # Earlier than its slot begins: refile. (In the backlog it is due already; the
+            # wheel refiles it from there if it moved later.)
+            self.unfile(entry)
+            self.file(entry, when)
+
+    def cancel(self, entry: Entry) -> None:
+        """Stop `entry` and take it out of its slot, so the wheel no longer refers to it."""
+        entry.when = None
+        if entry.slot >= 0:
+            self.unfile(entry)
 
     def file(self, deadline: Entry, when: float) -> None:
         """Put a deadline in the slot for `when` (it must be in no slot now)."""

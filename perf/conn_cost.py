@@ -41,7 +41,8 @@ def _hold_idle(port: int, count: int, measure) -> None:
     """Open `count` idle connections to `port`, call measure() while they are held, then close them."""
     before = rss_kib([os.getpid()])
     snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
-    proc = subprocess.Popen([sys.executable, str(IDLE_CLIENT), str(port), str(count), "/small"],
+    # "/": a path the demo origin answers 200 (the harness's nginx origin serves /small).
+    proc = subprocess.Popen([sys.executable, str(IDLE_CLIENT), str(port), str(count), "/"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         print(proc.stdout.readline().strip(), flush=True)

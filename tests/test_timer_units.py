@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import types
 import weakref
 from collections import Counter
 
 import uvloop
 
+from appliance.config.loader import load
 from appliance.deadline import Deadline
+from appliance.http.downstream import ClientConnection, ClientState
 from appliance.http.exchange import ExchangeState
-from appliance.timerwheel import BATCH
+from appliance.timerwheel import BATCH, UNFILED
 from appliance.upstream.pool import PendingQueue
+from appliance.worker import Worker
+from tests.support import proxy_config
 
 
 class Owner:
@@ -155,5 +160,36 @@ def test_a_pending_queue_expires_in_bounded_batches_per_loop_turn() -> None:
             queue.push(Waiting())
         await turns.bounded(1000, "every queued request to expire")
         assert not queue.entries
+
+    run(main)
+
+
+def test_an_idle_client_connection_holds_no_timer_object_and_no_queue(tmp_path, origin) -> None:
+    """An idle keep-alive client connection files itself in the wheel for its keep-alive
+    timeout, with no Deadline object, no bound method and no exchange list of its own
+    (issue 15, RSS per idle connection); closing it takes it out of the wheel again."""
+    config_file = tmp_path / "rproxyd.toml"
+    config_file.write_text(proxy_config(0, {"app": [origin.address]}))
+    worker = Worker(load(config_file), {})
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = worker.build_context(loop)
+        ctx.observer = worker.build_recorder(ctx)
+        server = await loop.create_server(lambda: ClientConnection(ctx), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+        await until(lambda: ctx.clients and next(iter(ctx.clients)).state is ClientState.IDLE,
+                    "the connection to go idle")
+        (client,) = ctx.clients
+        held = gc.get_referents(client)
+        assert not [o for o in held if isinstance(o, (Deadline, types.MethodType, list))], held
+        assert client.when is not None and client in ctx.wheel._slots[client.slot]
+        writer.close()
+        await until(lambda: not ctx.clients, "the connection to close")
+        assert client.slot == UNFILED and not any(client in s for s in ctx.wheel._slots.values())
+        server.close()
 
     run(main)

@@ -16,7 +16,6 @@ cdef class ClientConnection(SpliceHolder):
     cdef public object body_filter
     cdef public Py_ssize_t bypass_remaining
     cdef public object ctx
-    cdef public Deadline deadline
     cdef public list exchanges
     cdef public object forwarded_tail
     cdef public bint half_closed
@@ -31,10 +30,12 @@ cdef class ClientConnection(SpliceHolder):
     cdef public int response_framing
     cdef public Deadline send_deadline
     cdef public Py_ssize_t sent
+    cdef public Py_ssize_t slot
     cdef public object state
     cdef public object tls
     cdef public object transport
     cdef public bint trusted
+    cdef public object when
     cdef public bint write_paused
 
     cpdef _transition(self, new)
