@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from appliance.config.schema import LimitsConfig
 from appliance.http.peer import PeerAddresses
+from appliance.http.tunnel import TunnelRegistry
 from appliance.observe import request_id
 from appliance.observe.observer import Observer
 from appliance.observe.sampled import SampledLog
@@ -57,6 +58,9 @@ class WorkerContext(Generic[Client]):
     peer_pools: PeerPools | None = None
     # What a connection derives from its peer's address, once per address (trusted or not, ...).
     peers: PeerAddresses = field(init=False)
+    # The open upgrade tunnels (WebSockets): per-rule counts, drained apart from clients.
+    tunnels: TunnelRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         self.peers = PeerAddresses(self.trusted)
+        self.tunnels = TunnelRegistry(self.loop)

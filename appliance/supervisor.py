@@ -312,7 +312,9 @@ class Supervisor:
         if proc.state is not ProcState.DRAINING:
             proc.transition(ProcState.DRAINING)
         config = self._owner_config(proc)
-        kill_at = now + STOP_GRACE + (config.proxy.drain_timeout if graceful else 0.0)
+        # Open tunnels may outlive the requests: a worker lives until both deadlines passed.
+        longest = max(config.proxy.drain_timeout, config.proxy.tunnel_drain_timeout)
+        kill_at = now + STOP_GRACE + (longest if graceful else 0.0)
         proc.kill_at = min(proc.kill_at or kill_at, kill_at)
         self._kill(proc, signal.SIGTERM if graceful else signal.SIGQUIT)
 

@@ -5,4 +5,5 @@ cdef class Observer:
     cpdef exchange_done(self, exchange)
     cpdef client_timeout(self, phase)
     cpdef phase_error(self, phase)
+    cpdef tunnel_closed(self, reason, up, down)
     cpdef tls_handshake(self, resumed)

@@ -29,5 +29,9 @@ class Observer:
     def phase_error(self, phase: int) -> None:
         """Called once per operator phase that failed; `phase`: its index in appliance.phases.PHASES."""
 
+    def tunnel_closed(self, reason: int, up: int, down: int) -> None:
+        """Called once per upgrade tunnel that closed (before its exchange_done): why (an index
+        in appliance.http.tunnel.CLOSE_REASONS), and the bytes client to backend and back."""
+
     def tls_handshake(self, resumed: bool) -> None:
         """Called once per completed client TLS handshake; `resumed` from ssl_object.session_reused."""
