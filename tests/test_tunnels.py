@@ -114,7 +114,10 @@ def test_wss_on_a_tls_listener_to_a_tls_backend(make_proxy, certs: Certs):
         _server_close(url, origin, **options)
 
 
-def _answer_upgrade_with(status_line: bytes, extra: bytes = b"") -> Callable[[socket.socket, ScriptedBackend], None]:
+Handler = Callable[[socket.socket, ScriptedBackend], None]
+
+
+def _answer_upgrade_with(status_line: bytes, extra: bytes = b"") -> Handler:
     """A backend answering an upgrade request with `status_line`, and any other with 200 "plain"."""
 
     def handler(conn: socket.socket, backend: ScriptedBackend) -> None:
@@ -132,7 +135,8 @@ def test_refused_upgrade_then_pipelined_request_is_parsed_as_http(make_proxy):
     # (sent in the same packet) must reach the backend as its own parsed request.
     with running(backend := ScriptedBackend(_answer_upgrade_with(b"HTTP/1.1 426 Upgrade Required"))):
         proxy = make_proxy(backends={"b": [backend.address]})
-        raw = raw_exchange(proxy.port, HANDSHAKE + b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        pipelined = b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        raw = raw_exchange(proxy.port, HANDSHAKE + pipelined)
         assert status_codes(raw) == [426, 200], raw
         assert raw.endswith(b"plain")
         heads = [r.split(b"\r\n\r\n")[0] for r in backend.requests]
@@ -186,7 +190,8 @@ def _raw_tunnel_backend(conn: socket.socket, backend: ScriptedBackend) -> None:
 @pytest.mark.parametrize("splice", ["64k", "0"], ids=["spliced", "copied"])
 def test_half_close_passes_through_both_ways(make_proxy, splice: str):
     with running(backend := ScriptedBackend(_raw_tunnel_backend)):
-        proxy = make_proxy(backends={"b": [backend.address]}, extra=f"[proxy]\nsplice_min_bytes = \"{splice}\"\n")
+        proxy = make_proxy(backends={"b": [backend.address]},
+                           extra=f'[proxy]\nsplice_min_bytes = "{splice}"\n')
         with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
             sock.sendall(HANDSHAKE + b"early bytes ")  # sent before the 101: held, then tunnelled
             head = recv_until(sock, b"\r\n\r\n")
@@ -206,7 +211,7 @@ def test_half_close_passes_through_both_ways(make_proxy, splice: str):
 def test_idle_timeout_and_max_tunnels(make_proxy):
     with running(origin := WsOrigin()):
         proxy = make_proxy(backends={"ws": [origin.address]}, limits='tunnel_idle_timeout = "1s"\n',
-                           vhosts=f'''
+                           vhosts='''
             [[vhost]]
             name = "default"
             hosts = ["*"]
@@ -283,3 +288,48 @@ def test_worker_sigkill_ends_its_tunnels_and_the_slot_serves_new_ones(supervised
     with connect(url) as ws:
         ws.send("y")
         assert ws.recv(timeout=5) == "y"
+
+
+def test_stop_closes_tunnels_at_drain_timeout(supervised):
+    proxy, _ = supervised('[proxy]\ndrain_timeout = "1s"\ntunnel_drain_timeout = "60s"\n')
+    with connect(_url(proxy)) as ws:
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
+        assert proxy.stop(signal.SIGTERM, timeout=15) == 0  # not held for tunnel_drain_timeout
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+
+
+def test_metrics_and_one_access_log_record_per_tunnel(tmp_path: Path):
+    from tests.test_observe import metric_sum, records, until_metrics
+
+    origin = WsOrigin()
+    proxy = Rproxyd(tmp_path, config_text(origin.port, tmp_path / "run", process="workers = 1", extra=f"""
+[access_log]
+enabled = true
+file = "{tmp_path}/access.log"
+flush_interval = "20ms"
+fields = ["status", "bytes_in", "bytes_out", "duration"]
+
+[admin]
+enabled = true
+bind = "127.0.0.1:0"
+"""))
+    try:
+        with connect(_url(proxy), max_size=None) as ws:
+            ws.send(os.urandom(100_000))  # random: permessage-deflate cannot shrink it
+            assert len(ws.recv(timeout=5)) == 100_000
+            until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_tunnels_open") == 1, "one open tunnel")
+            assert not (tmp_path / "access.log").exists() or not (tmp_path / "access.log").read_text()
+        text = until_metrics(proxy, lambda t: metric_sum(t, "rproxyd_tunnels_closed_total") == 1, "the close")
+        assert metric_sum(text, "rproxyd_tunnels_open") == 0
+        # After the close frames, the server closes the TCP connection first (RFC 6455 7.1.1).
+        assert metric_sum(text, "rproxyd_tunnels_closed_total", reason="backend_closed") == 1
+        assert metric_sum(text, "rproxyd_tunnel_bytes_total", direction="client_to_backend") > 100_000
+        assert metric_sum(text, "rproxyd_tunnel_bytes_total", direction="backend_to_client") > 100_000
+        (record,) = records(tmp_path / "access.log", 1)
+        assert record["status"] == 101, record
+        assert record["bytes_in"] > 100_000 and record["bytes_out"] > 100_000 and record["duration"] > 0
+    finally:
+        proxy.stop(signal.SIGQUIT)
+        origin.stop()
