@@ -13,6 +13,9 @@ when both directions have ended, when either side closes or fails, after
 `tunnel_drain_timeout`. Nothing of the HTTP layer is left once the tunnel runs: the
 client connection and the backend connection handed their transports over and left
 their pools and sets (the backend connection never returns to its pool).
+
+Not compiled (appliance/_build_modules.txt): its work is per tunnel and per read, not per
+request, and spliced bytes never reach Python at all; both builds run this file.
 """
 
 from __future__ import annotations
