@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from appliance.config.schema import LimitsConfig
 from appliance.http.peer import PeerAddresses
+from appliance.http.tunnel import TunnelRegistry
 from appliance.observe import request_id
 from appliance.observe.observer import Observer
 from appliance.observe.sampled import SampledLog
@@ -60,7 +61,10 @@ class WorkerContext(Generic[Client]):
     peers: PeerAddresses = field(init=False)
     # The loop's timer wheel, where every client connection files its read deadline.
     wheel: TimerWheel = field(init=False)
+    # The open upgrade tunnels (WebSockets): per-rule counts, drained apart from clients.
+    tunnels: TunnelRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         self.peers = PeerAddresses(self.trusted)
         self.wheel = TimerWheel.of(self.loop)
+        self.tunnels = TunnelRegistry(self.loop)

@@ -307,12 +307,23 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, sig)
 
-    def _drain(self, proc: WorkerProc, now: float, graceful: bool = True) -> None:
-        """Tell a worker to stop: SIGTERM drains in-flight work, SIGQUIT stops at once."""
+    def _drain(self, proc: WorkerProc, now: float, graceful: bool = True, keep_tunnels: bool = True) -> None:
+        """Tell a worker to stop: SIGTERM drains in-flight work, SIGQUIT stops at once.
+
+        A reload or upgrade keeps the worker's open tunnels for tunnel_drain_timeout (their
+        clients have nowhere else to be yet); a stop (keep_tunnels false) closes them with
+        SIGQUIT at drain_timeout, so systemd's TimeoutStopSec stays above drain_timeout alone.
+        """
         if proc.state is not ProcState.DRAINING:
             proc.transition(ProcState.DRAINING)
-        config = self._owner_config(proc)
-        kill_at = now + STOP_GRACE + (config.proxy.drain_timeout if graceful else 0.0)
+        proxy = self._owner_config(proc).proxy
+        longest = proxy.drain_timeout
+        if keep_tunnels:
+            longest = max(longest, proxy.tunnel_drain_timeout)
+        elif graceful:
+            quit_at = now + proxy.drain_timeout
+            proc.quit_at = min(proc.quit_at or quit_at, quit_at)
+        kill_at = now + STOP_GRACE + (longest if graceful else 0.0)
         proc.kill_at = min(proc.kill_at or kill_at, kill_at)
         self._kill(proc, signal.SIGTERM if graceful else signal.SIGQUIT)
 
@@ -409,6 +420,9 @@ class Supervisor:
                 log.error("worker %d missed its heartbeat for %.1fs; killing it", proc.pid, now - stamp)
                 proc.abort_sent = now
                 self._kill(proc, signal.SIGABRT)
+            elif proc.state is ProcState.DRAINING and proc.quit_at and now > proc.quit_at:
+                proc.quit_at = 0.0
+                self._kill(proc, signal.SIGQUIT)  # a stop's drain is over: close the kept tunnels
             elif proc.state is ProcState.DRAINING and now > proc.kill_at:
                 log.warning("worker %d still running after its drain deadline; killing it", proc.pid)
                 proc.abort_sent = now - ABORT_GRACE  # no traceback wanted: straight to SIGKILL
@@ -528,8 +542,8 @@ class Supervisor:
                 if slot.state is not SlotState.RETIRED:
                     slot.transition(SlotState.RETIRED)
         for proc in self.procs.values():
-            if not graceful or proc.state is not ProcState.DRAINING:
-                self._drain(proc, now, graceful)
+            # Workers already draining after a reload too: a stop does not keep tunnels.
+            self._drain(proc, now, graceful, keep_tunnels=False)
 
     # ------------------------------------------------------------ status
     def snapshot(self) -> dict[str, Any]:

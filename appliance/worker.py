@@ -48,6 +48,7 @@ EXIT_BOOT_FAILURE = 3
 WORKER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1})
 
 DRAIN_IDLE_GRACE = 1.0  # seconds an idle connection may still send one request while draining
+DRAIN_TUNNEL_POLL = 0.1  # tunnels end on their own deadlines: only their count is watched
 DRAIN_POLL = 0.005  # short, so a request that arrives while draining is marked before its answer
 
 
@@ -132,7 +133,7 @@ class Worker:
         """Metrics into this worker's slot, and the access log if enabled."""
         slot = self.metrics or WorkerSlot.private(self.config)
         access = AccessLog(self.config, ctx.loop) if self.config.access_log.enabled else None
-        return Recorder(slot.cells(), slot.layout, ctx.pools, ctx.loop, access, ctx.clients)
+        return Recorder(slot.cells(), slot.layout, ctx.pools, ctx.loop, access, ctx.clients, ctx.tunnels)
 
     async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -199,6 +200,7 @@ class Worker:
             await self._drain(ctx)
         for client in list(ctx.clients):
             client.close(force=True)
+        ctx.tunnels.close_all()
         recorder.close()
         return 0
 
@@ -224,9 +226,14 @@ class Worker:
         started is marked to be answered with Connection: close, so busy clients leave on
         their own. After the grace, idle connections close and busy ones close after
         their current response.
+
+        Open upgrade tunnels (WebSockets) are kept for `tunnel_drain_timeout`, each closing
+        on its own when it ends or at that deadline (appliance/http/tunnel.py); the worker
+        exits once nothing is left.
         """
         loop = ctx.loop
         ctx.draining = True
+        ctx.tunnels.drain(self.config.proxy.tunnel_drain_timeout)
         deadline = loop.time() + self.config.proxy.drain_timeout
         grace_end = loop.time() + min(DRAIN_IDLE_GRACE, self.config.proxy.drain_timeout)
         while ctx.clients and loop.time() < deadline and self._graceful:
@@ -241,6 +248,10 @@ class Worker:
             await asyncio.sleep(DRAIN_POLL)
         if ctx.clients:
             log.warning("drain timeout: cutting %d connections", len(ctx.clients))
+            for client in list(ctx.clients):
+                client.close(force=True)
+        while ctx.tunnels.open and self._graceful:
+            await asyncio.sleep(DRAIN_TUNNEL_POLL)  # each tunnel closes itself by tunnel_drain_timeout
 
 
 def _proxied_factory(ctx: WorkerContext[ClientConnection], site: TlsListener | None,

@@ -47,7 +47,7 @@ ONLY_IN_OWN_SCENARIOS = ("tls_floor", *RPROXYD_VARIANTS)
 class Scenario:
     name: str
     title: str
-    kind: str  # wrk | rate | tls | idle | burst
+    kind: str  # wrk | rate | tls | idle | burst | ws (echo) | tunnel (bulk)
     metric: str  # req | bytes | p99 | rss | stall
     path: str = "/small"
     conns: int = 64
@@ -110,6 +110,17 @@ SCENARIOS = [
     Scenario("tls_resumed_rsa", "TLS resumed handshake, RSA-2048", "tls", "req", tls_key="tls_rsa",
              resumed=True, target=0.95, target_text="handshakes/CPU-s >= 0.95x the TLS floor, 100% resumed",
              baseline="tls_floor"),
+]
+# Upgrade tunnels (issue 16), through each proxy to perf/ws_origin.py: WebSocket echo of 1 KiB
+# messages (conns tunnels, WS_WINDOW messages in flight on each) and 1 GiB through one tunnel.
+WS_MESSAGE = 1024
+WS_WINDOW = 16
+TUNNEL_BYTES = 1 << 30
+SCENARIOS += [
+    Scenario("ws_echo", "WebSocket echo, 1 KiB messages", "ws", "req", "/ws/echo", 16,
+             target=0.5, target_text="messages/CPU-s >= 0.5x nginx"),
+    Scenario("tunnel_1g", "1 GiB through one WebSocket tunnel", "tunnel", "bytes", "/ws/sink", 1,
+             target=1.0, target_text="bytes/CPU-s >= 1.0x nginx"),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 QUICK = ["small_get", "get_1m"]
@@ -218,6 +229,7 @@ class Bench:
             check=True).stdout.strip()
         log(self.notes["rproxyd_build"])
         self.origin: Service | None = None
+        self.ws_origin: Service | None = None
         self.results: list[dict] = []
         self.failures: list[str] = []
 
@@ -229,6 +241,11 @@ class Bench:
                                              self.a.workers)
         self.origin.start()
         log(f"origin nginx on 127.0.0.1:{self.origin.port}")
+        if self.ws_origin is None or not self.ws_origin.alive():
+            self.ws_origin = proxies.ws_origin_service(self.work, self.cpus)
+            self.ws_origin.start()
+            proxies.WS_ORIGIN_PORT = self.ws_origin.port
+            log(f"WebSocket origin on 127.0.0.1:{self.ws_origin.port}")
 
     def start_proxies(self, sc: Scenario) -> dict[str, Service]:
         assert self.origin is not None
@@ -305,6 +322,10 @@ class Bench:
         elif sc.kind == "idle":
             res = load.run_idle(self.cpus, port, proxies.idle_connections(),
                                 lambda: _rss(svc.pids()))
+        elif sc.kind == "ws":
+            res = load.run_ws_echo(self.cpus, port, sc.conns, seconds, WS_MESSAGE, WS_WINDOW)
+        elif sc.kind == "tunnel":
+            res = load.run_tunnel_bulk(self.cpus, port, TUNNEL_BYTES)
         elif sc.kind == "burst":
             res = load.run_timeout_burst(self.cpus, port, min(sc.conns, proxies.idle_connections()),
                                          proxies.HEADER_TIMEOUT_S, DRIBBLE_S)
@@ -328,6 +349,8 @@ class Bench:
                 status[p], notes[p] = "failed", "did not start"
             elif sc.kind == "tls" and p == "direct":
                 status[p], notes[p] = "n/a", "origin is plain HTTP"
+            elif sc.kind in ("ws", "tunnel") and p == "direct":
+                status[p], notes[p] = "n/a", "the WebSocket origin is not the HTTP origin"
             elif sc.kind == "tls" and sc.tls_key not in svcs[p].extra_ports:
                 status[p] = "unsupported"
                 notes[p] = self.notes.get(f"{p}_tls", "no TLS listener")
@@ -389,6 +412,8 @@ class Bench:
         finally:
             if self.origin is not None:
                 self.origin.stop()
+            if self.ws_origin is not None:
+                self.ws_origin.stop()
         elapsed = time.monotonic() - t0
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -260,3 +260,24 @@ def run_timeout_burst(cpus: CpuPlan, port: int, count: int, header_timeout: floa
         "open_spread_ms": round((ends["opened_last"] - ends["opened_first"]) * 1000, 1),
         "expiry_spread_ms": round((ends["ended_last"] - ends["ended_first"]) * 1000, 1),
     }
+
+
+def _run_ws_load(cpus: CpuPlan, args: list[str], timeout: float) -> dict:
+    argv = cpus.wrap_load([sys.executable, str(Path(__file__).with_name("ws_load.py")), *args])
+    r = run_capture(argv, timeout=timeout)
+    m = re.search(r"WSJSON (\{.*\})", r.stdout)
+    if not m:
+        raise RuntimeError(f"ws_load gave no report (rc {r.returncode}): {r.stderr.strip()[-300:]}")
+    return {**json.loads(m.group(1)), "p50_ms": None, "p99_ms": None}
+
+
+def run_ws_echo(cpus: CpuPlan, port: int, conns: int, seconds: float, size: int, window: int) -> dict:
+    """WebSocket echo: `conns` tunnels, `window` messages of `size` bytes in flight on each;
+    requests = messages echoed."""
+    return _run_ws_load(cpus, ["echo", str(port), str(conns), str(seconds), str(size), str(window)],
+                        seconds + 60)
+
+
+def run_tunnel_bulk(cpus: CpuPlan, port: int, total: int) -> dict:
+    """`total` bytes through one tunnel, client to origin; bytes = total."""
+    return _run_ws_load(cpus, ["bulk", str(port), str(total)], 300)

@@ -32,6 +32,11 @@ FILES = {"small": SMALL_BYTES, "1m": ONE_MIB, "100m": 100 * ONE_MIB}
 # Set by `perf/run --access-log`: every proxy writes an access log into this directory, each in
 # its usual production shape (nginx buffered JSON, HAProxy httplog lines, rproxyd JSON batches).
 ACCESS_LOG_DIR: Path | None = None
+# Set by the harness once perf/ws_origin.py runs: every proxy routes /ws/ to it, WebSocket
+# upgrades allowed (nginx's documented Upgrade/Connection lines, HAProxy's tunnel mode, rproxyd's
+# default), with an hour of tunnel idle time for each.
+WS_ORIGIN_PORT: int | None = None
+TUNNEL_IDLE_S = 3600
 
 
 @dataclass
@@ -143,6 +148,13 @@ def origin_service(work: Path, www: Path, cpus: CpuPlan, nginx: str, workers: in
     return Service("origin", cpus.wrap_load([nginx, "-c", str(conf)]), port, work / "logs" / "origin.log")
 
 
+def ws_origin_service(work: Path, cpus: CpuPlan) -> Service:
+    """perf/ws_origin.py: a 101 to any handshake, then /ws/echo echoes and /ws/sink/N swallows N bytes."""
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).with_name("ws_origin.py")), str(port)]
+    return Service("ws_origin", cpus.wrap_load(argv), port, work / "logs" / "ws_origin.log")
+
+
 def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, nginx: str,
                   workers: int) -> Service:
     port, ec_port, rsa_port = free_port(), free_port(), free_port()
@@ -162,6 +174,18 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
             proxy_read_timeout 60s;
             proxy_send_timeout 60s;
         }"""
+    ws_upstream = ""
+    if WS_ORIGIN_PORT is not None:
+        ws_upstream = f"    upstream ws_origin {{ server 127.0.0.1:{WS_ORIGIN_PORT}; }}\n"
+        location += f"""
+        location /ws/ {{
+            proxy_pass http://ws_origin;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout {TUNNEL_IDLE_S}s;
+            proxy_send_timeout {TUNNEL_IDLE_S}s;
+        }}"""
     access = ""
     if ACCESS_LOG_DIR is not None:
         access = f"""
@@ -180,7 +204,7 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
     ssl_session_cache shared:SSL:10m;
     ssl_session_timeout 1h;
     ssl_session_tickets on;
-    upstream origin {{
+{ws_upstream}    upstream origin {{
         server 127.0.0.1:{origin_port};
         keepalive {POOL};
         keepalive_requests 100000000;
@@ -215,6 +239,11 @@ def haproxy_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, h
     # With --access-log: httplog lines to standard output (the service's log file); HAProxy
     # writes no log files itself and has no buffered file logging.
     global_log = defaults_log = ""
+    ws_use = ws_backend = ""
+    if WS_ORIGIN_PORT is not None:
+        ws_use = "    use_backend ws if { path_beg /ws/ }\n"
+        ws_backend = (f"\nbackend ws\n    timeout tunnel {TUNNEL_IDLE_S}s\n"
+                      f"    server ws 127.0.0.1:{WS_ORIGIN_PORT}\n")
     if ACCESS_LOG_DIR is not None:
         global_log = "    log stdout format raw local0\n"
         defaults_log = "    log global\n    option httplog\n"
@@ -239,11 +268,11 @@ frontend fe
     bind 127.0.0.1:{port} backlog {BACKLOG}
     bind 127.0.0.1:{ec_port} ssl crt {certs.ec_pem} backlog {BACKLOG}
     bind 127.0.0.1:{rsa_port} ssl crt {certs.rsa_pem} backlog {BACKLOG}
-    default_backend be
+{ws_use}    default_backend be
 
 backend be
     server origin 127.0.0.1:{origin_port} pool-max-conn {POOL}
-""")
+{ws_backend}""")
     # -db: foreground, no daemon; without --access-log no `log` lines anywhere, so no access log.
     return Service("haproxy", cpus.wrap_proxy([haproxy, "-f", str(conf), "-db"]), port,
                    work / "logs" / "haproxy.log", extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port})
@@ -301,7 +330,8 @@ RPROXYD_PROCESS_TEMPLATES = [
 
 
 def rproxyd_base_config(port: int, origin_port: int) -> str:
-    """rproxyd's configuration in every scenario: one listener, one origin pool, one route."""
+    """rproxyd's configuration in every scenario: one listener, one origin pool, one route (and the
+    WebSocket origin's pool and route, once it runs)."""
     return f"""
 [[listener]]
 name = "http"
@@ -312,10 +342,18 @@ backlog = {BACKLOG}
 servers = ["127.0.0.1:{origin_port}"]
 connections = {POOL}
 
+""" + (f"""
+[backend.ws]
+servers = ["127.0.0.1:{WS_ORIGIN_PORT}"]
+""" if WS_ORIGIN_PORT is not None else "") + """
 [[vhost]]
 name = "default"
 hosts = ["*"]
-
+""" + ("""
+[[vhost.route]]
+path = "/ws/"
+backend = "ws"
+""" if WS_ORIGIN_PORT is not None else "") + f"""
 [[vhost.route]]
 path = "/"
 backend = "origin"

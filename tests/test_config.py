@@ -86,6 +86,19 @@ def test_trace_in_methods_needs_allow_trace(tmp_path):
         "with 405 unless allow_trace = true)"]
 
 
+def test_upgrade_refuses_h2c_and_bad_tokens(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    route = 'backend = "app"\nupgrade = ["websocket", "H2C", "Bad Token"]'
+    main.write_text(MINIMAL.replace('backend = "app"', route))
+    with pytest.raises(ConfigError) as caught:
+        load(main)
+    assert caught.value.problems == [
+        f"{main}: vhost[0].route[0].upgrade: h2c is never forwarded: it would let a client speak HTTP/2 "
+        "straight to the backend, past the proxy's rules",
+        f"{main}: vhost[0].route[0].upgrade: expected lower-case protocol names such as \"websocket\", "
+        "got 'Bad Token'"]
+
+
 def test_missing_file_and_syntax_error(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load(tmp_path / "absent.toml")

@@ -408,6 +408,13 @@ def _check_route(route: schema.RouteConfig, path: tuple[str | int, ...], builder
                         "with 405 unless allow_trace = true)")
     if route.hash_key:
         _check_hash_key(route.hash_key, (*path, "hash_key"), builder)
+    for token in route.upgrade:
+        if token.lower() == "h2c":
+            builder.problem((*path, "upgrade"), "h2c is never forwarded: it would let a client speak "
+                            "HTTP/2 straight to the backend, past the proxy's rules", several=True)
+        elif not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", token):
+            builder.problem((*path, "upgrade"), f"expected lower-case protocol names such as "
+                            f"\"websocket\", got {token!r}", several=True)
 
 
 def _check_regex(text: str, path: tuple[str | int, ...], builder: _Builder) -> re.Pattern[str] | None:

@@ -406,6 +406,20 @@ class RouteConfig:
         "makes it a GET without the body (HEAD stays HEAD), as nginx's X-Accel-Redirect; "
         "empty: internal redirects are refused with 502.",
     )
+    upgrade: list[str] = key(
+        ["websocket"], kind=STR_LIST,
+        doc="Protocols a client may switch this rule's requests to with `Upgrade` (HTTP/1.1, "
+        "no request body): only these are offered to the backend, with `Connection: upgrade`, "
+        "and the connection becomes a tunnel only when the backend answers 101 with one of them "
+        "(docs/http.md, \"Upgrade tunnels\"); any other answer is a normal response. Empty: no "
+        "upgrade is ever forwarded. `h2c` is refused: it would let a client speak HTTP/2 to the "
+        "backend past the proxy.",
+    )
+    max_tunnels: int = key(
+        4096, kind=INT, minimum=0,
+        doc="Open upgrade tunnels this rule allows per worker; a handshake beyond it gets 503 "
+        "with Retry-After. 0 means no limit.",
+    )
 
     EXAMPLES: ClassVar[dict[str, str]] = {
         "rules: exact, regex, glob and prefix (first match wins)": """
@@ -613,6 +627,11 @@ class LimitsConfig:
         doc="Reading from the other side resumes once the peer's unsent output drops "
         "below this.",
     )
+    tunnel_idle_timeout: float = key(
+        3600.0, kind=DURATION, minimum=0.001,
+        doc="Longest silence in both directions of an upgrade tunnel (a WebSocket, after its 101) "
+        "before it is closed.",
+    )
     max_pipelined: int = key(
         32, kind=INT, minimum=1,
         doc="Pipelined requests queued per client connection before reading pauses; "
@@ -649,6 +668,12 @@ class ProxyConfig:
     drain_timeout: float = key(
         30.0, kind=DURATION, minimum=0.0,
         doc="On graceful stop, how long in-flight requests may run before being cut.",
+    )
+    tunnel_drain_timeout: float = key(
+        300.0, kind=DURATION, minimum=0.0,
+        doc="On graceful stop, reload or upgrade, how long a draining worker keeps its open upgrade "
+        "tunnels (WebSockets) before closing them; new tunnels go to the new generation. The "
+        "worker lives until both this and drain_timeout have passed or nothing is left.",
     )
     request_id: bool = key(
         True, kind=BOOL,

@@ -36,6 +36,7 @@ cdef class ClientConnection(SpliceHolder):
     cdef public object transport
     cdef public bint trusted
     cdef public object when
+    cdef public object upgrade_held
     cdef public bint write_paused
 
     cpdef _transition(self, new)

@@ -44,6 +44,7 @@ from appliance.http.headers import (
     REQ_REAL_IP,
     REQ_REQUEST_ID,
     REQ_TRANSFER_ENCODING,
+    REQ_UPGRADE,
     REQ_VIA,
     REQUEST_ACTIONS,
     SSL_PREFIXES,
@@ -55,6 +56,7 @@ from appliance.http.headers import (
     serialize_fields,
 )
 from appliance.http.target import PathAboveRoot, normalize_path, valid_host
+from appliance.http.tunnel import Tunnel
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
@@ -63,7 +65,7 @@ from appliance.phases.dispatch import body_bytes, response_or_none
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 from appliance.tls.session import TlsConnection
-from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, SpliceHolder
+from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool, SpliceHolder
 
 if TYPE_CHECKING:
     from appliance.context import WorkerContext
@@ -74,6 +76,9 @@ if TYPE_CHECKING:
 # backend side's own (PAUSE_UPSTREAM_FULL = 1, PAUSE_BUFFER_FULL = 4) are in exchange.py.
 PAUSE_PIPELINE_FULL = 2  # too many pipelined requests queued
 PAUSE_SPLICE = 8  # the rest of the request body goes through splice(2), not this transport
+# An upgrade request waits for its answer: what follows its head is held, never sent to the
+# backend; after a 101 it starts the tunnel, after any other answer it is the next request.
+PAUSE_UPGRADE = 16
 
 log = logging.getLogger("rproxyd.client")
 
@@ -86,16 +91,19 @@ class ClientState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     BUSY = 2  # at least one exchange in progress
     CLOSING = 3  # no further requests; close once the current ones finish
     CLOSED = 4
+    TUNNELLED = 5  # a 101 handed the transport to a Tunnel (appliance/http/tunnel.py) until it closes
 
 
 # The states as module constants: a module global is one cached lookup, while every
 # `ClientState.X` goes through EnumType's __getattr__ hook (interpreted or compiled).
-IDLE, BUSY, CLOSING, CLOSED = ClientState
+IDLE, BUSY, CLOSING, CLOSED, TUNNELLED = ClientState
 
 _CLIENT_MOVES = Transitions("client", {
     IDLE: (BUSY, CLOSING, CLOSED),
-    BUSY: (IDLE, CLOSING, CLOSED),
-    CLOSING: (CLOSED,),
+    BUSY: (IDLE, CLOSING, CLOSED, TUNNELLED),
+    # CLOSING: the worker began to drain after the upgrade went to the backend.
+    CLOSING: (CLOSED, TUNNELLED),
+    TUNNELLED: (CLOSED,),
 })
 
 # Body framing of the response as sent to the client.
@@ -130,6 +138,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         "tls",
         "transport",
         "trusted",
+        "upgrade_held",
         "when",
         "write_paused",
     )
@@ -189,6 +198,8 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         # The Task of an async request_filter that suspended (only the exchange at the head of
         # the queue runs request phases, so one at a time): cancelled if the exchange ends first.
         self.phase_task: asyncio.Task | None = None
+        # What the client sent after an upgrade request's head, held while it waits (PAUSE_UPGRADE).
+        self.upgrade_held: bytes | None = None
 
     # ----------------------------------------------------------------- state
     def _transition(self, new: ClientState) -> None:
@@ -256,10 +267,12 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self._reject(failure)
             self._start_ready()
             return
-        except httptools.HttpParserUpgrade:
-            # Upgrade is hop-by-hop and not offered: the request was proxied as a
-            # plain one; bytes after it belong to a protocol we do not speak.
-            self._stop_reading_requests()
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops after a request asking to upgrade: what follows belongs to the new
+            # protocol if the backend switches, else it is the next request. Either way it waits,
+            # unread by anyone, for the answer (_read_held, switch_protocols).
+            self.upgrade_held = data[exc.args[0]:]
+            self.pause_reading(PAUSE_UPGRADE)
             self._start_ready()
             return
         except httptools.HttpParserError as exc:
@@ -389,6 +402,8 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             )
         elif action == REQ_VIA:
             exchange.via = value if exchange.via is None else exchange.via + b", " + value
+        elif action == REQ_UPGRADE:
+            exchange.upgrade = value if exchange.upgrade is None else exchange.upgrade + b", " + value
         elif action == REQ_REQUEST_ID and self.trusted and exchange.request_id is None:
             # Only a trusted proxy's id is kept; anyone else's could collide or inject into logs.
             exchange.request_id = value
@@ -623,10 +638,44 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         exchange.route = route
         exchange.backend = route.backend
         exchange.target = route.target(exchange.target)
+        if exchange.upgrade is not None and not self._offer_upgrade(exchange, route):
+            return
         if exchange.phases.upstream_peer is not None:
             self.choose_peer(exchange)
             return
         route.backend.acquire(exchange)
+
+    def _offer_upgrade(self, exchange: Exchange, route: Any) -> bool:
+        """Keep in `exchange.upgrade` only the protocols the route lets a client switch to.
+
+        None left (h2c is never among them), HTTP/1.0, no `Connection: upgrade`, or a request
+        body: the request goes on as a plain one, without Upgrade. False: answered 503, since
+        the rule holds its max_tunnels, or this worker drains (the next connection reaches the
+        new generation).
+        """
+        tokens = [token.strip() for token in exchange.upgrade.split(b",")]
+        offered = [token for token in tokens if token.lower().partition(b"/")[0] in route.upgrade]
+        if (not offered or exchange.version != "1.1" or exchange.hop_names is None
+                or b"upgrade" not in exchange.hop_names or exchange.chunked or exchange.content_length):
+            exchange.upgrade = None
+            return True
+        if self.ctx.draining or self.ctx.tunnels.full(route):
+            exchange.upgrade = None
+            exchange.close_after = self.ctx.draining
+            self.fail(exchange, errors.BackendUnavailable(
+                "worker draining" if self.ctx.draining else f"{route.name}: max_tunnels open"))
+            return False
+        exchange.upgrade = b", ".join(offered)
+        return True
+
+    def _read_held(self) -> None:
+        """An upgrade request got an answer other than 101: what the client sent after its
+        head is parsed as the next request (never passed on unparsed)."""
+        held = self.upgrade_held
+        self.upgrade_held = None
+        self.resume_reading(PAUSE_UPGRADE)
+        if held:
+            self.data_received(held)
 
     def choose_peer(self, exchange: Exchange, retry: bool = False) -> None:
         """upstream_peer: where the request goes; run before a server is picked and before each retry.
@@ -870,6 +919,50 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         held = self.held_head = b"".join(head)
         self.sent += len(held)
 
+    def switch_protocols(self, exchange: Exchange, reason: bytes, headers: Fields, via: bytes | None,
+                         protocol: bytes, backend: asyncio.Transport, rest: bytes,
+                         pipes: PipePool | None) -> None:
+        """Send the backend's 101 on, then hand this transport and the backend's to a Tunnel.
+
+        The 101 passes through the route's response header policy (as the backend side
+        applied it) but no response_filter: the connection is no longer HTTP. The exchange
+        is reported (access log, logging phase, metrics) when the tunnel closes.
+        """
+        head = [b"HTTP/1.1 101 " + reason + b"\r\n"]
+        serialize_fields(head, headers)
+        own_via = self.ctx.via
+        if own_via or via:
+            head.append(b"Via: " + b", ".join(v for v in (via, own_via and b"1.1 " + own_via) if v) + b"\r\n")
+        head.append(b"Upgrade: " + protocol + b"\r\nConnection: upgrade\r\n\r\n")
+        to_client = b"".join(head) + rest
+        exchange.status = 101
+        exchange.response_started = True
+        self.sent += len(to_client)
+        held = self.upgrade_held or b""
+        self.upgrade_held = None
+        self._read_pauses = 0  # the tunnel reads from now on
+        self._transition(TUNNELLED)
+        self.ctx.wheel.cancel(self)
+        if self.send_deadline is not None:
+            self.send_deadline.release()
+        self.ctx.clients.discard(self)
+        self.exchanges.clear()
+        self.parsing = None
+        self.parser = None
+        tunnel = Tunnel(self.ctx.tunnels, exchange, self.transport, backend,
+                        pipes if self.tls is None else None, self.ctx.limits.tunnel_idle_timeout,
+                        self._tunnel_closed)
+        tunnel.start(held, to_client)
+
+    def _tunnel_closed(self, tunnel: Tunnel) -> None:
+        """The tunnel ended: one access-log record for it, its duration the exchange's."""
+        exchange = tunnel.exchange
+        exchange.body_received += tunnel.client.read
+        self.sent += tunnel.backend.read
+        self._transition(CLOSED)
+        self.ctx.observer.tunnel_closed(tunnel.reason, tunnel.client.read, tunnel.backend.read)
+        self._report(exchange)
+
     def _replace_response(self, exchange: Exchange, failure: errors.PhaseFailed) -> None:
         """response_filter failed: the client gets the error response instead of the server's.
 
@@ -1076,6 +1169,8 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             # feed_data is running on this one now), and a fresh queue.
             self.parser = None
             self.exchanges = None
+            if self._read_pauses & PAUSE_UPGRADE:
+                self._read_held()
 
     def _fail_current(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
         upstream = exchange.upstream

@@ -52,6 +52,7 @@ cdef class Exchange:
     cdef public object target
     cdef public object trailers
     cdef public object tried
+    cdef public object upgrade
     cdef public object upstream
     cdef public double upstream_time
     cdef public object url

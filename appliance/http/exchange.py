@@ -113,6 +113,14 @@ class Downstream(Protocol):
     def response_splice_blocked(self, blocked: bool) -> None:
         """A splice waits for the peer to take bytes (the send timeout runs), or no longer does."""
 
+    def switch_protocols(self, exchange: Exchange, reason: bytes, headers: Fields, via: bytes | None,
+                         protocol: bytes, backend: asyncio.Transport, rest: bytes,
+                         pipes: PipePool | None) -> None:
+        """The backend answered 101 switching to `protocol`, which the request offered: send the
+        101 on and relay both ways from now (appliance/http/tunnel.py). `backend` is the backend
+        connection's transport, handed over (it never returns to its pool), `rest` what it sent
+        after the 101, `pipes` the pool's pipes when the backend side is plaintext (else None)."""
+
     def close(self, force: bool = False) -> None:
         """End this downstream (force: at once, dropping what is queued for the peer)."""
 
@@ -225,6 +233,7 @@ class Exchange:
         "target",
         "trailers",
         "tried",
+        "upgrade",
         "upstream",
         "upstream_time",
         "url",
@@ -246,6 +255,9 @@ class Exchange:
         self.forwarded_for: bytes | None = None
         self.real_ip: bytes | None = None  # a trusted proxy's X-Real-IP (else the client address is sent)
         self.via: bytes | None = None
+        # The client's Upgrade header; once routed, the protocols offered to the backend, or
+        # None: the request goes on as a plain one (appliance/http/tunnel.py).
+        self.upgrade: bytes | None = None
         # Facts from the Connection header; keep_alive is decided from them and the version.
         self.conn_close = False
         self.conn_keep_alive = False

@@ -21,6 +21,7 @@ REQ_FORWARDED_FOR = 7
 REQ_VIA = 8
 REQ_REQUEST_ID = 9
 REQ_REAL_IP = 10
+REQ_UPGRADE = 11  # hop-by-hop; offered to the backend only for the route's upgrade tokens
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the pre-standard Proxy-Connection.
 HOP_BY_HOP = frozenset(
@@ -36,7 +37,7 @@ REQUEST_ACTIONS: dict[bytes, int] = {
     b"keep-alive": REQ_DROP,
     b"te": REQ_DROP,
     b"trailer": REQ_DROP,
-    b"upgrade": REQ_DROP,
+    b"upgrade": REQ_UPGRADE,
     b"proxy-connection": REQ_DROP,
     b"expect": REQ_EXPECT,
     b"x-forwarded-for": REQ_FORWARDED_FOR,
@@ -82,6 +83,7 @@ RESP_TRANSFER_ENCODING = 2
 RESP_CONNECTION = 3
 RESP_DROP = 4
 RESP_VIA = 5
+RESP_UPGRADE = 6  # hop-by-hop; read only to check a 101 switches to the protocol that was offered
 
 RESPONSE_ACTIONS: dict[bytes, int] = {
     b"content-length": RESP_CONTENT_LENGTH,
@@ -90,7 +92,7 @@ RESPONSE_ACTIONS: dict[bytes, int] = {
     b"keep-alive": RESP_DROP,
     b"te": RESP_DROP,
     b"trailer": RESP_DROP,
-    b"upgrade": RESP_DROP,
+    b"upgrade": RESP_UPGRADE,
     b"proxy-connection": RESP_DROP,
     b"via": RESP_VIA,
 }
@@ -107,6 +109,11 @@ FORBIDDEN_TRAILERS = HOP_BY_HOP | frozenset(
 def connection_tokens(value: bytes) -> list[bytes]:
     """The lowercased option names listed in a Connection header."""
     return [token.strip().lower() for token in value.split(b",") if token.strip()]
+
+
+def upgrade_protocols(value: bytes) -> list[bytes]:
+    """The protocol names (before any "/version") an Upgrade header lists, lowercased."""
+    return [token.partition(b"/")[0] for token in connection_tokens(value)]
 
 
 def remove_named(headers: list[tuple[bytes, bytes]], names: set[bytes]) -> list[tuple[bytes, bytes]]:

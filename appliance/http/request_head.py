@@ -48,6 +48,8 @@ class RequestHead:
         lines.insert(0, method + b" " + target + b" HTTP/1.1\r\n")
         if exchange.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
+        if exchange.upgrade is not None:  # the route's protocols only, never h2c (_offer_upgrade)
+            lines.append(b"Upgrade: " + exchange.upgrade + b"\r\nConnection: upgrade\r\n")
         forwarded = exchange.forwarded_for if client.trusted else None
         if forwarded:
             lines.append(b"X-Forwarded-For: " + forwarded + b", " + client.forwarded_tail)

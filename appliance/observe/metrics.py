@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from appliance.config.schema import Config
+from appliance.http.tunnel import CLOSE_REASONS
 from appliance.phases import PHASES
 from appliance.process import heartbeat
 from appliance.shm import SharedRegion
@@ -76,6 +77,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "truncated (the peer closed inside the header)."),
     "rproxyd_phase_errors_total": (
         COUNTER, "Operator phases that raised or returned what their contract does not allow, by phase."),
+    "rproxyd_tunnels_open": (GAUGE, "Open upgrade tunnels (WebSockets), after their 101."),
+    "rproxyd_tunnel_bytes_total": (
+        COUNTER, "Bytes relayed through closed upgrade tunnels, by direction."),
+    "rproxyd_tunnels_closed_total": (COUNTER, "Upgrade tunnels closed, by reason."),
     "rproxyd_worker_restarts_total": (COUNTER, "Workers that died outside a drain and were respawned."),
     "rproxyd_reloads_total": (COUNTER, "Reloads and upgrades, by result."),
     "rproxyd_generation": (GAUGE, "The configuration generation now serving."),
@@ -170,6 +175,14 @@ PHASE_ERRORS_BLOCK: list[Entry] = [
 PROXY_REFUSED_BLOCK: list[Entry] = [
     ("rproxyd_proxy_headers_refused_total", labels(reason=reason), "") for reason in PROXY_REFUSALS
 ]
+# Upgrade tunnels, per worker: the gauge, bytes both ways, closes by reason (CLOSE_REASONS order).
+TUNNELS_BLOCK: list[Entry] = [
+    ("rproxyd_tunnels_open", "", ""),
+    ("rproxyd_tunnel_bytes_total", labels(direction="client_to_backend"), ""),
+    ("rproxyd_tunnel_bytes_total", labels(direction="backend_to_client"), ""),
+    *[("rproxyd_tunnels_closed_total", labels(reason=reason), "") for reason in CLOSE_REASONS],
+]
+TUN_OPEN, TUN_UP, TUN_DOWN, TUN_CLOSED = 0, 1, 2, 3
 SUPERVISOR_BLOCK: list[Entry] = [
     ("rproxyd_worker_restarts_total", "", ""),
     ("rproxyd_reloads_total", labels(result="ok"), ""),
@@ -192,6 +205,7 @@ class Layout:
     timeouts: int = 0
     phase_errors: int = 0
     proxy_refused: int = 0
+    tunnels: int = 0
     supervisor: int = 0
 
 
@@ -235,6 +249,7 @@ class Directory:
         layout.timeouts = self.block(CLIENT_TIMEOUTS_BLOCK)
         layout.phase_errors = self.block(PHASE_ERRORS_BLOCK)
         layout.proxy_refused = self.block(PROXY_REFUSED_BLOCK)
+        layout.tunnels = self.block(TUNNELS_BLOCK)
         layout.no_route = self.block(route_block(*NO_ROUTE))
         for vhost in config.vhost:
             for index in range(len(vhost.route)):

@@ -6,4 +6,5 @@ cdef class Observer:
     cpdef client_timeout(self, phase)
     cpdef phase_error(self, phase)
     cpdef proxy_header_refused(self, reason)
+    cpdef tunnel_closed(self, reason, up, down)
     cpdef tls_handshake(self, resumed)

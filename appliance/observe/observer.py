@@ -32,5 +32,9 @@ class Observer:
     def proxy_header_refused(self, reason: int) -> None:
         """Called once per connection a proxy_protocol listener closed; `reason`: metrics.PP_*."""
 
+    def tunnel_closed(self, reason: int, up: int, down: int) -> None:
+        """Called once per upgrade tunnel that closed (before its exchange_done): why (an index
+        in appliance.http.tunnel.CLOSE_REASONS), and the bytes client to backend and back."""
+
     def tls_handshake(self, resumed: bool) -> None:
         """Called once per completed client TLS handshake; `resumed` from ssl_object.session_reused."""

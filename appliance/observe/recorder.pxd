@@ -15,10 +15,12 @@ cdef class Recorder(Observer):
     cdef public dict _servers
     cdef public Py_ssize_t _timeouts
     cdef public object _timer
+    cdef public Py_ssize_t _tunnels
     cdef public Py_ssize_t _used
     cdef public Py_ssize_t _worker
     cdef public object access
     cdef public object clients
+    cdef public object tunnels
 
     cpdef start(self)
     cpdef _tick(self)

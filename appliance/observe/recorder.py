@@ -24,6 +24,7 @@ from appliance.observe.observer import Observer
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
+    from appliance.http.tunnel import TunnelRegistry
     from appliance.upstream.pool import BackendPool, Server
 
 SYNC_INTERVAL = 0.5
@@ -41,10 +42,12 @@ class Recorder(Observer):
     """Metrics and access log for one worker."""
 
     __slots__ = ("_backends", "_cells", "_counts", "_loop", "_no_route", "_phase_errors", "_proxy_refused",
-                 "_routes", "_servers", "_timeouts", "_timer", "_used", "_worker", "access", "clients")
+                 "_routes", "_servers", "_timeouts", "_timer", "_tunnels", "_used", "_worker", "access",
+                 "clients", "tunnels")
 
     def __init__(self, cells: memoryview, layout: m.Layout, pools: dict[str, BackendPool],
-                 loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set) -> None:
+                 loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set,
+                 tunnels: TunnelRegistry | None = None) -> None:
         self._cells = cells  # the shared slot; written only by sync()
         self._counts = [0] * len(cells)
         # Only the cells this layout reaches are copied on sync (every block is < DISCARD cells).
@@ -56,6 +59,8 @@ class Recorder(Observer):
         self._timeouts = layout.timeouts
         self._phase_errors = layout.phase_errors
         self._proxy_refused = layout.proxy_refused
+        self._tunnels = layout.tunnels
+        self.tunnels = tunnels  # the worker's open upgrade tunnels, for the gauge
         self.clients = clients  # the worker's open client connections, for the gauge
         # Keyed by the worker's own objects: one dict lookup per exchange, no label text.
         self._servers: dict[Server, int] = {
@@ -103,6 +108,13 @@ class Recorder(Observer):
             if len(records) >= access.batch:
                 access.flush()
 
+    def tunnel_closed(self, reason: int, up: int, down: int) -> None:
+        cells = self._counts
+        base = self._tunnels
+        cells[base + m.TUN_UP] += up
+        cells[base + m.TUN_DOWN] += down
+        cells[base + m.TUN_CLOSED + reason] += 1
+
     def tls_handshake(self, resumed: bool) -> None:
         self._counts[self._worker + (m.W_TLS_RESUMED if resumed else m.W_TLS_FULL)] += 1
 
@@ -124,6 +136,8 @@ class Recorder(Observer):
         cells = self._counts
         now = self._loop.time()
         cells[self._worker + m.W_CONNECTIONS] = len(self.clients)
+        if self.tunnels is not None:
+            cells[self._tunnels + m.TUN_OPEN] = len(self.tunnels.open)
         for server, base in self._servers.items():
             idle = len(server.idle)
             cells[base + m.S_IDLE] = idle
@@ -153,5 +167,6 @@ class Recorder(Observer):
 
 def _bases(layout: m.Layout) -> list[int]:
     return [layout.no_route, layout.worker, layout.timeouts, layout.phase_errors, layout.proxy_refused,
+            layout.tunnels,
             *layout.routes.values(),
             *layout.servers.values(), *layout.backends.values()]

@@ -39,6 +39,7 @@ class WorkerProc:
     state: ProcState = ProcState.BOOTING
     accepting_since: float = 0.0
     kill_at: float = 0.0  # once DRAINING: when SIGKILL ends a drain that overran
+    quit_at: float = 0.0  # on a stop: when SIGQUIT closes what the drain kept (upgrade tunnels)
     abort_sent: float = 0.0  # when SIGABRT went out for a missed heartbeat or deadline
     exit_status: int | None = None
     boot_report: int = -1  # read end of the pipe the worker tells a boot failure's cause by

@@ -42,6 +42,10 @@ class Route:
     request_policy: HeaderPolicy | None
     response_policy: HeaderPolicy | None
     redirect_allow: re.Pattern[bytes] | None
+    # Upgrade tunnels: the protocols a client may switch to (never h2c), and how many tunnels
+    # the rule may hold open per worker (0: no limit); see appliance/http/tunnel.py.
+    upgrade: frozenset[bytes] = frozenset()
+    max_tunnels: int = 0
 
     def target(self, url: bytes) -> bytes:
         """The request target sent to the backend: the URL after this rule's rewrite."""
@@ -165,6 +169,8 @@ class Router:
                 response_policy=HeaderPolicy.compile([config.response_headers, rule.response_headers]),
                 redirect_allow=(re.compile(b"|".join(translate(g).encode() for g in rule.internal_redirect))
                                 if rule.internal_redirect else None),
+                upgrade=frozenset(token.lower().encode() for token in rule.upgrade),
+                max_tunnels=rule.max_tunnels,
             )
             if rule.match == "exact":
                 vhost.exact.setdefault(rule.path.encode(), []).append(route)

@@ -35,6 +35,7 @@ cdef class BackendConnection(SpliceHolder):
     cdef public object resp_hop_names
     cdef public bint resp_keep_alive
     cdef public object resp_reason
+    cdef public object resp_upgrade
     cdef public object resp_via
     cdef public double sent_at
     cdef public object server

@@ -35,6 +35,7 @@ from appliance.http.headers import (
     RESP_CONNECTION,
     RESP_CONTENT_LENGTH,
     RESP_TRANSFER_ENCODING,
+    RESP_UPGRADE,
     RESP_VIA,
     RESPONSE_ACTIONS,
     allowed_trailer,
@@ -42,6 +43,7 @@ from appliance.http.headers import (
     connection_tokens,
     last_chunk,
     remove_named,
+    upgrade_protocols,
 )
 from appliance.observe.errorlog import about
 from appliance.statemachine import Transitions
@@ -59,16 +61,17 @@ class ConnState(IntEnum):  # IntEnum: hashed in C, for the transition checks
     IDLE = 2
     ACTIVE = 3
     DOWN = 4
+    TUNNELLED = 5  # a 101 handed the transport to a tunnel: out of the pool for good
 
 
 # The states as module constants: a module global is one cached lookup, while every
 # `ConnState.X` goes through EnumType's __getattr__ hook (interpreted or compiled).
-CONNECTING, IDLE, ACTIVE, DOWN = ConnState
+CONNECTING, IDLE, ACTIVE, DOWN, TUNNELLED = ConnState
 
 _MOVES = Transitions("backend connection", {
     CONNECTING: (IDLE, DOWN),
     IDLE: (ACTIVE, DOWN),
-    ACTIVE: (IDLE, DOWN),
+    ACTIVE: (IDLE, DOWN, TUNNELLED),
 })
 
 MAX_INTERNAL_REDIRECTS = 5
@@ -104,6 +107,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         "resp_hop_names",
         "resp_keep_alive",
         "resp_reason",
+        "resp_upgrade",
         "resp_via",
         "sent_at",
         "server",
@@ -128,6 +132,9 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         self.reading_paused = False
         self.sent_at = 0.0
         self.splice: BodySplice | None = None  # set while a response body goes through splice(2)
+        # The Upgrade header of a response: set only by responses that carry one, so cleared by
+        # attach() for a request that offers an upgrade, the only one whose 101 reads it.
+        self.resp_upgrade: bytes | None = None
         loop = server.pool.loop
         self.read_deadline = Deadline(loop, self._on_read_timeout)
         self.write_deadline = Deadline(loop, self._on_write_timeout)
@@ -210,6 +217,10 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
                 raise
             # The parser stopped at a message after the complete response (extra_bytes is
             # set): this response is delivered, then the connection closes.
+        except httptools.HttpParserUpgrade as exc:
+            # Only after a 101 _on_informational accepted: what follows is the new protocol's.
+            self._switch(data[exc.args[0]:])
+            return
         except httptools.HttpParserError as exc:
             if self.complete:
                 self.extra_bytes = True  # garbage after a complete response
@@ -288,6 +299,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         self.exchange = exchange
         exchange.upstream = self
         self._reset_response()
+        if exchange.upgrade is not None:
+            self.resp_upgrade = None
         if not self.parser_clean:
             self.parser = httptools.HttpResponseParser(self)
         self.parser_clean = False
@@ -394,6 +407,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
                 self.resp_hop_names = named if self.resp_hop_names is None else self.resp_hop_names | named
         elif action == RESP_VIA:
             self.resp_via = value if self.resp_via is None else self.resp_via + b", " + value
+        elif action == RESP_UPGRADE:
+            self.resp_upgrade = value
         elif action == RESP_TRANSFER_ENCODING:
             # Hop-by-hop: the body is re-framed for the client, so only plain "chunked" can
             # be passed on. Another coding (gzip, chunked twice) would reach the client
@@ -442,13 +457,47 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
     # ------------------------------------------------------- response side
     def _on_informational(self, status: int) -> None:
         exchange = self.exchange
-        self.informational = True
         if status == 101:
-            raise errors.BadBackendResponse("101 Switching Protocols without an Upgrade request")
+            self._check_switch(exchange)
+            return
+        self.informational = True
         exchange.client.informational(exchange, status, self.resp_reason, self.resp_headers)
         self.resp_headers = []
         self.resp_reason = b""
         self.resp_content_length = None
+
+    def _check_switch(self, exchange: Exchange) -> None:
+        """A 101: accepted only as the answer to the upgrade offered, to one protocol offered.
+
+        Raised otherwise (502): a 101 nobody asked for, or to another protocol, would turn the
+        connection into something neither side agreed to.
+        """
+        if exchange.upgrade is None:
+            raise errors.BadBackendResponse("101 Switching Protocols without an Upgrade request")
+        chosen = upgrade_protocols(self.resp_upgrade or b"")
+        if (len(chosen) != 1 or chosen[0] not in upgrade_protocols(exchange.upgrade)
+                or not self.parser.should_upgrade()):
+            raise errors.BadBackendResponse("101 Switching Protocols to a protocol that was not offered")
+        self.head_done = True
+
+    def _switch(self, rest: bytes) -> None:
+        """The 101 is complete: leave the pool for good and hand the transport to the client side."""
+        exchange = self.exchange
+        server = self.server
+        exchange.first_byte = server.pool.loop.time() - self.sent_at
+        exchange.status = 101
+        exchange.upstream = None
+        self.exchange = None
+        self.parser = None
+        self.read_deadline.release()
+        self.write_deadline.release()
+        self._transition(TUNNELLED)
+        server.on_closed(self, ACTIVE)  # its slot reopens on demand, as after a close
+        policy = exchange.route.response_policy
+        headers = self.resp_headers if policy is None else policy.apply(self.resp_headers)
+        pipes = server.pool.pipes if server.tls is None else None  # TLS needs user-space bytes
+        exchange.client.switch_protocols(exchange, self.resp_reason, headers, self.resp_via,
+                                         self.resp_upgrade, self.transport, rest, pipes)
 
     def _on_head(self, status: int) -> None:
         """Decide the body mode and reuse, and hand the response head to the downstream."""
