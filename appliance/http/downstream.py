@@ -54,7 +54,7 @@ from appliance.http.headers import (
     remove_named,
     serialize_fields,
 )
-from appliance.http.target import PathAboveRoot, normalize_path, valid_host
+from appliance.http.target import HASH, PathAboveRoot, normalize_path, valid_host
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
@@ -408,7 +408,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self._absolute_form(exchange)
         if exchange.host is not None and not valid_host(exchange.host):
             raise errors.ClientFault("invalid Host")
-        if b"#" in exchange.url:
+        if HASH in exchange.url:
             raise errors.ClientFault("fragment in the request target")
         if limits.max_body_bytes and (exchange.content_length or 0) > limits.max_body_bytes:
             raise errors.BodyTooLarge("declared body too large")
