@@ -132,7 +132,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         "write_paused",
     )
 
-    def __init__(self, ctx: WorkerContext[ClientConnection], proto: bytes = b"http",
+    def __init__(self, ctx: WorkerContext, proto: bytes = b"http",
                  tls: TlsSite | None = None) -> None:
         self.ctx = ctx
         self.proto = proto
@@ -321,8 +321,8 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         self.exchanges.append(exchange)
         if self.state is IDLE:
             self._transition(BUSY)
-            self.deadline.set(self.ctx.limits.header_timeout)
-        if len(self.exchanges) > self.ctx.limits.max_pipelined:
+            self.deadline.set(self.ctx.header_timeout)
+        if len(self.exchanges) > self.ctx.max_pipelined:
             self.pause_reading(PAUSE_PIPELINE_FULL)
 
     def on_url(self, url: bytes) -> None:
@@ -1041,7 +1041,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self.close()
             return
         if self._read_pauses & PAUSE_PIPELINE_FULL and (
-            len(self.exchanges) <= self.ctx.limits.max_pipelined // 2
+            len(self.exchanges) <= self.ctx.max_pipelined // 2
         ):
             self.resume_reading(PAUSE_PIPELINE_FULL)
         if self.exchanges:
@@ -1052,7 +1052,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self.close()
         else:
             self._transition(IDLE)
-            self.deadline.set(self.ctx.limits.keepalive_timeout)
+            self.deadline.set(self.ctx.keepalive_timeout)
             # Every request so far is parsed and answered, so the parser holds nothing: the
             # next request gets a fresh one (requests start after feed_data returns, so no
             # feed_data is running on this one now).
