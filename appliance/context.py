@@ -2,16 +2,19 @@
 
 Below the two sides of the request path and above what they share: the client side
 (appliance/http/downstream.py) reads it, the worker (appliance/worker.py) builds it.
-It names no connection class: the set of open connections is typed by the worker that
-fills it (`WorkerContext[ClientConnection]`), so this module imports neither side.
+It names no connection class (the set of open connections holds the worker's client
+connections), so this module imports neither side.
+
+In the compiled build it is an extension type (context.pxd): the client side reads it on
+every request, and typed fields spare it a dictionary and slot lookup each time. The limits
+the request path reads on every request are copied out of `limits` as typed fields.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from appliance.config.schema import LimitsConfig
 from appliance.http.peer import PeerAddresses
@@ -28,43 +31,68 @@ if TYPE_CHECKING:
     from appliance.upstream.peers import PeerPools
     from appliance.upstream.pool import BackendPool
 
-Client = TypeVar("Client")  # the worker's client connection class
 
-
-@dataclass(slots=True, eq=False)
-class WorkerContext(Generic[Client]):
+class WorkerContext:
     """What every connection of this worker needs, built once per generation."""
 
-    loop: asyncio.AbstractEventLoop
-    limits: LimitsConfig
-    router: Router
-    pools: dict[str, BackendPool]
-    trusted: TrustedProxies
-    # The error-log lines about client timeouts, which can come a thousand at once.
-    timeout_log: SampledLog
-    # The WARNING lines of proxy failures that come in floods (errors.ProxyFailure.sampled).
-    flood_log: SampledLog
-    observer: Observer = field(default_factory=Observer)
-    # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
-    new_request_id: Callable[[], bytes | None] = request_id.never
-    clients: set[Client] = field(default_factory=set)
-    # This proxy's Via token ([proxy] via; empty: no Via added to responses).
-    via: bytes = b""
-    # Set when the worker starts draining; the data path may read it to answer every
-    # further response with Connection: close (see Worker._drain).
-    draining: bool = False
-    # With [phases]: what an upstream_peer phase returns, checked (PeerChoice), and the
-    # pools of the servers only such a phase names (appliance/upstream/peers.py).
-    peer_choice: PeerChoice | None = None
-    peer_pools: PeerPools | None = None
-    # What a connection derives from its peer's address, once per address (trusted or not, ...).
-    peers: PeerAddresses = field(init=False)
-    # The loop's timer wheel, where every client connection files its read deadline.
-    wheel: TimerWheel = field(init=False)
-    # The open upgrade tunnels (WebSockets): per-rule counts, drained apart from clients.
-    tunnels: TunnelRegistry = field(init=False)
+    __slots__ = (
+        "clients",
+        "draining",
+        "flood_log",
+        "header_timeout",
+        "keepalive_timeout",
+        "limits",
+        "loop",
+        "max_pipelined",
+        "new_request_id",
+        "observer",
+        "peer_choice",
+        "peer_pools",
+        "peers",
+        "pools",
+        "router",
+        "timeout_log",
+        "trusted",
+        "tunnels",
+        "via",
+        "wheel",
+    )
 
-    def __post_init__(self) -> None:
-        self.peers = PeerAddresses(self.trusted)
-        self.wheel = TimerWheel.of(self.loop)
-        self.tunnels = TunnelRegistry(self.loop)
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: LimitsConfig, router: Router,
+                 pools: dict[str, BackendPool], trusted: TrustedProxies, timeout_log: SampledLog,
+                 flood_log: SampledLog, observer: Observer | None = None,
+                 new_request_id: Callable[[], bytes | None] = request_id.never, via: bytes = b"",
+                 peer_choice: PeerChoice | None = None, peer_pools: PeerPools | None = None) -> None:
+        self.loop = loop
+        self.limits = limits
+        # The limits read on every request, as typed copies (the request path's own fields).
+        self.header_timeout = limits.header_timeout
+        self.keepalive_timeout = limits.keepalive_timeout
+        self.max_pipelined = limits.max_pipelined
+        self.router = router
+        self.pools = pools
+        self.trusted = trusted
+        # The error-log lines about client timeouts, which can come a thousand at once.
+        self.timeout_log = timeout_log
+        # The WARNING lines of proxy failures that come in floods (errors.ProxyFailure.sampled).
+        self.flood_log = flood_log
+        self.observer = Observer() if observer is None else observer
+        # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
+        self.new_request_id = new_request_id
+        # The worker's open client connections.
+        self.clients: set[Any] = set()
+        # This proxy's Via token ([proxy] via; empty: no Via added to responses).
+        self.via = via
+        # Set when the worker starts draining; the data path may read it to answer every
+        # further response with Connection: close (see Worker._drain).
+        self.draining = False
+        # With [phases]: what an upstream_peer phase returns, checked (PeerChoice), and the
+        # pools of the servers only such a phase names (appliance/upstream/peers.py).
+        self.peer_choice = peer_choice
+        self.peer_pools = peer_pools
+        # What a connection derives from its peer's address, once per address (trusted or not, ...).
+        self.peers = PeerAddresses(trusted)
+        # The loop's timer wheel, where every client connection files its read deadline.
+        self.wheel = TimerWheel.of(loop)
+        # The open upgrade tunnels (WebSockets): per-rule counts, drained apart from clients.
+        self.tunnels = TunnelRegistry(loop)

@@ -101,7 +101,7 @@ class Worker:
             self.boot_error = "an unexpected error (the traceback is in the log)"
             return EXIT_BOOT_FAILURE
 
-    def build_context(self, loop: asyncio.AbstractEventLoop) -> WorkerContext[ClientConnection]:
+    def build_context(self, loop: asyncio.AbstractEventLoop) -> WorkerContext:
         config = self.config
         via = config.proxy.via.encode()
 
@@ -129,7 +129,7 @@ class Worker:
                              new_request_id=request_id.generator() if config.proxy.request_id
                              else request_id.never)
 
-    def build_recorder(self, ctx: WorkerContext[ClientConnection]) -> Recorder:
+    def build_recorder(self, ctx: WorkerContext) -> Recorder:
         """Metrics into this worker's slot, and the access log if enabled."""
         slot = self.metrics or WorkerSlot.private(self.config)
         access = AccessLog(self.config, ctx.loop) if self.config.access_log.enabled else None
@@ -216,7 +216,7 @@ class Worker:
         if self._stopping is not None:
             self._stopping.set()
 
-    async def _drain(self, ctx: WorkerContext[ClientConnection]) -> None:
+    async def _drain(self, ctx: WorkerContext) -> None:
         """Finish in-flight requests (answered with Connection: close), then close.
 
         For DRAIN_IDLE_GRACE nothing is closed: a connection accepted just before we
@@ -254,7 +254,7 @@ class Worker:
             await asyncio.sleep(DRAIN_TUNNEL_POLL)  # each tunnel closes itself by tunnel_drain_timeout
 
 
-def _proxied_factory(ctx: WorkerContext[ClientConnection], site: TlsListener | None,
+def _proxied_factory(ctx: WorkerContext, site: TlsListener | None,
                      peer: tuple[str, int] | None) -> Callable[[], ClientConnection]:
     """The protocol factory for a connection whose PROXY header sent `peer` (None: the real one)."""
     if site is None:

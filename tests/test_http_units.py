@@ -17,6 +17,8 @@ from appliance.http.target import PathAboveRoot, normalize_path, valid_host
     (b"/a/../../", None),
     (b"/..", None),
     (b"/a//b///c", b"/a/b/c"),
+    (b"/a.b//c", b"/a.b/c"),  # a dot and no dot segment: the slashes still merged
+    (b"/index.html", b"/index.html"),
     (b"/%61%2D%7e", b"/a-~"),  # unreserved escapes decoded
     (b"/a%2fb%3a", b"/a%2Fb%3A"),  # others kept, uppercased: %2F is no separator
     (b"/a/%2e%2E/b", b"/b"),

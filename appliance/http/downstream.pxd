@@ -2,8 +2,12 @@
 # extension type: typed fields, and the methods one callback calls on the way to the
 # transport write are cpdef, so they call each other (and the Exchange) directly.
 
+cimport cython
+
+from appliance.context cimport WorkerContext
 from appliance.deadline cimport Deadline
 from appliance.http.exchange cimport Exchange
+from appliance.routing.router cimport Router
 from appliance.statemachine cimport Transitions
 from appliance.upstream.splice cimport SpliceHolder
 
@@ -15,7 +19,7 @@ cdef class ClientConnection(SpliceHolder):
     cdef public bint answer_keep_alive
     cdef public object body_filter
     cdef public Py_ssize_t bypass_remaining
-    cdef public object ctx
+    cdef public WorkerContext ctx
     cdef public list exchanges
     cdef public object forwarded_tail
     cdef public bint half_closed
@@ -48,6 +52,7 @@ cdef class ClientConnection(SpliceHolder):
     cpdef on_body(self, body)
     cpdef on_message_complete(self)
     cpdef _start_ready(self)
+    @cython.locals(router=Router)
     cpdef _start(self, Exchange exchange)
     cpdef bint _request_phases(self, Exchange exchange, vhost, path) except -1
     cpdef _route(self, Exchange exchange, vhost, path)

@@ -55,7 +55,7 @@ from appliance.http.headers import (
     remove_named,
     serialize_fields,
 )
-from appliance.http.target import PathAboveRoot, normalize_path, valid_host
+from appliance.http.target import HASH, PathAboveRoot, normalize_path, valid_host
 from appliance.http.tunnel import Tunnel
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
@@ -143,7 +143,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         "write_paused",
     )
 
-    def __init__(self, ctx: WorkerContext[ClientConnection], proto: bytes = b"http",
+    def __init__(self, ctx: WorkerContext, proto: bytes = b"http",
                  tls: TlsSite | None = None, peer: tuple[str, int] | None = None) -> None:
         self.ctx = ctx
         self.proto = proto
@@ -352,8 +352,8 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self.exchanges.append(exchange)
         if self.state is IDLE:
             self._transition(BUSY)
-            self.ctx.wheel.set(self, self.ctx.limits.header_timeout)
-        if len(self.exchanges) > self.ctx.limits.max_pipelined:
+            self.ctx.wheel.set(self, self.ctx.header_timeout)
+        if len(self.exchanges) > self.ctx.max_pipelined:
             self.pause_reading(PAUSE_PIPELINE_FULL)
 
     def on_url(self, url: bytes) -> None:
@@ -441,7 +441,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self._absolute_form(exchange)
         if exchange.host is not None and not valid_host(exchange.host):
             raise errors.ClientFault("invalid Host")
-        if b"#" in exchange.url:
+        if HASH in exchange.url:
             raise errors.ClientFault("fragment in the request target")
         if limits.max_body_bytes and (exchange.content_length or 0) > limits.max_body_bytes:
             raise errors.BodyTooLarge("declared body too large")
@@ -1152,7 +1152,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self.close()
             return
         if self._read_pauses & PAUSE_PIPELINE_FULL and (
-            len(self.exchanges) <= self.ctx.limits.max_pipelined // 2
+            len(self.exchanges) <= self.ctx.max_pipelined // 2
         ):
             self.resume_reading(PAUSE_PIPELINE_FULL)
         if self.exchanges:
@@ -1163,7 +1163,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self.close()
         else:
             self._transition(IDLE)
-            self.ctx.wheel.set(self, self.ctx.limits.keepalive_timeout)
+            self.ctx.wheel.set(self, self.ctx.keepalive_timeout)
             # Every request so far is parsed and answered, so the parser holds nothing: the
             # next request gets a fresh one (requests start after feed_data returns, so no
             # feed_data is running on this one now), and a fresh queue.

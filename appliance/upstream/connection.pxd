@@ -2,7 +2,10 @@
 # extension type: typed fields, and the methods of one backend read cpdef, so they call
 # each other, the Exchange and the Deadlines directly.
 
+cimport cython
+
 from appliance.deadline cimport Deadline
+from appliance.http.downstream cimport ClientConnection
 from appliance.http.exchange cimport Exchange
 from appliance.statemachine cimport Transitions
 from appliance.upstream.splice cimport SpliceHolder
@@ -21,11 +24,13 @@ cdef class BackendConnection(SpliceHolder):
     cdef public bint extra_bytes
     cdef public Py_ssize_t head_bytes
     cdef public bint head_done
+    cdef public Py_ssize_t max_head_bytes
     cdef public bint informational
     cdef public object parser
     cdef public bint parser_clean
     cdef public object peer_watch
     cdef public Deadline read_deadline
+    cdef public double read_timeout
     cdef public bint reading_paused
     cdef public Py_ssize_t requests_served
     cdef public bint resp_chunked
@@ -50,6 +55,7 @@ cdef class BackendConnection(SpliceHolder):
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef bint peer_closed(self)
+    @cython.locals(client=ClientConnection)
     cpdef attach(self, Exchange exchange)
     cpdef send_request_bytes(self, data)
     cpdef send_request_chunk(self, data)
@@ -58,10 +64,15 @@ cdef class BackendConnection(SpliceHolder):
     cpdef on_status(self, reason)
     cpdef on_header(self, name, value)
     cpdef on_headers_complete(self)
+    @cython.locals(client=ClientConnection)
     cpdef on_body(self, body)
     cpdef on_message_complete(self)
     cpdef on_message_begin(self)
+    @cython.locals(client=ClientConnection)
     cpdef _on_head(self, int status)
+    @cython.locals(client=ClientConnection)
     cpdef _after_feed(self)
+    @cython.locals(client=ClientConnection)
     cpdef _forward_length_body(self, data)
+    @cython.locals(client=ClientConnection)
     cpdef _complete_response(self)

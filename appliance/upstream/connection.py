@@ -94,10 +94,12 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         "head_bytes",
         "head_done",
         "informational",
+        "max_head_bytes",
         "parser",
         "parser_clean",
         "peer_watch",
         "read_deadline",
+        "read_timeout",
         "reading_paused",
         "requests_served",
         "resp_chunked",
@@ -119,6 +121,10 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
 
     def __init__(self, server: ServerView) -> None:
         self.server = server
+        # Read on every response: copied from the server's settings as typed fields, not two
+        # lookups through the untyped server and its configuration each time.
+        self.read_timeout = server.config.read_timeout
+        self.max_head_bytes = server.config.max_response_header_bytes
         self.state = CONNECTING
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
@@ -201,7 +207,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             log.warning("backend %s sent %d unsolicited bytes", self.server.address, len(data))
             self.close()
             return
-        self.read_deadline.set(self.server.config.read_timeout)
+        self.read_deadline.set(self.read_timeout)
         if self.bypass_remaining:
             self._forward_length_body(data)
             return
@@ -271,7 +277,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             self.reading_paused = False
             self.transport.resume_reading()
             if self.state is ACTIVE:
-                self.read_deadline.set(self.server.config.read_timeout)
+                self.read_deadline.set(self.read_timeout)
 
     # ---------------------------------------------------------- request side
     def peer_closed(self) -> bool:
@@ -310,10 +316,11 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         exchange.leave_queue(now)
         exchange.connect_time = self.connect_time if not self.requests_served else 0.0
         transport = self.transport
+        client = exchange.client
         head = self.server.pool.request_head(exchange)
         if head is None:  # upstream_request_filter failed: nothing was sent, nor will be
             self.abandon()
-            exchange.client.fail(exchange, exchange.failure)
+            client.fail(exchange, exchange.failure)
             return
         if not exchange.body_buffer:
             transport.write(head)
@@ -326,16 +333,16 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
                 exchange.body_streamed = True
                 exchange.body_buffer = []
                 exchange.body_buffered = 0
-            exchange.client.resume_reading(PAUSE_BUFFER_FULL)
+            client.resume_reading(PAUSE_BUFFER_FULL)
         if exchange.request_done:
             if exchange.chunked:
                 transport.write(last_chunk(exchange.trailers))
         else:
-            exchange.client.send_continue(exchange)
-        if exchange.client.write_paused:
+            client.send_continue(exchange)
+        if client.write_paused:
             self.pause_reading()
         else:
-            self.read_deadline.set(self.server.config.read_timeout)
+            self.read_deadline.set(self.read_timeout)
 
     @staticmethod
     def _framed_buffer(exchange: Exchange) -> list[bytes]:
@@ -437,7 +444,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         self.head_bytes = 0
         self.body_seen += len(body)
         if self.discard is None:
-            self.exchange.client.send_body(body)
+            client = self.exchange.client
+            client.send_body(body)
 
     def on_message_complete(self) -> None:
         if self.informational:
@@ -533,8 +541,9 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         # The route's header policy is the built-in response filter.
         policy = exchange.route.response_policy
         headers = self.resp_headers if policy is None else policy.apply(self.resp_headers)
-        exchange.client.start_response(exchange, status, self.resp_reason, headers, version, self.resp_via,
-                                       self.body_mode)
+        client = exchange.client
+        client.start_response(exchange, status, self.resp_reason, headers, version, self.resp_via,
+                              self.body_mode)
 
     def _consume_instead(self, exchange: Exchange, status: int) -> bytes | None:
         """Whether this response asks for a retry or an internal redirect instead of delivery."""
@@ -552,7 +561,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         """Act on what the parser recorded during one read."""
         if self.state is not ACTIVE:
             return
-        if not self.complete and self.head_bytes > self.server.config.max_response_header_bytes:
+        if not self.complete and self.head_bytes > self.max_head_bytes:
             # llhttp would keep an unfinished head or trailer section in memory without bound.
             self._fail(errors.BadBackendResponse("response head or trailers too large"))
             return
@@ -560,7 +569,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             self._complete_response()
             return
         if self.head_done:
-            self.exchange.client.flush()
+            client = self.exchange.client
+            client.flush()
             if self.body_mode == BODY_LENGTH:
                 self.bypass_remaining = self.resp_content_length - self.body_seen
                 self._try_splice()
@@ -572,7 +582,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             data = data[:remaining]
         self.bypass_remaining = remaining - len(data)
         if self.discard is None:
-            self.exchange.client.send_body(data)
+            client = self.exchange.client
+            client.send_body(data)
         if not self.bypass_remaining:
             self.complete = True
             self._complete_response()
@@ -597,7 +608,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
     def splice_read(self, size: int) -> None:
         """The splice took `size` body bytes from the backend."""
         self.body_seen += size
-        self.read_deadline.set(self.server.config.read_timeout)
+        self.read_deadline.set(self.read_timeout)
 
     def splice_written(self, size: int) -> None:
         """The splice gave `size` body bytes to the client."""
@@ -609,7 +620,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         if for_destination:
             self.read_deadline.clear()
         else:
-            self.read_deadline.set(self.server.config.read_timeout)
+            self.read_deadline.set(self.read_timeout)
 
     def splice_ended(self, outcome: int) -> None:
         self.splice = None
@@ -645,7 +656,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             self.close()
         if discard is None:
             exchange.body_buffer = []  # answered: the body kept for a replay is not needed now
-            exchange.client.finish(exchange, trailers)
+            client = exchange.client
+            client.finish(exchange, trailers)
         elif discard:
             self._internal_redirect(exchange, discard)  # a GET without the body (Exchange.drop_body)
         elif not self.server.pool.retry_failed(exchange, self.server):
@@ -704,7 +716,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
 
     def _on_read_timeout(self) -> None:
         if self.state is ACTIVE:
-            self._fail(errors.BackendTimeout(f"no response data for {self.server.config.read_timeout}s"))
+            self._fail(errors.BackendTimeout(f"no response data for {self.read_timeout}s"))
 
     def _on_write_timeout(self) -> None:
         if self.state is ACTIVE:

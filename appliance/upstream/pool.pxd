@@ -1,7 +1,10 @@
 # Cython declarations for pool.py (compiled build): the dispatch of a request to an idle
 # connection, and the release of a connection, through typed fields and cpdef methods.
 
+cimport cython
+
 from appliance.http.exchange cimport Exchange
+from appliance.upstream.connection cimport BackendConnection
 
 cdef class PendingQueue:
     cdef public object _loop
@@ -37,11 +40,13 @@ cdef class Server:
     cpdef bint can_connect(self, double now)
     cpdef bint usable(self, double now)
     cpdef note_rtt(self, double seconds)
-    cpdef release(self, conn)
-    cpdef take_idle(self)
+    cpdef release(self, BackendConnection conn)
+    @cython.locals(conn=BackendConnection)
+    cpdef BackendConnection take_idle(self)
 
 cdef class BackendPool:
     cdef public double _budget
+    cdef public double _budget_step
     cdef public object config
     cdef public object default_balancer
     cdef public object limits
@@ -56,5 +61,7 @@ cdef class BackendPool:
     cdef public list servers
 
     cpdef acquire(self, Exchange exchange)
+    @cython.locals(server=Server, conn=BackendConnection)
     cpdef _dispatch(self, Exchange exchange, bint front)
-    cpdef on_idle(self, conn)
+    @cython.locals(server=Server)
+    cpdef on_idle(self, BackendConnection conn)

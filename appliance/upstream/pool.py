@@ -270,6 +270,7 @@ class BackendPool:
 
     __slots__ = (
         "_budget",
+        "_budget_step",
         "config",
         "default_balancer",
         "limits",
@@ -303,6 +304,8 @@ class BackendPool:
         self.pending_timeouts = 0
         self.servers = [Server(self, spec, config) for spec in config.servers]
         self._budget = RETRY_BUDGET_FLOOR
+        # What each request adds to the retry budget, worked out once: acquire() adds it.
+        self._budget_step = config.retry_budget_percent / 100
         # For requests an upstream_peer phase sent here from a route over another backend.
         self.default_balancer = self.balancer("", "")
 
@@ -341,7 +344,7 @@ class BackendPool:
     # ------------------------------------------------------------- acquire
     def acquire(self, exchange: Exchange) -> None:
         """Attach the exchange to an IDLE connection, or queue it, or refuse it (503)."""
-        budget = self._budget + self.config.retry_budget_percent / 100
+        budget = self._budget + self._budget_step
         self._budget = budget if budget < RETRY_BUDGET_FLOOR else RETRY_BUDGET_FLOOR
         self._dispatch(exchange, front=False)
 
