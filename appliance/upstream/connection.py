@@ -199,7 +199,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             self._transition(DOWN)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        """Where uvloop reads the next bytes from the backend: no more than HEAD_READ_BYTES before the head."""
+        """Where uvloop reads the next backend bytes: no more than HEAD_READ_BYTES before the head."""
         return _READ_BUFFER if self.head_done else _HEAD_READ
 
     def buffer_updated(self, nbytes: int) -> None:
