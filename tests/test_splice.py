@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -62,46 +61,6 @@ def test_large_body_arrives_exact_and_both_connections_are_reused(make_proxy):
         assert digests == [hashlib.sha256(BODY).digest()] * 3
         # One client connection carried the three responses, and so did one backend connection.
         assert backend.connections == 1
-
-
-def _bytes_read(pid: int) -> int:
-    """What a process has passed through read(2) so far (/proc/PID/io rchar; splice(2) does not count)."""
-    with open(f"/proc/{pid}/io") as io:
-        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
-
-
-def test_a_large_body_goes_to_splice_after_at_most_16_kib_was_read(make_proxy):
-    """The head read is capped (HAProxy's bufsize, nginx's proxy_buffer_size): a body that
-    arrived together with the head is spliced, not first copied in by a 256 KiB read."""
-    worker = 0
-
-    def handler(conn: socket.socket, backend: ScriptedBackend) -> None:
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)  # one send() takes it all
-        response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
-        while backend.read_head(conn) is not None:
-            # The worker is stopped while the head and as much of the body as its receive
-            # window takes reach its socket (loopback delivers within send()): it wakes to
-            # find them queued together, as behind a file server's sendfile().
-            os.kill(worker, signal.SIGSTOP)
-            try:
-                conn.setblocking(False)
-                sent = conn.send(response)
-            finally:
-                conn.setblocking(True)
-                os.kill(worker, signal.SIGCONT)
-            conn.sendall(response[sent:])
-
-    with running(backend := ScriptedBackend(handler)):
-        proxy = make_proxy(backends={"app": [backend.address]})
-        worker = _worker(proxy)
-        with httpx.Client(base_url=proxy.url, timeout=30) as client:
-            for _ in range(3):
-                before = _bytes_read(worker)
-                response = client.get("/big")
-                read = _bytes_read(worker) - before
-                assert hashlib.sha256(response.content).digest() == hashlib.sha256(BODY).digest()
-                # The request (read from the client) and at most 16 KiB of the response.
-                assert read <= 16 * 1024 + 1024, read
 
 
 def test_spliced_body_goes_through_a_pipe_and_a_small_one_does_not(make_proxy):

@@ -51,8 +51,6 @@ cdef class BackendConnection(SpliceHolder):
 
     cpdef _reset_response(self)
     cpdef _transition(self, new)
-    cpdef get_buffer(self, Py_ssize_t sizehint)
-    cpdef buffer_updated(self, Py_ssize_t nbytes)
     cpdef data_received(self, data)
     cpdef pause_reading(self)
     cpdef resume_reading(self)

@@ -76,16 +76,6 @@ _MOVES = Transitions("backend connection", {
 
 MAX_INTERNAL_REDIRECTS = 5
 
-# Backend reads go into one buffer per worker, through uvloop's buffered-protocol path
-# (get_buffer, then buffer_updated with the count). While a response head is due a read
-# takes at most HEAD_READ_BYTES, as HAProxy reads a head into its 16 KiB buffer and nginx
-# into proxy_buffer_size: a large plaintext body then reaches splice(2) after at most that
-# many bytes went through user space, not after a 256 KiB read copied it three times.
-HEAD_READ_BYTES = 16 * 1024
-BODY_READ_BYTES = 256 * 1024  # uvloop's own read size: for bodies that stay in user space
-_READ_BUFFER = memoryview(bytearray(BODY_READ_BYTES))
-_HEAD_READ = _READ_BUFFER[:HEAD_READ_BYTES]
-
 
 class _UnsolicitedMessage(Exception):
     """Raised in a parser callback to stop llhttp at a message after the complete response."""
@@ -210,14 +200,6 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         """The pool's connect attempt failed: never connected, so no transport and no callbacks to come."""
         if self.state is CONNECTING:
             self._transition(DOWN)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Where uvloop reads the next backend bytes: no more than HEAD_READ_BYTES before the head."""
-        return _READ_BUFFER if self.head_done else _HEAD_READ
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # The buffer is the worker's: what is kept must be a copy (uvloop made one too).
-        self.data_received(bytes(_READ_BUFFER[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.state is not ACTIVE:
