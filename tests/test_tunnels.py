@@ -13,11 +13,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
 
-from tests.support import ScriptedBackend, raw_exchange, recv_until, running, status_codes, wait_for
+from tests.support import (
+    ScriptedBackend,
+    free_port,
+    raw_exchange,
+    recv_until,
+    running,
+    status_codes,
+    wait_for,
+)
+from tests.support.phases import phase_module
 from tests.support.tls import Certs, make_certs
 from tests.support_proc import Rproxyd, config_text
 
@@ -340,3 +349,29 @@ bind = "127.0.0.1:0"
     finally:
         proxy.stop(signal.SIGQUIT)
         origin.stop()
+
+
+def test_the_phases_see_an_upgrade_request_like_any_other(make_proxy, tmp_path: Path):
+    """request_filter may answer a handshake itself; upstream_peer chooses where its tunnel goes."""
+    module = phase_module(tmp_path, """
+        from appliance.phases import Phases, Response
+
+        class Site(Phases):
+            def request_filter(self, req, ctx):
+                if req.path == "/ws/forbidden":
+                    return Response(403, {"X-Saw-Upgrade": req.upgrade or "none"}, b"no\\n")
+
+            def upstream_peer(self, req, ctx):
+                return "live" if req.path == "/ws/elsewhere" else None
+    """)
+    with running(origin := WsOrigin()):
+        # The route's own backend is down: only upstream_peer's choice reaches a server.
+        proxy = make_proxy(backends={"down": [f"127.0.0.1:{free_port()}"], "live": [origin.address]},
+                           routes=[("/", "down")], extra=f'[phases]\nmodule = "{module}"\n')
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{proxy.port}/ws/forbidden").close()
+        assert refused.value.response.status_code == 403
+        assert refused.value.response.headers["X-Saw-Upgrade"] == "websocket"
+        with connect(f"ws://127.0.0.1:{proxy.port}/ws/elsewhere") as ws:
+            ws.send("through the peer a phase chose")
+            assert ws.recv(timeout=10) == "through the peer a phase chose"

@@ -48,7 +48,7 @@ def request_view(exchange: Exchange) -> Request:
     if req is None:
         # The id is made only if a phase reads it: the view holds the exchange's bound method.
         req = exchange.req = Request(exchange.method, exchange.target, exchange.host, exchange.client.peer_ip,
-                                     exchange.headers, exchange.request_id_text)
+                                     exchange.headers, exchange.request_id_text, exchange.upgrade)
     return req
 
 

@@ -75,18 +75,19 @@ class Request(_MessageView):
 
     Read anywhere: `method`, `path` (without the query), `query` (without the `?`, ""
     if none), `host` (the Host the request was routed by, with its port if the client
-    sent one; "" if none), `client_ip`,
-    `request_id`, `headers` (see Headers). In upstream_request_filter `method`, `path`,
-    `query` and `headers` may be assigned or edited; what goes up is what they hold.
+    sent one; "" if none), `client_ip`, `request_id`, `upgrade` (the client's Upgrade
+    header, "" if none), `headers` (see Headers). In upstream_request_filter `method`,
+    `path`, `query` and `headers` may be assigned or edited; what goes up is what they hold.
     """
 
-    __slots__ = ("_client_ip", "_host", "_method", "_path", "_query", "_request_id", "_target")
+    __slots__ = ("_client_ip", "_host", "_method", "_path", "_query", "_request_id", "_target", "_upgrade")
 
     _owned = REQUEST_OWNED
     _ssl_owned = True
 
     def __init__(self, method: bytes, target: bytes, host: bytes | None, client_ip: bytes | str,
-                 headers: RawHeaders, request_id: str | Callable[[], str]) -> None:
+                 headers: RawHeaders, request_id: str | Callable[[], str],
+                 upgrade: bytes | None = None) -> None:
         # _MessageView's fields set here rather than through super().__init__: one call
         # less on every request with phases.
         self._raw_headers = headers
@@ -98,6 +99,7 @@ class Request(_MessageView):
         self._client_ip = client_ip
         # A request id may be made only when something first needs it (observe/request_id.py).
         self._request_id = request_id
+        self._upgrade = upgrade
         self._path: str | None = None
         self._query: str | None = None
 
@@ -167,6 +169,14 @@ class Request(_MessageView):
     def request_id(self) -> str:
         rid = self._request_id
         return rid if isinstance(rid, str) else rid()
+
+    @property
+    def upgrade(self) -> str:
+        """The protocols the client asked to switch to (its Upgrade header, as "websocket"), "" if none.
+
+        The Upgrade header itself is the proxy's (hop-by-hop): whether it goes to the backend
+        depends on the rule's `upgrade` list, not on a phase."""
+        return "" if self._upgrade is None else self._upgrade.decode("latin-1")
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self._target.decode('latin-1')} host={self.host!r}>"
