@@ -946,7 +946,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         if self.send_deadline is not None:
             self.send_deadline.release()
         self.ctx.clients.discard(self)
-        self.exchanges.clear()
+        self.exchanges = None  # as on an idle connection: the tunnel holds the exchange
         self.parsing = None
         self.parser = None
         tunnel = Tunnel(self.ctx.tunnels, exchange, self.transport, backend,
