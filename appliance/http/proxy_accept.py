@@ -37,20 +37,20 @@ ProtocolFactory = Callable[[], Any]
 class ProxyAcceptor:
     """Accepts on one listening socket of a proxy_protocol listener; the loop's own server for it."""
 
-    __slots__ = ("_loop", "_make_factory", "_pending", "_refusals", "_sock", "_ssl", "_timeout", "_trusted",
-                 "observer")
+    __slots__ = ("_make_factory", "_pending", "_refusals", "_sock", "_ssl", "_trusted", "header_timeout",
+                 "loop", "observer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  make_factory: Callable[[Address | None], ProtocolFactory], tls: ssl.SSLContext | None,
                  header_timeout: float, trusted: TrustedProxies, observer: Observer,
                  refusals: SampledLog) -> None:
-        self._loop = loop
+        self.loop = loop
         self._sock = sock
         # The protocol factory for a connection whose header sent this client address (None:
         # LOCAL or UNKNOWN, the real peer is the client).
         self._make_factory = make_factory
         self._ssl = tls
-        self._timeout = header_timeout
+        self.header_timeout = header_timeout  # also each _HeaderReader's bound
         self._trusted = trusted
         self._refusals = refusals
         self.observer = observer
@@ -58,11 +58,11 @@ class ProxyAcceptor:
 
     def start(self) -> None:
         self._sock.setblocking(False)
-        self._loop.add_reader(self._sock.fileno(), self._accept)
+        self.loop.add_reader(self._sock.fileno(), self._accept)
 
     def close(self) -> None:
         """Stop accepting (as Server.close does) and drop connections still inside their header."""
-        self._loop.remove_reader(self._sock.fileno())
+        self.loop.remove_reader(self._sock.fileno())
         self._sock.close()
         for reader in list(self._pending):
             reader.close()
@@ -93,10 +93,10 @@ class ProxyAcceptor:
         """The header is read: the socket becomes the client connection's transport."""
         self._pending.discard(reader)
         factory = self._make_factory(header.source)
-        loop = self._loop
+        loop = self.loop
         task = loop.create_task(loop.connect_accepted_socket(
             factory, reader.sock, ssl=self._ssl,
-            ssl_handshake_timeout=self._timeout if self._ssl is not None else None))
+            ssl_handshake_timeout=self.header_timeout if self._ssl is not None else None))
         task.add_done_callback(_handed_over)
 
     def forget(self, reader: _HeaderReader) -> None:
@@ -121,8 +121,8 @@ class _HeaderReader:
         self.received = b""  # header bytes consumed so far
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = acceptor._loop
-        self.timer = loop.call_later(acceptor._timeout, self._expired)
+        loop = acceptor.loop
+        self.timer = loop.call_later(acceptor.header_timeout, self._expired)
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -163,7 +163,7 @@ class _HeaderReader:
 
     def _stop(self) -> None:
         self.timer.cancel()
-        self.acceptor._loop.remove_reader(self.sock.fileno())
+        self.acceptor.loop.remove_reader(self.sock.fileno())
 
     def close(self) -> None:
         self._stop()
