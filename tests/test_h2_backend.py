@@ -9,13 +9,14 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import textwrap
 
 import httpx
 import pytest
 
-from tests.support import Origin, free_port, wait_for, wait_port
+from tests.support import RPROXYD, Origin, free_port, read_all, wait_for, wait_port
 from tests.support.h2origin import GoawayOrigin
 from tests.support.tls import make_certs
 
@@ -125,12 +126,17 @@ def test_goaway_from_the_backend_retries_the_unprocessed_stream(make_proxy):
             # Stream 3 on the first connection is answered by GOAWAY(last_stream_id=1): sent
             # again on a new connection, a POST too (unprocessed: safe whatever the method).
             second = client.get(proxy.url + "/two")
-            third = client.post(proxy.url + "/three", content=b"p" * 1000)
+        # The POST's head and body in one segment: the whole request is here when it goes to
+        # the backend, so it is kept for a replay (a body already streamed away is not).
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(b"POST /three HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n"
+                         b"Connection: close\r\n\r\n" + b"p" * 1000)
+            third = read_all(sock, 30)
     finally:
         origin.close()
     assert (first.status_code, first.text) == (200, "conn 1: GET /one 0\n")
     assert second.status_code == 200 and second.text.endswith(": GET /two 0\n")
-    assert third.status_code == 200 and third.text.endswith(": POST /three 1000\n")
+    assert third.startswith(b"HTTP/1.1 200 ") and third.endswith(b": POST /three 1000\n")
     assert origin.connections >= 3
     assert "did not process the request" in proxy.log()
 
@@ -154,3 +160,39 @@ def test_health_probe_over_h2(make_proxy, nginx):
         h1_only.stop()
     assert statuses == {200}
     assert not re.search(rf"server {re.escape(nginx['plain'])} is DOWN", proxy.log())
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_streamed_request_body_ends_its_stream(make_proxy, framing):
+    """The origin answers once the stream ends: after the last Content-Length byte, or after
+    the client's last chunk (as a DATA frame with END_STREAM)."""
+    origin = GoawayOrigin()
+    size = 3 * 1024 * 1024
+    try:
+        proxy = make_proxy(backends={"h2": [origin.address]}, backend_options='protocol = "h2"\n')
+        body = b"b" * size if framing == "content-length" else (b"c" * (size // 8) for _ in range(8))
+        response = httpx.post(proxy.url + "/upload", content=body, timeout=30)
+    finally:
+        origin.close()
+    assert (response.status_code, response.text) == (200, f"conn 1: POST /upload {size}\n")
+
+
+def test_h2_with_proxy_protocol_is_refused_by_the_check(tmp_path):
+    config = tmp_path / "rproxy.toml"
+    config.write_text(textwrap.dedent("""
+        [[listener]]
+        bind = "127.0.0.1:0"
+        [backend.app]
+        servers = ["127.0.0.1:9"]
+        protocol = "h2"
+        proxy_protocol = "v1"
+        [[vhost]]
+        name = "default"
+        hosts = ["*"]
+        [[vhost.route]]
+        path = "/"
+        backend = "app"
+    """))
+    result = subprocess.run([RPROXYD, "-t", "-c", str(config)], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "backend.app.protocol" in result.stderr and "proxy_protocol" in result.stderr

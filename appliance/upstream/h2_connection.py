@@ -81,7 +81,7 @@ class H2Stream:
     """One request on an H2BackendConnection: the exchange's Upstream."""
 
     __slots__ = ("body_mode", "body_seen", "conn", "discard", "exchange", "head_done", "held",
-                 "id", "reading_paused", "trailers")
+                 "id", "reading_paused", "to_send", "trailers")
 
     def __init__(self, conn: H2BackendConnection, exchange: Exchange) -> None:
         self.conn = conn
@@ -94,6 +94,9 @@ class H2Stream:
         self.reading_paused = False
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.discard: bytes | None = None  # as BackendConnection.discard: retry (b"") or redirect
+        # Content-Length body bytes still to come from the client: the stream ends after the
+        # last (the client side signals the end of a chunked body only).
+        self.to_send = exchange.content_length or 0
 
     # ------------------------------------------------------------ Upstream
     def send_request_bytes(self, data: bytes) -> None:
@@ -101,11 +104,12 @@ class H2Stream:
         conn = self.conn
         if exchange is None:
             return
-        if exchange.chunked and exchange.request_done:
+        if exchange.chunked:
             conn.session.end_stream(self.id, exchange.trailers)  # `data` is the last chunk's framing
         else:
             self._send(data)
-            if exchange.request_done:
+            self.to_send -= len(data)
+            if self.to_send <= 0:
                 conn.session.end_stream(self.id)
         conn.flush()
 
@@ -272,6 +276,7 @@ class H2BackendConnection(BackendConnection):
         if exchange.body_buffer:
             for chunk in exchange.body_buffer:
                 self.session.send_data(stream.id, chunk)
+            stream.to_send -= sum(len(chunk) for chunk in exchange.body_buffer)
             if exchange.request_done:
                 exchange.body_buffered = 0  # kept until the response arrives, for a replay
             else:
@@ -365,6 +370,10 @@ class H2BackendConnection(BackendConnection):
         stream.exchange = None
         exchange.upstream_time = self.server.pool.loop.time() - self.sent_at
         self.requests_served += 1
+        if not exchange.request_done:
+            # Answered before the whole request body came: the rest is not sent (the client
+            # side discards it), so our half of the stream is cancelled.
+            self.session.reset(stream_id, CANCEL)
         if stream.discard is None:
             exchange.body_buffer = []
             exchange.client.finish(exchange, stream.trailers)
