@@ -38,7 +38,6 @@ from appliance.http.exchange import (
 from appliance.observe.errorlog import about
 from appliance.phases.calls import reason
 from appliance.upstream.connection import CONNECTING, DOWN, IDLE, BackendConnection
-from appliance.upstream.pool import MAX_STALE_RETRIES
 
 if TYPE_CHECKING:
     import asyncio
@@ -47,6 +46,10 @@ if TYPE_CHECKING:
     from appliance.upstream.server_view import ServerView
 
 log = logging.getLogger("rproxyd.backend")
+
+# Tries of a request the server did not process (GOAWAY, REFUSED_STREAM), counted with the
+# stale-connection retries (Exchange.stale_retries): like them, no server failure.
+MAX_UNPROCESSED_RETRIES = 2
 
 # Request headers that are the HTTP/1 connection's and not the request's (RFC 9113 section
 # 8.2.2): never sent on a stream. `host` becomes :authority. TE is kept as "trailers" only.
@@ -418,7 +421,7 @@ class H2BackendConnection(BackendConnection):
     def _retry_unprocessed(self, stream: H2Stream) -> bool:
         """The server did not process the stream: send the request again, on another connection."""
         exchange = stream.exchange
-        if not exchange.body_held() or exchange.stale_retries >= MAX_STALE_RETRIES:
+        if not exchange.body_held() or exchange.stale_retries >= MAX_UNPROCESSED_RETRIES:
             return False
         stream.exchange = None
         exchange.stale_retries += 1
