@@ -52,6 +52,9 @@ def nginx(tmp_path_factory):
                 listen 127.0.0.1:{tls} ssl http2;
                 ssl_certificate {root}/a.test.pem;
                 ssl_certificate_key {root}/a.test.pem;
+                # Few streams per connection, so that rproxyd's pool must queue for them.
+                http2_max_concurrent_streams 4;
+                add_header X-Conn $connection always;
                 root {root}/www;
                 location = /proto {{
                     return 200 "$server_protocol $http_host $http_x_forwarded_for $http_connection\\n";
@@ -89,17 +92,21 @@ def test_h2c_to_nginx_by_prior_knowledge(make_proxy, nginx):
     assert big.status_code == 200 and hashlib.sha256(big.content).hexdigest() == digest(
         nginx["root"] / "www" / "big.bin")
     assert upload.status_code == 200 and upload.text.startswith("received ")
-    assert "2 rproxyd" in proto.headers.get("via", "") or "via" not in proto.headers
+    assert proto.headers["via"] == "2 rproxyd"  # the backend's protocol version, as for HTTP/1
 
 
 def test_many_concurrent_requests_share_one_h2_connection(make_proxy, nginx):
-    """The pool counts streams: 40 requests at once over connections = 1."""
+    """The pool counts streams: 40 requests at once over connections = 1 to a server that
+    allows 4 streams per connection; the rest wait in the queue for a stream, not a connection."""
     proxy = make_proxy(backends={"h2": [nginx["plain"]]},
                        backend_options='protocol = "h2"\nconnections = 1\n')
+    expected = digest(nginx["root"] / "www" / "big.bin")
     with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=40)) as client, \
             concurrent.futures.ThreadPoolExecutor(40) as pool:
-        statuses = list(pool.map(lambda _: client.get(proxy.url + "/big.bin").status_code, range(40)))
-    assert statuses == [200] * 40
+        responses = list(pool.map(lambda _: client.get(proxy.url + "/big.bin"), range(40)))
+    assert [response.status_code for response in responses] == [200] * 40
+    assert all(hashlib.sha256(response.content).hexdigest() == expected for response in responses)
+    assert len({response.headers["x-conn"] for response in responses}) == 1
 
 
 def test_h2_over_tls_with_alpn_to_nginx(make_proxy, nginx):

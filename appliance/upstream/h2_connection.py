@@ -156,7 +156,7 @@ class H2Stream:
 class H2BackendConnection(BackendConnection):
     """One HTTP/2 connection to a server, carrying many exchanges as streams."""
 
-    __slots__ = ("draining", "session", "streams", "touched", "write_blocked")
+    __slots__ = ("draining", "receiving", "session", "streams", "touched", "write_blocked")
 
     def __init__(self, server: ServerView) -> None:
         super().__init__(server)
@@ -164,6 +164,7 @@ class H2BackendConnection(BackendConnection):
         self.streams: dict[int, H2Stream] = {}
         self.draining = False  # GOAWAY received or sent: no new stream
         self.write_blocked = False
+        self.receiving = False  # inside session.receive(): the binding's events run; flush after
         self.touched: list[H2Stream] = []  # streams that got body bytes in this read (flushed after)
 
     # --------------------------------------------------------- asyncio hooks
@@ -190,13 +191,17 @@ class H2BackendConnection(BackendConnection):
     def data_received(self, data: bytes) -> None:
         if self.streams:
             self.read_deadline.set(self.read_timeout)
+        self.receiving = True
         try:
             self.session.receive(data)
         except H2Error as exc:
             log.warning("backend %s: HTTP/2 %s", self.server.address, exc)
+            self.receiving = False
             self.flush()
             self.close()
             return
+        finally:
+            self.receiving = False
         touched, self.touched = self.touched, []
         for stream in touched:
             if stream.exchange is not None:
@@ -229,8 +234,9 @@ class H2BackendConnection(BackendConnection):
         self.flush()
 
     def flush(self) -> None:
-        """Write what the session has framed (called after each batch of events or submits)."""
-        if self.write_blocked or self.transport is None or self.transport.is_closing():
+        """Write what the session has framed (called after each batch of events or submits; a
+        call from inside an event, through the client side, waits for the end of the read)."""
+        if self.receiving or self.write_blocked or self.transport is None or self.transport.is_closing():
             return
         pieces = self.session.data_to_send()
         if pieces is not None:
