@@ -203,3 +203,21 @@ def test_h2_with_proxy_protocol_is_refused_by_the_check(tmp_path):
     result = subprocess.run([RPROXYD, "-t", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "backend.app.protocol" in result.stderr and "proxy_protocol" in result.stderr
+
+
+def test_trailers_cross_both_ways(make_proxy):
+    """A chunked request's trailers go out as a trailing HEADERS; the backend's response
+    trailers come back in the client's chunked response (its TE: trailers asked for them)."""
+    origin = GoawayOrigin()
+    try:
+        proxy = make_proxy(backends={"h2": [origin.address]}, backend_options='protocol = "h2"\n')
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(b"POST /trailers HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n"
+                         b"TE: trailers\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\n")
+            response = read_all(sock, 30)
+    finally:
+        origin.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower()
+    assert b"conn 1: POST /trailers 5 trailers x-sum=5\n" in body
+    assert body.endswith(b"0\r\nx-origin-trailer: 1\r\n\r\n")

@@ -15,7 +15,9 @@ from hyperframe.frame import GoAwayFrame
 
 
 class GoawayOrigin:
-    """Answers "conn N: METHOD PATH BODY-LENGTH" on the first stream of connection N."""
+    """Answers "conn N: METHOD PATH BODY-LENGTH" on the first stream of connection N, with
+    " trailers NAME=VALUE" if the request had trailers; on /trailers, the answer has no length
+    and ends with a trailer of its own (x-origin-trailer: 1)."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -50,6 +52,7 @@ class GoawayOrigin:
         first = None
         head: dict[bytes, bytes] = {}
         body = 0
+        trailers = ""
         with sock:
             while True:
                 try:
@@ -72,13 +75,22 @@ class GoawayOrigin:
                         h2conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                         if event.stream_id == first:
                             body += len(event.data)
+                    elif isinstance(event, h2.events.TrailersReceived) and event.stream_id == first:
+                        fields = (f"{name.decode()}={value.decode()}" for name, value in event.headers)
+                        trailers = " trailers " + ",".join(fields)
                     elif isinstance(event, h2.events.StreamEnded):
                         ended = event.stream_id == first
                     if ended:
-                        text = f"conn {number}: {head[b':method'].decode()} {head[b':path'].decode()} {body}"
+                        path = head[b":path"].decode()
+                        text = f"conn {number}: {head[b':method'].decode()} {path} {body}{trailers}"
                         self.answered.append(text)
                         payload = (text + "\n").encode()
-                        h2conn.send_headers(first, [(b":status", b"200"),
-                                                    (b"content-length", b"%d" % len(payload))])
-                        h2conn.send_data(first, payload, end_stream=True)
+                        if path == "/trailers":
+                            h2conn.send_headers(first, [(b":status", b"200")])
+                            h2conn.send_data(first, payload)
+                            h2conn.send_headers(first, [(b"x-origin-trailer", b"1")], end_stream=True)
+                        else:
+                            h2conn.send_headers(first, [(b":status", b"200"),
+                                                        (b"content-length", b"%d" % len(payload))])
+                            h2conn.send_data(first, payload, end_stream=True)
                 sock.sendall(h2conn.data_to_send() + out)
