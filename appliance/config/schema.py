@@ -119,8 +119,11 @@ class ListenerTlsConfig:
     min_version: str = key("TLSv1.2", kind=STR, choices=TLS_VERSIONS, doc="Oldest protocol accepted.")
     max_version: str = key("TLSv1.3", kind=STR, choices=TLS_VERSIONS, doc="Newest protocol accepted.")
     ciphers: str = key(
-        "", kind=STR,
-        doc="OpenSSL cipher list for TLS 1.2 and older; empty: Python's secure default.",
+        "ECDHE+AESGCM:ECDHE+CHACHA20", kind=STR,
+        doc="OpenSSL cipher list for TLS 1.2 and older (TLS 1.3 suites are `ciphersuites`). The "
+        "default has forward secrecy and AEAD only; CBC suites (which IE 11 on Windows 7 and 8.1 "
+        "needs with an RSA certificate) are an opt-in, e.g. \"ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES\"; "
+        "empty: Python's default list.",
     )
     ciphersuites: str = key("", kind=STR, doc="TLS 1.3 cipher suites; empty: OpenSSL's default.")
     alpn: list[str] = key(

@@ -25,6 +25,7 @@ from cryptography import x509
 from appliance.config.schema import BackendConfig, Config, ListenerTlsConfig, SslHeadersConfig, VhostConfig
 from appliance.shm import SharedRegion
 from appliance.tls import libssl
+from appliance.tls.alerts import AlertingSSLObject
 from appliance.tls.crl import load_crls
 from appliance.tls.headers import SslHeaders
 from appliance.tls.ring import TicketRing, private_region, random_key
@@ -51,6 +52,7 @@ def _server_context(tls: ListenerTlsConfig, certs: list[str], keys: list[str]) -
     ctx.minimum_version = _VERSIONS[tls.min_version]
     ctx.maximum_version = _VERSIONS[tls.max_version]
     ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.sslobject_class = AlertingSSLObject  # a failed handshake's alert reaches the client
     if tls.ciphers:
         ctx.set_ciphers(tls.ciphers)
     if tls.ciphersuites:
