@@ -126,6 +126,17 @@ class ListenerTlsConfig:
         "empty: Python's default list.",
     )
     ciphersuites: str = key("", kind=STR, doc="TLS 1.3 cipher suites; empty: OpenSSL's default.")
+    ocsp_stapling: bool = key(
+        False, kind=BOOL,
+        doc="Staple an OCSP response to every certificate this listener serves (its own and the "
+        "vhosts'): the supervisor fetches it from the certificate's OCSP URL (AIA), verifies it, "
+        "refreshes it half-way to its nextUpdate and shares it with the workers. See docs/tls.md.",
+    )
+    ocsp_stapling_file: list[str] = key(
+        [], kind=PATH_LIST,
+        doc="A DER OCSP response file for each `certificate`, in the same order, stapled instead "
+        "of fetching (as nginx's ssl_stapling_file); re-read on reload.",
+    )
     alpn: list[str] = key(
         ["http/1.1"], kind=STR_LIST,
         doc="ALPN protocols offered, from " + " and ".join(ALPN_PROTOCOLS) + " (h2 is not "
@@ -540,6 +551,11 @@ class VhostConfig:
     )
     certificate_key: list[str] = key(
         [], kind=PATH_LIST, doc="Private key file for each `certificate`; empty: in the certificate file.",
+    )
+    ocsp_stapling_file: list[str] = key(
+        [], kind=PATH_LIST,
+        doc="A DER OCSP response file for each `certificate`, stapled on listeners with "
+        "ocsp_stapling instead of fetching one; re-read on reload.",
     )
     client_verify: str = key(
         "off", kind=STR, choices=CLIENT_VERIFY,

@@ -24,7 +24,7 @@ from cryptography import x509
 
 from appliance.config.schema import BackendConfig, Config, ListenerTlsConfig, SslHeadersConfig, VhostConfig
 from appliance.shm import SharedRegion
-from appliance.tls import libssl
+from appliance.tls import libssl, stapling
 from appliance.tls.alerts import AlertingSSLObject
 from appliance.tls.crl import load_crls
 from appliance.tls.headers import SslHeaders
@@ -62,7 +62,11 @@ def _server_context(tls: ListenerTlsConfig, certs: list[str], keys: list[str]) -
     _load_certificates(ctx, certs, keys)
     # Send the chain as configured (checked by `rproxyd -t`) instead of OpenSSL building one
     # from the trust store on every handshake, as nginx does.
-    libssl.SSL_CTX_ctrl(libssl.ctx_pointer(ctx), libssl.SSL_CTRL_MODE, libssl.SSL_MODE_NO_AUTO_CHAIN, None)
+    pointer = libssl.ctx_pointer(ctx)
+    libssl.SSL_CTX_ctrl(pointer, libssl.SSL_CTRL_MODE, libssl.SSL_MODE_NO_AUTO_CHAIN, None)
+    if tls.ocsp_stapling:
+        # On every context of the listener: OpenSSL asks the one the SNI callback switched to.
+        stapling.install(pointer)
     return ctx
 
 
