@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 CONFIG ?= etc/rproxy/rproxy.toml
 ORIGIN_PORT ?= 8081
 STAMP := $(VENV)/.installed
-# The C session-ticket callback; appliance/tls/tickets.py falls back to ctypes without it.
-TICKET_CB := appliance/tls/_ticketkeys.so
+# The C TLS callbacks: session tickets (appliance/tls/tickets.py falls back to ctypes without
+# it) and OCSP stapling (appliance/tls/stapling.py; no stapling without it).
+TICKET_CB := appliance/tls/_ticketkeys.so appliance/tls/_ocspstaple.so
 BUILD_LIST := appliance/_build_modules.txt
 BUILD_INFO := appliance/_build_info.json
 COMPILED_MODULES := $(shell sed -e 's/\#.*//' $(BUILD_LIST) 2>/dev/null)
@@ -48,7 +49,7 @@ $(BUILD_INFO): $(STAMP) setup.py $(BUILD_LIST) $(COMPILED_SOURCES) $(BINDING_SOU
 
 compiled: $(BUILD_INFO)
 
-$(TICKET_CB): appliance/tls/ticketkeys.c
+appliance/tls/_%.so: appliance/tls/%.c
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $< -lssl -lcrypto
 
 ## run: the proxy on 127.0.0.1:8080 in front of the demo origin on 127.0.0.1:8081 (Ctrl-C stops both)

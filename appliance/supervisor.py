@@ -45,7 +45,8 @@ from appliance.process.sockets import ListenerSet
 from appliance.process.upgrade import UpgradeCheck
 from appliance.statemachine import Transitions
 from appliance.systemd import Notifier
-from appliance.tls import ring
+from appliance.tls import ring, stapling
+from appliance.tls.stapler import OcspStapler
 from appliance.worker import EXIT_BOOT_FAILURE
 
 log = logging.getLogger("rproxyd.supervisor")
@@ -104,6 +105,7 @@ class Supervisor:
         self.shared = shm.SharedMemory()
         self.board: HeartbeatBoard | None = None
         self.tickets: ring.TicketRotation | None = None  # TLS session-ticket keys, rotated here
+        self.stapler: OcspStapler | None = None  # OCSP responses for the workers to staple
         self.observe: ObserveHub | None = None  # metrics slots and the admin listener
         self.notifier = Notifier()
         self._wakeup_r = self._wakeup_w = -1
@@ -149,7 +151,7 @@ class Supervisor:
     def regions(self) -> dict[str, int]:
         """Shared-memory regions by name and size, created before the first fork."""
         return {"heartbeat": heartbeat.REGION_SIZE, ring.REGION_NAME: ring.REGION_SIZE,
-                metrics.REGION_NAME: metrics.REGION_SIZE}
+                metrics.REGION_NAME: metrics.REGION_SIZE, stapling.REGION_NAME: stapling.REGION_SIZE}
 
     def _start_fresh(self) -> None:
         for name, size in self.regions().items():
@@ -157,6 +159,7 @@ class Supervisor:
         self.board = HeartbeatBoard(self.shared.regions["heartbeat"])
         self.tickets = ring.TicketRotation(self.shared.regions[ring.REGION_NAME])
         self.tickets.configure(self.config.tls)
+        self._start_stapler()
         self.observe = ObserveHub(self.shared.regions[metrics.REGION_NAME], self.config, self.snapshot)
         cpus = plan.slot_cpus(self.config.process)
         self.listeners.prepare(self.config.listener, len(cpus))
@@ -164,6 +167,15 @@ class Supervisor:
         self.current = Generation(1, self.config, [Slot(i, cpu) for i, cpu in enumerate(cpus)])
         self.reload["generation"] = 1
         log.info("supervisor %d starting generation 1 with %d workers", os.getpid(), len(cpus))
+
+    def _start_stapler(self) -> None:
+        """OCSP responses in their region, which workers forked from now on inherit."""
+        if stapling.REGION_NAME not in self.shared.regions:  # upgrading from an image without stapling
+            self.shared.region(stapling.REGION_NAME, stapling.REGION_SIZE)
+        region = self.shared.regions[stapling.REGION_NAME]
+        stapling.use_region(region)
+        self.stapler = OcspStapler(region)
+        self.stapler.configure(self.config)
 
     # -------------------------------------------------------------- loop
     def _loop(self) -> None:
@@ -178,6 +190,8 @@ class Supervisor:
             self._manage(now)
             if self.tickets is not None:
                 self.tickets.tick(now)
+            if self.stapler is not None:
+                self.stapler.tick(now)
             self.notifier.watchdog(now)
             if self._dirty:
                 self._publish()
@@ -505,6 +519,8 @@ class Supervisor:
                 self.tickets.configure(new.config.tls)  # key files re-read: rotation by replace + HUP
             except ValueError as exc:
                 log.error("ticket keys unchanged: %s", exc)
+        if self.stapler is not None:
+            self.stapler.configure(new.config)  # response files re-read, new certificates fetched
         self.config = new.config
         self.reload.update(covers=self.pending_covers, ok=True, error="", generation=new.number)
         if self.observe is not None:
@@ -668,6 +684,7 @@ class Supervisor:
             self.shared.region(ring.REGION_NAME, ring.REGION_SIZE)
         self.tickets = ring.TicketRotation(self.shared.regions[ring.REGION_NAME])
         self.tickets.configure(self.config.tls, adopted=True)
+        self._start_stapler()
         if metrics.REGION_NAME not in self.shared.regions:  # upgrading from an image without metrics
             self.shared.region(metrics.REGION_NAME, metrics.REGION_SIZE)
         self.observe = ObserveHub(self.shared.regions[metrics.REGION_NAME], self.config, self.snapshot)

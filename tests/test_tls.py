@@ -27,7 +27,16 @@ from cryptography import x509
 
 from appliance.tls.contexts import CRL_CHECK_INTERVAL
 from tests.support import wait_for
-from tests.support.tls import TEAM_OID, Certs, client_context, https_get, make_certs, s_client, write_crl
+from tests.support.tls import (
+    TEAM_OID,
+    Certs,
+    client_context,
+    https_get,
+    make_certs,
+    s_client,
+    s_client_handshake,
+    write_crl,
+)
 from tests.support_proc import Rproxyd, config_text, demo_origin
 
 pytestmark = pytest.mark.timeout(120)
@@ -613,3 +622,35 @@ def _negotiated_cipher(port: int, certs: Certs) -> str:
     with socket.create_connection(("127.0.0.1", port), 5) as raw, \
             ctx.wrap_socket(raw, server_hostname="a.test") as sock:
         return sock.cipher()[0]
+
+
+# A TLS 1.2 CBC suite (LUCKY13) that Python's default list offers and the listener's default does not.
+_CBC = "ECDHE-ECDSA-AES128-SHA256"
+
+
+def test_default_ciphers_are_ecdhe_aead_and_cbc_is_opt_in(proxy: Rproxyd, certs: Certs, tmp_path: Path,
+                                                          origin: int) -> None:
+    port = _port(proxy)
+    assert "Cipher is ECDHE-ECDSA-AES128-GCM-SHA256" in s_client_handshake(
+        port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert "Cipher is ECDHE-ECDSA-CHACHA20-POLY1305" in s_client_handshake(
+        port, "-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305")
+    assert f"Cipher is {_CBC}" not in s_client_handshake(port, "-tls1_2", "-cipher", _CBC)
+    opt_in = Rproxyd(tmp_path, _tls_config(tmp_path, certs, origin,
+                                           'ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES"'))
+    try:
+        assert f"Cipher is {_CBC}" in s_client_handshake(_port(opt_in), "-tls1_2", "-cipher", _CBC)
+    finally:
+        opt_in.stop()
+
+
+@pytest.mark.parametrize(("options", "alert"), [
+    (("-tls1_2", "-cipher", _CBC), "alert handshake failure"),  # no common cipher
+    (("-tls1_3", "-ciphersuites", "TLS_AES_128_CCM_SHA256"), "alert handshake failure"),  # no common suite
+    (("-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"), "alert protocol version"),  # below min_version
+])
+def test_a_failed_handshake_sends_its_alert(proxy: Rproxyd, options: tuple[str, ...], alert: str) -> None:
+    """As nginx does, and not an unexpected EOF: uvloop closed without flushing the alert."""
+    out = s_client_handshake(_port(proxy), *options)
+    assert alert in out and "unexpected eof" not in out, out
+    assert "Cipher is ECDHE" in s_client_handshake(_port(proxy), "-tls1_2")  # still serving

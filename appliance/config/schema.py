@@ -120,10 +120,24 @@ class ListenerTlsConfig:
     min_version: str = key("TLSv1.2", kind=STR, choices=TLS_VERSIONS, doc="Oldest protocol accepted.")
     max_version: str = key("TLSv1.3", kind=STR, choices=TLS_VERSIONS, doc="Newest protocol accepted.")
     ciphers: str = key(
-        "", kind=STR,
-        doc="OpenSSL cipher list for TLS 1.2 and older; empty: Python's secure default.",
+        "ECDHE+AESGCM:ECDHE+CHACHA20", kind=STR,
+        doc="OpenSSL cipher list for TLS 1.2 and older (TLS 1.3 suites are `ciphersuites`). The "
+        "default has forward secrecy and AEAD only; CBC suites (which IE 11 on Windows 7 and 8.1 "
+        "needs with an RSA certificate) are an opt-in, e.g. \"ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES\"; "
+        "empty: Python's default list.",
     )
     ciphersuites: str = key("", kind=STR, doc="TLS 1.3 cipher suites; empty: OpenSSL's default.")
+    ocsp_stapling: bool = key(
+        False, kind=BOOL,
+        doc="Staple an OCSP response to every certificate this listener serves (its own and the "
+        "vhosts'): the supervisor fetches it from the certificate's OCSP URL (AIA), verifies it, "
+        "refreshes it half-way to its nextUpdate and shares it with the workers. See docs/tls.md.",
+    )
+    ocsp_stapling_file: list[str] = key(
+        [], kind=PATH_LIST,
+        doc="A DER OCSP response file for each `certificate`, in the same order, stapled instead "
+        "of fetching (as nginx's ssl_stapling_file); re-read on reload.",
+    )
     alpn: list[str] = key(
         ["http/1.1"], kind=STR_LIST,
         doc="ALPN protocols offered, from " + " and ".join(ALPN_PROTOCOLS) + " (h2 is not "
@@ -546,6 +560,11 @@ class VhostConfig:
     )
     certificate_key: list[str] = key(
         [], kind=PATH_LIST, doc="Private key file for each `certificate`; empty: in the certificate file.",
+    )
+    ocsp_stapling_file: list[str] = key(
+        [], kind=PATH_LIST,
+        doc="A DER OCSP response file for each `certificate`, stapled on listeners with "
+        "ocsp_stapling instead of fetching one; re-read on reload.",
     )
     client_verify: str = key(
         "off", kind=STR, choices=CLIENT_VERIFY,

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from appliance.config.schema import Config, ListenerTlsConfig, entries
+from appliance.tls import ocsp
 from appliance.tls.contexts import unknown_ciphersuites
 from appliance.tls.crl import load_crls
 from appliance.tls.keyfiles import read_key_files
@@ -125,6 +126,32 @@ def _check_ciphers(tls: ListenerTlsConfig, where: tuple[str | int, ...]) -> Iter
                f"TLS_AES_128_GCM_SHA256; TLS 1.2 ciphers go in ciphers)")
 
 
+def _check_stapling(config: Config) -> Iterator[Problem]:
+    """Each stapled certificate needs its issuer, and an OCSP URL or a response file that verifies."""
+    for i, listener in entries(config.listener):
+        if len(listener.tls.ocsp_stapling_file) > len(listener.tls.certificate):
+            yield (("listener", i, "tls", "ocsp_stapling_file"), "more files than certificates")
+    for i, vhost in entries(config.vhost):
+        if len(vhost.ocsp_stapling_file) > len(vhost.certificate):
+            yield (("vhost", i, "ocsp_stapling_file"), "more files than certificates")
+    for cert in ocsp.stapled_certificates(config):
+        try:
+            leaf, issuer, url = cert.load()
+        except ocsp.OcspError as exc:
+            yield cert.where, str(exc)
+            continue
+        if cert.file:
+            try:
+                ocsp.verify(Path(cert.file).read_bytes(), leaf, issuer)
+            except OSError as exc:
+                yield cert.file_where, f"cannot read OCSP response {cert.file}: {exc.strerror}"
+            except ocsp.OcspError as exc:
+                yield cert.file_where, f"{cert.file}: not stapled: {exc}"
+        elif not url:
+            yield (cert.where, f"{cert.chain} has no http:// OCSP URL (Authority Information Access) "
+                   "to fetch a response from: give an ocsp_stapling_file or turn ocsp_stapling off")
+
+
 def check_tls(config: Config) -> list[Problem]:
     """Every TLS problem in the configuration, as (key path, message)."""
     problems: list[Problem] = []
@@ -139,6 +166,7 @@ def check_tls(config: Config) -> list[Problem]:
         if _VERSIONS[tls.min_version] > _VERSIONS[tls.max_version]:
             problems.append(((*where, "min_version"), "must not be newer than max_version"))
         problems.extend(_check_ciphers(tls, where))
+    problems.extend(_check_stapling(config))
     for i, vhost in entries(config.vhost):
         where = ("vhost", i)
         problems.extend(_pairs(vhost.certificate, vhost.certificate_key, where))

@@ -24,7 +24,8 @@ from cryptography import x509
 
 from appliance.config.schema import BackendConfig, Config, ListenerTlsConfig, SslHeadersConfig, VhostConfig
 from appliance.shm import SharedRegion
-from appliance.tls import libssl
+from appliance.tls import libssl, stapling
+from appliance.tls.alerts import AlertingSSLObject
 from appliance.tls.crl import load_crls
 from appliance.tls.headers import SslHeaders
 from appliance.tls.ring import TicketRing, private_region, random_key
@@ -51,6 +52,7 @@ def _server_context(tls: ListenerTlsConfig, certs: list[str], keys: list[str]) -
     ctx.minimum_version = _VERSIONS[tls.min_version]
     ctx.maximum_version = _VERSIONS[tls.max_version]
     ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.sslobject_class = AlertingSSLObject  # a failed handshake's alert reaches the client
     if tls.ciphers:
         ctx.set_ciphers(tls.ciphers)
     if tls.ciphersuites:
@@ -60,7 +62,11 @@ def _server_context(tls: ListenerTlsConfig, certs: list[str], keys: list[str]) -
     _load_certificates(ctx, certs, keys)
     # Send the chain as configured (checked by `rproxyd -t`) instead of OpenSSL building one
     # from the trust store on every handshake, as nginx does.
-    libssl.SSL_CTX_ctrl(libssl.ctx_pointer(ctx), libssl.SSL_CTRL_MODE, libssl.SSL_MODE_NO_AUTO_CHAIN, None)
+    pointer = libssl.ctx_pointer(ctx)
+    libssl.SSL_CTX_ctrl(pointer, libssl.SSL_CTRL_MODE, libssl.SSL_MODE_NO_AUTO_CHAIN, None)
+    if tls.ocsp_stapling:
+        # On every context of the listener: OpenSSL asks the one the SNI callback switched to.
+        stapling.install(pointer)
     return ctx
 
 

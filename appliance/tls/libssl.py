@@ -34,6 +34,8 @@ SSL_get_verify_result = _bind(libssl, "SSL_get_verify_result", c_long, c_void_p)
 SSL_get0_param = _bind(libssl, "SSL_get0_param", c_void_p, c_void_p)
 SSL_version = _bind(libssl, "SSL_version", c_int, c_void_p)
 SSL_get_servername = _bind(libssl, "SSL_get_servername", c_char_p, c_void_p, c_int)
+SSL_get_wbio = _bind(libssl, "SSL_get_wbio", c_void_p, c_void_p)
+BIO_ctrl_pending = _bind(libcrypto, "BIO_ctrl_pending", ctypes.c_size_t, c_void_p)
 X509_VERIFY_PARAM_set_flags = _bind(libcrypto, "X509_VERIFY_PARAM_set_flags", c_int, c_void_p, c_ulong)
 # Per-connection application data: the ticket callback leaves a note on the SSL* itself, so
 # it lives and dies with the connection (SSL_get_ex_new_index is a macro over this one).

@@ -167,3 +167,10 @@ def s_client(port: int, version: str, sni: str, sess_in: Path | None = None, ses
     request = f"GET / HTTP/1.1\r\nHost: {host or sni}\r\nConnection: close\r\n\r\n"
     out = subprocess.run(argv, input=request, capture_output=True, text=True, timeout=20).stdout
     return "\nReused, " in out, out
+
+
+def s_client_handshake(port: int, *options: str, sni: str = "a.test") -> str:
+    """openssl s_client's output (stdout and stderr) for one handshake with the given options."""
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", sni, *options]
+    result = subprocess.run(argv, input="", capture_output=True, text=True, timeout=20)
+    return result.stdout + result.stderr
