@@ -221,7 +221,7 @@ class Bench:
         if self.work.exists():
             shutil.rmtree(self.work)
         (self.work / "logs").mkdir(parents=True)
-        self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"]
+        self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "nghttp", "openssl", "taskset"]
                                   + (["perf"] if args.breakdown or args.syscalls else []))
         self.cpus: CpuPlan = plan_cpus(args.workers)
         log(self.cpus.note)
@@ -337,9 +337,7 @@ class Bench:
             res = load.run_h2load_rate(self.cpus, url, self.a.latency_rate, sc.conns, seconds,
                                        self.work / f"h2load-{proxy}.log")
         elif sc.kind == "h2":
-            scheme = "https" if sc.h2_listener == "h2_tls" else "http"
-            url = f"{scheme}://127.0.0.1:{svc.extra_ports[sc.h2_listener]}{sc.path}"
-            res = load.run_h2load(self.cpus, url, sc.conns, sc.streams, seconds,
+            res = load.run_h2load(self.cpus, self._h2_url(sc, svc), sc.conns, sc.streams, seconds,
                                   self.grpc_request if sc.grpc else None,
                                   proxies.GRPC_REQUEST_HEADERS if sc.grpc else ())
         elif sc.kind == "tls":
@@ -358,6 +356,11 @@ class Bench:
         else:  # pragma: no cover
             raise ValueError(sc.kind)
         return res
+
+    @staticmethod
+    def _h2_url(sc: Scenario, svc: Service) -> str:
+        scheme = "https" if sc.h2_listener == "h2_tls" else "http"
+        return f"{scheme}://127.0.0.1:{svc.extra_ports[sc.h2_listener]}{sc.path}"
 
     def run_scenario(self, sc: Scenario) -> None:
         log(f"scenario {sc.name}: {sc.title}")
@@ -385,6 +388,14 @@ class Bench:
             elif sc.kind == "h2" and sc.h2_listener not in svcs[p].extra_ports:
                 status[p] = "unsupported"
                 notes[p] = self.notes.get(f"{p}_h2", f"no {sc.h2_listener} listener")
+        if sc.grpc:
+            # h2load counts HTTP 200s; a gRPC call succeeded only with its grpc-status trailer.
+            for p in (p for p in order if p not in status):
+                got = load.grpc_call_status(self._h2_url(sc, svcs[p]), self.grpc_request,
+                                            proxies.GRPC_REQUEST_HEADERS)
+                if got != "0":
+                    status[p], notes[p] = "failed", f"a gRPC call ended without grpc-status 0 ({got})"
+                    self.failures.append(f"{sc.name}/{p}: {notes[p]}")
         active = [p for p in order if p not in status]
         try:
             if self.a.warmup > 0 and sc.kind in ("wrk", "rate"):

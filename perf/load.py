@@ -150,6 +150,22 @@ def run_h2load(cpus: CpuPlan, url: str, conns: int, streams: int, seconds: float
     }
 
 
+def grpc_call_status(url: str, body: Path, headers: tuple[str, ...]) -> str:
+    """One gRPC call with nghttp (not timed): its grpc-status, or what came instead."""
+    argv = ["nghttp", "-v", "-n", "-d", str(body)]
+    for h in headers:
+        argv += ["-H", h]
+    try:
+        r = run_capture([*argv, url], timeout=20)
+    except subprocess.TimeoutExpired:
+        return "no answer in 20 s"
+    m = re.search(r"recv \(stream_id=\d+\) grpc-status: (\S+)", r.stdout)
+    if m:
+        return m.group(1)
+    status = re.search(r"recv \(stream_id=\d+\) :status: (\d+)", r.stdout)
+    return f"no grpc-status (HTTP status {status.group(1) if status else 'none'}, nghttp rc {r.returncode})"
+
+
 def _pct(sorted_vals: list[float], p: float) -> float:
     if not sorted_vals:
         return float("nan")
