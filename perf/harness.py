@@ -56,7 +56,8 @@ class Scenario:
     tls_key: str = ""  # tls_ecdsa | tls_rsa
     resumed: bool = False
     # h2 scenarios: requests in flight per connection (h2load -m), the proxies' listener
-    # ("h2c": prior knowledge; "h2_tls": ALPN), and whether each request is a gRPC unary call.
+    # ("h2c": prior knowledge; "h2_tls": ALPN; "grpc": the h2c one, routing gRPC to an h2
+    # backend), and whether each request is a gRPC unary call.
     streams: int = 1
     h2_listener: str = ""
     grpc: bool = False
@@ -138,7 +139,7 @@ SCENARIOS += [
     Scenario("h2_1m", "h2c 1 MiB GET, 4 connections x 4 streams", "h2", "bytes", "/1m", 4, streams=4,
              h2_listener="h2c", target=0.8, target_text="bytes/CPU-s >= 0.8x nginx"),
     Scenario("grpc_unary", "gRPC unary calls (h2c both legs; reference HAProxy), 32 x 10", "h2", "req",
-             proxies.GRPC_PATH, 32, streams=10, h2_listener="h2c", grpc=True),
+             proxies.GRPC_PATH, 32, streams=10, h2_listener="grpc", grpc=True),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 QUICK = ["small_get", "get_1m"]
@@ -387,7 +388,7 @@ class Bench:
                 status[p], notes[p] = "n/a", "the origin has no h2 TLS listener"
             elif sc.kind == "h2" and sc.h2_listener not in svcs[p].extra_ports:
                 status[p] = "unsupported"
-                notes[p] = self.notes.get(f"{p}_h2", f"no {sc.h2_listener} listener")
+                notes[p] = self.notes.get(f"{p}_{sc.h2_listener}", f"no {sc.h2_listener} listener")
         if sc.grpc:
             # h2load counts HTTP 200s; a gRPC call succeeded only with its grpc-status trailer.
             for p in (p for p in order if p not in status):

@@ -202,7 +202,7 @@ def origin_service(work: Path, www: Path, cpus: CpuPlan, nginx: str, workers: in
 }}
 """)
     return Service("origin", cpus.wrap_load([nginx, "-c", str(conf)]), port, work / "logs" / "origin.log",
-                   extra_ports={"h2c": h2c_port})
+                   extra_ports={"h2c": h2c_port, "grpc": h2c_port})
 
 
 def ws_origin_service(work: Path, cpus: CpuPlan) -> Service:
@@ -312,7 +312,7 @@ def nginx_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, ngi
 """)
     return Service("nginx", cpus.wrap_proxy([nginx, "-c", str(conf)]), port, work / "logs" / "nginx.log",
                    extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port, "h2c": h2c_port,
-                                "h2_tls": h2_tls_port})
+                                "h2_tls": h2_tls_port, "grpc": h2c_port})
 
 
 def haproxy_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, haproxy: str,
@@ -368,7 +368,8 @@ backend be
     # -db: foreground, no daemon; without --access-log no `log` lines anywhere, so no access log.
     return Service("haproxy", cpus.wrap_proxy([haproxy, "-f", str(conf), "-db"]), port,
                    work / "logs" / "haproxy.log", extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port,
-                                                               "h2c": h2c_port, "h2_tls": h2_tls_port})
+                                                               "h2c": h2c_port, "h2_tls": h2_tls_port,
+                                                               "grpc": h2c_port})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,19 +423,21 @@ RPROXYD_PROCESS_TEMPLATES = [
 # >>> rproxyd h2 hook (issue 17): the h2 scenarios' listeners and gRPC backend, in the keys the
 # h2 work adds: a plaintext listener with `h2c = true` (prior knowledge), a TLS listener offering
 # `alpn = ["h2", "http/1.1"]`, a backend with `protocol = "h2"` for the origin's h2c listener.
-# When `rproxyd -t` refuses them (an rproxyd without h2), rproxyd's rows in the h2 scenarios say
-# RPROXYD_NO_H2 with the first refusal, and its other scenarios run as before.
+# Each is tried on its own, as they may land one at a time; where `rproxyd -t` refuses one,
+# rproxyd's rows in the scenarios that need it say RPROXYD_NO_H2 with the refusal, and its
+# other scenarios run as before.
 RPROXYD_NO_H2 = "rproxyd on this ref does not speak h2"
-RPROXYD_H2_LISTENERS = """
+RPROXYD_H2C_LISTENER = """
 [[listener]]
 name = "h2c"
-bind = "127.0.0.1:{h2c_port}"
+bind = "127.0.0.1:{port}"
 backlog = {backlog}
 h2c = true
-
+"""
+RPROXYD_H2_TLS_LISTENER = """
 [[listener]]
 name = "h2_tls"
-bind = "127.0.0.1:{h2_tls_port}"
+bind = "127.0.0.1:{port}"
 backlog = {backlog}
 [listener.tls]
 enabled = true
@@ -566,21 +569,35 @@ def rproxyd_service(work: Path, origin_port: int, certs: Certs, cpus: CpuPlan, r
     else:
         notes["tls"] = f"not supported yet: rproxyd's configuration has no TLS listener ({error})"
     if h2:
-        h2_base = rproxyd_base_config(port, origin_port, grpc=True) + phases_table
-        listeners = RPROXYD_H2_LISTENERS.format(h2c_port=h2c_port, h2_tls_port=h2_tls_port, backlog=BACKLOG,
-                                                cert=certs.ec_cert, key=certs.ec_key)
-        ok, out = _config_ok(rproxyd, probe, head + h2_base + tls + listeners + tail, env)
-        if ok:
-            base, tls = h2_base, tls + listeners
-            extra.update({"h2c": h2c_port, "h2_tls": h2_tls_port})
+        # Keys as in extra_ports: "h2c" and "h2_tls" the listeners, "grpc" the h2c one with the
+        # gRPC route to an h2 backend.
+        h2_tls = RPROXYD_H2_TLS_LISTENER.format(port=h2_tls_port, backlog=BACKLOG, cert=certs.ec_cert,
+                                                key=certs.ec_key)
+        pieces = {"h2c": (h2c_port, RPROXYD_H2C_LISTENER.format(port=h2c_port, backlog=BACKLOG)),
+                  "h2_tls": (h2_tls_port, h2_tls)}
+        for piece, (piece_port, text) in pieces.items():
+            ok, out = _config_ok(rproxyd, probe, head + base + tls + text + tail, env)
+            if ok:
+                tls += text
+                extra[piece] = piece_port
+            else:
+                notes[piece] = f"{RPROXYD_NO_H2} ({_first_problem(out)})"
+        if "h2c" in extra:
+            grpc_base = rproxyd_base_config(port, origin_port, grpc=True) + phases_table
+            ok, out = _config_ok(rproxyd, probe, head + grpc_base + tls + tail, env)
+            if ok:
+                base = grpc_base
+                extra["grpc"] = h2c_port
+            else:
+                notes["grpc"] = f"{RPROXYD_NO_H2} to backends ({_first_problem(out)})"
         else:
-            notes["h2"] = f"{RPROXYD_NO_H2} ({_first_problem(out)})"
+            notes["grpc"] = notes["h2c"]
     conf.write_text(head + base + tls + tail)
     ok, out = _config_ok(rproxyd, probe, head + base + tls + tail, env)
     if not ok:
         raise RuntimeError(f"rproxyd rejects the benchmark configuration: {out}")
     log(f"rproxyd config {conf}" + (" with TLS listeners" if tls else " (no TLS listeners)")
-        + (" and h2 listeners" if "h2c" in extra else ""))
+        + "".join(f", {piece}" for piece in ("h2c", "h2_tls", "grpc") if piece in extra))
     svc = Service(name, cpus.wrap_proxy([*rproxyd, "-c", str(conf)]), port,
                   work / "logs" / f"{name}.log", extra_ports=extra, env=env)
     return svc, notes
