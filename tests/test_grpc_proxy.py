@@ -15,7 +15,6 @@ what rproxyd itself accepts, and lifts by itself once h2 lands.
 from __future__ import annotations
 
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import grpc
 import pytest
 
 from appliance.config import loader
-from tests.support import Proxy, free_port, wait_for
+from tests.support import Proxy, ScriptedBackend, curl, free_port, wait_for
 from tests.support.grpc_origin import FAIL_MESSAGE, METHODS, SERVICE, GrpcClient, GrpcOrigin
 from tests.support.tls import Certs, make_certs
 
@@ -152,25 +151,47 @@ def test_origin_status_and_message_pass_through(make_proxy, certs, origins, clie
     assert failed.value.details() == FAIL_MESSAGE
 
 
-def test_grpc_timeout_bounds_the_upstream_wait(make_proxy, certs, origins, tmp_path):
-    """curl sends grpc-timeout and enforces no deadline itself: the answer DEADLINE_EXCEEDED comes
-    from rproxyd, which also cancels the call at the origin (it would sleep 30 s)."""
+def test_cancel_reaches_the_origin(make_proxy, certs, origins):
+    """A client's RST_STREAM (CANCEL) on a call without a deadline is passed on: the origin's call
+    is cancelled, not left running."""
     origin = origins["plaintext"]
     front = GrpcProxy(make_proxy, certs, origin.address)
-    body = tmp_path / "sleep30.bin"
-    body.write_bytes(b"\0" + (2).to_bytes(4, "big") + b"30")
-    heads = tmp_path / "heads.txt"
-    done = subprocess.run(
-        ["curl", "-sS", "--http2-prior-knowledge", "-m", "20", "-D", str(heads), "-o", str(tmp_path / "out"),
-         "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
-         "--data-binary", f"@{body}", f"http://127.0.0.1:{front.h2c_port}{METHODS['Sleep']}"],
-        capture_output=True, timeout=30, check=False)
-    assert done.returncode == 0, done.stderr
-    lines = heads.read_text().lower().splitlines()
-    assert lines[0].startswith("http/2 200")
-    assert "content-type: application/grpc" in lines
-    assert "grpc-status: 4" in lines  # DEADLINE_EXCEEDED
-    wait_for(lambda: "cancelled Sleep" in origin.event_lines(), 10, "the origin to see the call cancelled")
+    started, cancelled = origin.count("started Sleep"), origin.count("cancelled Sleep")
+    with front.client(False) as client:
+        call = client.channel.unary_unary(METHODS["Sleep"]).future(b"30")  # no deadline, no grpc-timeout
+        wait_for(lambda: origin.count("started Sleep") > started, 10, "the origin to start the call")
+        call.cancel()
+        wait_for(lambda: origin.count("cancelled Sleep") > cancelled, 10, "the origin to see the cancel")
+
+
+def _never_answer(conn, backend) -> None:
+    """An h2 backend that accepts, reads everything and never writes a byte (not even SETTINGS)."""
+    while conn.recv(65536):
+        pass
+
+
+def test_grpc_timeout_bounds_the_upstream_wait(make_proxy, certs, tmp_path):
+    """A backend that never answers, a read_timeout of 60 s, and a client (curl) that sends
+    grpc-timeout: 300m but enforces no deadline itself: only rproxyd's bound can end the call,
+    which it answers DEADLINE_EXCEEDED, trailers-only (within curl's 20 s, or curl fails)."""
+    silent = ScriptedBackend(_never_answer)
+    try:
+        front = GrpcProxy(make_proxy, certs, silent.address)
+        body = tmp_path / "call.bin"
+        body.write_bytes(b"\0" + (5).to_bytes(4, "big") + b"hello")
+        heads = tmp_path / "heads.txt"
+        done = curl("--http2-prior-knowledge", "-m", "20", "-D", str(heads), "-o", str(tmp_path / "out"),
+                    "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
+                    "--data-binary", f"@{body}", f"http://127.0.0.1:{front.h2c_port}{METHODS['Unary']}",
+                    timeout=30)
+        assert done.returncode == 0, done.stderr
+        lines = heads.read_text().lower().splitlines()
+        assert lines[0].startswith("http/2 200")
+        assert "content-type: application/grpc" in lines
+        assert "grpc-status: 4" in lines  # DEADLINE_EXCEEDED
+        assert silent.connections >= 1  # the wait was for the backend, not for a connection
+    finally:
+        silent.stop()
 
 
 @pytest.mark.parametrize("client_tls", [False, True], ids=["h2c", "tls-alpn"])

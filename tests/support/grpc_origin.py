@@ -10,8 +10,9 @@ The service is `test.Echo`, served by a generic handler with bytes in and out (n
 - `Fail`: ends with FAILED_PRECONDITION and FAIL_MESSAGE (a '%' and non-ASCII, percent-encoded
   on the wire);
 - `Sleep`: the request is seconds in ASCII; sleeps them unless the call is cancelled, then
-  answers b"slept". A cancelled call (a client's or a proxy's deadline) is written to the
-  event log as "cancelled Sleep", so a test can see the origin was told.
+  answers b"slept". The event log gets "started Sleep", and "cancelled Sleep" for a call
+  cancelled (RST_STREAM) or past its deadline (grpcio enforces a grpc-timeout it receives), so a
+  test can see the origin was told.
 
 Run: `python -m tests.support.grpc_origin PORT EVENTS [CERT KEY]` (TLS with a certificate);
 it prints "ready" once it serves. `GrpcOrigin` starts and stops it.
@@ -68,6 +69,7 @@ class _Echo:
     def sleep(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         done = threading.Event()
         context.add_callback(done.set)  # runs when the call ends, cancelled or not
+        self.event("started Sleep")
         if done.wait(float(request)):
             self.event("cancelled Sleep")
             return b""
@@ -118,8 +120,9 @@ class GrpcOrigin:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def event_lines(self) -> list[str]:
-        return self.events.read_text().splitlines()
+    def count(self, event: str) -> int:
+        """How many times the origin logged `event` ("started Sleep", "cancelled Sleep")."""
+        return self.events.read_text().splitlines().count(event)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
