@@ -47,7 +47,7 @@ ONLY_IN_OWN_SCENARIOS = ("tls_floor", *RPROXYD_VARIANTS)
 class Scenario:
     name: str
     title: str
-    kind: str  # wrk | rate | tls | idle | burst | ws (echo) | tunnel (bulk)
+    kind: str  # wrk | rate | tls | idle | burst | ws (echo) | tunnel (bulk) | h2 (h2load)
     metric: str  # req | bytes | p99 | rss | stall
     path: str = "/small"
     conns: int = 64
@@ -55,6 +55,12 @@ class Scenario:
     close: bool = False
     tls_key: str = ""  # tls_ecdsa | tls_rsa
     resumed: bool = False
+    # h2 scenarios: requests in flight per connection (h2load -m), the proxies' listener
+    # ("h2c": prior knowledge; "h2_tls": ALPN; "grpc": the h2c one, routing gRPC to an h2
+    # backend), and whether each request is a gRPC unary call.
+    streams: int = 1
+    h2_listener: str = ""
+    grpc: bool = False
     target: float | None = None  # minimum ratio (req/bytes), maximum (p99, stall), or KiB (rss)
     target_text: str = ""
     # rproxyd-only scenarios: the variant measured against plain rproxyd in the same run, and
@@ -121,6 +127,19 @@ SCENARIOS += [
              target=0.5, target_text="messages/CPU-s >= 0.5x nginx"),
     Scenario("tunnel_1g", "1 GiB through one WebSocket tunnel", "tunnel", "bytes", "/ws/sink", 1,
              target=1.0, target_text="bytes/CPU-s >= 1.0x nginx"),
+]
+# HTTP/2 (issue 17), h2load against each proxy's h2 listeners. Backends: the HTTP/1.1 origin for
+# plain requests (the proxies turn h2 streams into HTTP/1.1 requests), the origin's h2c listener
+# for gRPC (h2 on both legs), which answers every call from a file with its trailers.
+SCENARIOS += [
+    Scenario("h2_small", "h2c small GET (100 B), 32 connections x 10 streams", "h2", "req", "/100b", 32,
+             streams=10, h2_listener="h2c", target=0.5, target_text="req/CPU-s >= 0.5x nginx"),
+    Scenario("h2_small_tls", "h2 small GET over TLS (ALPN), 32 connections x 10 streams", "h2", "req",
+             "/100b", 32, streams=10, h2_listener="h2_tls"),
+    Scenario("h2_1m", "h2c 1 MiB GET, 4 connections x 4 streams", "h2", "bytes", "/1m", 4, streams=4,
+             h2_listener="h2c", target=0.8, target_text="bytes/CPU-s >= 0.8x nginx"),
+    Scenario("grpc_unary", "gRPC unary calls (h2c both legs; reference HAProxy), 32 x 10", "h2", "req",
+             proxies.GRPC_PATH, 32, streams=10, h2_listener="grpc", grpc=True),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 QUICK = ["small_get", "get_1m"]
@@ -203,7 +222,7 @@ class Bench:
         if self.work.exists():
             shutil.rmtree(self.work)
         (self.work / "logs").mkdir(parents=True)
-        self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"]
+        self.paths = ensure_tools(["nginx", "haproxy", "wrk", "h2load", "nghttp", "openssl", "taskset"]
                                   + (["perf"] if args.breakdown or args.syscalls else []))
         self.cpus: CpuPlan = plan_cpus(args.workers)
         log(self.cpus.note)
@@ -213,6 +232,7 @@ class Bench:
             proxies.ACCESS_LOG_DIR = self.work / "logs"
             self.notes["access_log"] = "on for every proxy (perf/run --access-log)"
         self.certs = proxies.make_certs(self.work)
+        self.grpc_request = proxies.grpc_request_file(self.work)
         rp = Path(sys.executable).with_name("rproxyd")
         self.rproxyd = [str(rp)] if rp.exists() else [sys.executable, "-m", "appliance"]
         self.rproxyd_env: dict | None = None
@@ -240,7 +260,8 @@ class Bench:
         self.origin = proxies.origin_service(self.work, self.www, self.cpus, self.paths["nginx"],
                                              self.a.workers)
         self.origin.start()
-        log(f"origin nginx on 127.0.0.1:{self.origin.port}")
+        proxies.ORIGIN_H2C_PORT = self.origin.extra_ports["h2c"]
+        log(f"origin nginx on 127.0.0.1:{self.origin.port} (h2c: {proxies.ORIGIN_H2C_PORT})")
         if self.ws_origin is None or not self.ws_origin.alive():
             self.ws_origin = proxies.ws_origin_service(self.work, self.cpus)
             self.ws_origin.start()
@@ -258,7 +279,7 @@ class Bench:
             svcs["haproxy"] = proxies.haproxy_service(w, o, c, self.cpus, self.paths["haproxy"], n)
         if "rproxyd" in wanted:
             svcs["rproxyd"], notes = proxies.rproxyd_service(w, o, c, self.cpus, self.rproxyd, n,
-                                                             self.rproxyd_env)
+                                                             self.rproxyd_env, h2=sc.kind == "h2")
             self.notes.update({f"rproxyd_{k}": v for k, v in notes.items()})
         for variant, options in RPROXYD_VARIANTS.items():
             if variant in wanted:
@@ -316,6 +337,10 @@ class Bench:
         elif sc.kind == "rate":
             res = load.run_h2load_rate(self.cpus, url, self.a.latency_rate, sc.conns, seconds,
                                        self.work / f"h2load-{proxy}.log")
+        elif sc.kind == "h2":
+            res = load.run_h2load(self.cpus, self._h2_url(sc, svc), sc.conns, sc.streams, seconds,
+                                  self.grpc_request if sc.grpc else None,
+                                  proxies.GRPC_REQUEST_HEADERS if sc.grpc else ())
         elif sc.kind == "tls":
             res = load.run_s_time(self.cpus, svc.extra_ports[sc.tls_key], seconds, sc.resumed,
                                   self.a.tls_clients, sc.path)
@@ -332,6 +357,11 @@ class Bench:
         else:  # pragma: no cover
             raise ValueError(sc.kind)
         return res
+
+    @staticmethod
+    def _h2_url(sc: Scenario, svc: Service) -> str:
+        scheme = "https" if sc.h2_listener == "h2_tls" else "http"
+        return f"{scheme}://127.0.0.1:{svc.extra_ports[sc.h2_listener]}{sc.path}"
 
     def run_scenario(self, sc: Scenario) -> None:
         log(f"scenario {sc.name}: {sc.title}")
@@ -354,6 +384,19 @@ class Bench:
             elif sc.kind == "tls" and sc.tls_key not in svcs[p].extra_ports:
                 status[p] = "unsupported"
                 notes[p] = self.notes.get(f"{p}_tls", "no TLS listener")
+            elif sc.kind == "h2" and p == "direct" and sc.h2_listener not in svcs[p].extra_ports:
+                status[p], notes[p] = "n/a", "the origin has no h2 TLS listener"
+            elif sc.kind == "h2" and sc.h2_listener not in svcs[p].extra_ports:
+                status[p] = "unsupported"
+                notes[p] = self.notes.get(f"{p}_{sc.h2_listener}", f"no {sc.h2_listener} listener")
+        if sc.grpc:
+            # h2load counts HTTP 200s; a gRPC call succeeded only with its grpc-status trailer.
+            for p in (p for p in order if p not in status):
+                got = load.grpc_call_status(self._h2_url(sc, svcs[p]), self.grpc_request,
+                                            proxies.GRPC_REQUEST_HEADERS)
+                if got != "0":
+                    status[p], notes[p] = "failed", f"a gRPC call ended without grpc-status 0 ({got})"
+                    self.failures.append(f"{sc.name}/{p}: {notes[p]}")
         active = [p for p in order if p not in status]
         try:
             if self.a.warmup > 0 and sc.kind in ("wrk", "rate"):
@@ -361,6 +404,10 @@ class Bench:
                     with contextlib.suppress(Exception):
                         load.run_wrk(self.cpus, f"http://127.0.0.1:{svcs[p].port}{sc.path}", sc.conns,
                                      self.a.warmup, load.wrk_script(self.work, sc.body, sc.close), sc.body)
+            if self.a.warmup > 0 and sc.kind == "h2":
+                for p in active:
+                    with contextlib.suppress(Exception):
+                        self.run_load(sc, p, svcs[p], self.a.warmup)
             # Repeats are interleaved across proxies so drift on the machine hits all of them alike.
             for rep in range(self.a.repeats):
                 if sc.kind == "idle" and rep:

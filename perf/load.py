@@ -1,5 +1,5 @@
-"""Load generators: wrk (throughput), h2load (fixed offered rate), openssl s_time (TLS), idle client,
-slow header senders with a latency probe (timeout bursts).
+"""Load generators: wrk (throughput), h2load (fixed offered rate; h2 throughput), openssl s_time
+(TLS), idle client, slow header senders with a latency probe (timeout bursts).
 
 Each returns a dict of raw figures for one run: requests, bytes, seconds, errors, p50_ms, p99_ms,
 plus generator-specific extras. The harness wraps every call with /proc CPU snapshots.
@@ -105,6 +105,65 @@ def run_h2load_rate(cpus: CpuPlan, url: str, rate: int, clients: int, seconds: f
         "p99_ms": _pct(durations, 99),
         "offered_rps": per_client * clients,
     }
+
+
+def run_h2load(cpus: CpuPlan, url: str, conns: int, streams: int, seconds: float, body: Path | None = None,
+               headers: tuple[str, ...] = ()) -> dict:
+    """h2 throughput: `conns` connections with `streams` requests in flight on each, for `seconds`.
+
+    An http:// URL is h2c by prior knowledge, an https:// one h2 negotiated by ALPN; a run that
+    did not speak h2 (the server chose HTTP/1.1) is an error, not a figure. With `body`, every
+    request is a POST of that file (`-d`: the gRPC scenario's message).
+    """
+    argv = ["h2load", "-t1", f"-c{conns}", f"-m{streams}", f"-D{max(1, round(seconds))}"]
+    if body is not None:
+        argv += ["-d", str(body)]
+    for h in headers:
+        argv += ["-H", h]
+    r = run_capture(cpus.wrap_load([*argv, url]), timeout=seconds + 60)
+    # h2load names the protocol it spoke: h2c by prior knowledge on plaintext, what ALPN chose on TLS.
+    proto = re.search(r"Application protocol: (\S+)", r.stdout)
+    if not proto or proto.group(1) != ("h2c" if url.startswith("http:") else "h2"):
+        raise RuntimeError(f"h2load did not speak h2 (rc {r.returncode}): "
+                           f"{(r.stdout + r.stderr).strip()[-300:]}")
+    fin = re.search(r"finished in ([\d.]+)(m?s),", r.stdout)
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", r.stdout)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", r.stdout)
+    traffic = re.search(r"traffic: .*?\((\d+)\) total", r.stdout)
+    if not (fin and m and codes and traffic):
+        raise RuntimeError(f"h2load gave no report (rc {r.returncode}): {r.stdout.strip()[-300:]}")
+    secs = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
+    errors = {k: int(m.group(i)) for k, i in (("failed", 5), ("errored", 6), ("timeout", 7))
+              if int(m.group(i))}
+    non_2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
+    if non_2xx:
+        errors["non_2xx"] = non_2xx
+    return {
+        # Requests answered 2xx: h2load counts a 5xx as succeeded.
+        "requests": int(codes.group(1)),
+        "bytes": int(traffic.group(1)),
+        "seconds": secs,
+        "errors": errors,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
+
+
+def grpc_call_status(url: str, body: Path, headers: tuple[str, ...]) -> str:
+    """One gRPC call with nghttp (not timed): its grpc-status, or what came instead."""
+    argv = ["nghttp", "-v", "-n", "-d", str(body)]
+    for h in headers:
+        argv += ["-H", h]
+    try:
+        r = run_capture([*argv, url], timeout=20)
+    except subprocess.TimeoutExpired:
+        return "no answer in 20 s"
+    m = re.search(r"recv \(stream_id=\d+\) grpc-status: (\S+)", r.stdout)
+    if m:
+        return m.group(1)
+    status = re.search(r"recv \(stream_id=\d+\) :status: (\d+)", r.stdout)
+    return f"no grpc-status (HTTP status {status.group(1) if status else 'none'}, nghttp rc {r.returncode})"
 
 
 def _pct(sorted_vals: list[float], p: float) -> float:

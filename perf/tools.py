@@ -20,7 +20,7 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 # Debian package for each tool the harness drives.
 PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client",
-            "openssl": "openssl", "taskset": "util-linux", "perf": "linux-perf"}
+            "nghttp": "nghttp2-client", "openssl": "openssl", "taskset": "util-linux", "perf": "linux-perf"}
 _SBIN = ("/usr/sbin", "/sbin")
 
 

@@ -1,0 +1,212 @@
+"""gRPC through rproxyd (issue 17, item 4): grpcio clients and a grpcio origin, h2 on both legs.
+
+The four call types pass through with their metadata and trailers, from an h2c (prior
+knowledge) or a TLS (ALPN h2) listener to a plaintext or TLS h2 backend; an origin's status and
+message arrive intact; grpc-timeout bounds the upstream wait; errors rproxyd generates for a
+gRPC request are trailers-only gRPC responses (UNAVAILABLE for a backend that is down,
+UNIMPLEMENTED for a path no route takes), not text.
+
+These need h2 from clients and to backends. On a ref whose configuration loader refuses the
+h2 keys (listener `h2c`, backend `protocol`, "h2" in a TLS listener's `alpn`) the module is
+skipped and says what was refused: the loader is what `rproxyd -t` runs, so the skip follows
+what rproxyd itself accepts, and lifts by itself once h2 lands.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from appliance.config import loader
+from tests.support import Proxy, ScriptedBackend, curl, free_port, wait_for
+from tests.support.grpc_origin import FAIL_MESSAGE, METHODS, SERVICE, GrpcClient, GrpcOrigin
+from tests.support.tls import Certs, make_certs
+
+# The h2 keys these tests use, as rproxyd's configuration loader (what `rproxyd -t` runs) sees
+# them: a refusal of any of them means this rproxyd does not speak h2. Other problems (the
+# placeholder certificate) are not about h2 and do not count.
+H2_PROBE = """
+[[listener]]
+name = "h2c"
+bind = "127.0.0.1:1"
+h2c = true
+
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:2"
+[listener.tls]
+enabled = true
+certificate = "placeholder.pem"
+alpn = ["h2", "http/1.1"]
+
+[backend.grpc]
+servers = ["127.0.0.1:3"]
+protocol = "h2"
+
+[[vhost]]
+name = "default"
+hosts = ["*"]
+[[vhost.route]]
+path = "/"
+backend = "grpc"
+"""
+
+
+def _h2_refusals() -> list[str]:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "h2.toml"
+        path.write_text(H2_PROBE)
+        try:
+            loader.load(path)
+        except loader.ConfigError as exc:
+            return [problem.split(": ", 1)[-1] for problem in exc.problems
+                    if re.search(r"\.(h2c|protocol|alpn): ", problem)]
+    return []
+
+
+REFUSALS = "; ".join(_h2_refusals())
+pytestmark = pytest.mark.skipif(bool(REFUSALS), reason=f"rproxyd on this ref does not speak h2: {REFUSALS}")
+
+LISTENERS = """
+[[listener]]
+name = "h2c"
+bind = "127.0.0.1:{h2c_port}"
+h2c = true
+
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:{tls_port}"
+[listener.tls]
+enabled = true
+certificate = "{certificate}"
+alpn = ["h2", "http/1.1"]
+"""
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def origins(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GrpcOrigin]]:
+    """A plaintext and a TLS grpcio origin (certificate for a.test)."""
+    pem = Path(certs.path("a.test.pem"))
+    events = tmp_path_factory.mktemp("grpc")
+    started = {"plaintext": GrpcOrigin(free_port(), events / "plaintext.log"),
+               "tls": GrpcOrigin(free_port(), events / "tls.log", pem, pem)}
+    yield started
+    for origin in started.values():
+        origin.stop()
+
+
+class GrpcProxy:
+    """rproxyd with an h2c listener and a TLS listener offering h2, routing test.Echo to one h2 backend."""
+
+    def __init__(self, make_proxy, certs: Certs, backend: str, backend_tls: bool = False) -> None:
+        self.certs = certs
+        self.h2c_port, self.tls_port = free_port(), free_port()
+        options = 'protocol = "h2"\n'
+        if backend_tls:
+            options += f'tls = true\ntls_ca = "{certs.path("ca.pem")}"\ntls_sni = "a.test"\n'
+        self.proxy: Proxy = make_proxy(
+            backends={"grpc": [backend]}, routes=[(f"/{SERVICE}/", "grpc")],
+            backend_options=options,
+            extra=LISTENERS.format(h2c_port=self.h2c_port, tls_port=self.tls_port,
+                                   certificate=certs.path("a.test.pem")))
+
+    def client(self, tls: bool) -> GrpcClient:
+        if tls:
+            return GrpcClient(f"127.0.0.1:{self.tls_port}", self.certs.ca.cert_pem.bytes(), "a.test")
+        return GrpcClient(f"127.0.0.1:{self.h2c_port}")
+
+
+@pytest.mark.parametrize("origin_kind", ["plaintext", "tls"])
+@pytest.mark.parametrize("client_tls", [False, True], ids=["h2c", "tls-alpn"])
+def test_four_call_types_pass_through(make_proxy, certs, origins, client_tls, origin_kind):
+    origin = origins[origin_kind]
+    front = GrpcProxy(make_proxy, certs, origin.address, backend_tls=origin_kind == "tls")
+    with front.client(client_tls) as client:
+        answer, call = client.unary(b"hello", metadata=(("x-request", "r1"),))
+        assert answer == b"hello"
+        assert call.code() == grpc.StatusCode.OK
+        assert ("x-origin", "grpc") in call.initial_metadata()
+        assert ("x-trailer", "unary") in call.trailing_metadata()  # an origin's own trailer
+        assert client.server_stream(50) == [str(i).encode() for i in range(50)]
+        assert client.client_stream([b"a", b"b" * 100_000, b"c"]) == b"a|" + b"b" * 100_000 + b"|c"
+        assert client.bidi([b"x", b"yz", b"w"]) == [b"X", b"YZ", b"W"]
+
+
+@pytest.mark.parametrize("client_tls", [False, True], ids=["h2c", "tls-alpn"])
+def test_origin_status_and_message_pass_through(make_proxy, certs, origins, client_tls):
+    front = GrpcProxy(make_proxy, certs, origins["plaintext"].address)
+    with front.client(client_tls) as client, pytest.raises(grpc.RpcError) as failed:
+        client.unary(b"", method="Fail")
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert failed.value.details() == FAIL_MESSAGE
+
+
+def test_cancel_reaches_the_origin(make_proxy, certs, origins):
+    """A client's RST_STREAM (CANCEL) on a call without a deadline is passed on: the origin's call
+    is cancelled, not left running."""
+    origin = origins["plaintext"]
+    front = GrpcProxy(make_proxy, certs, origin.address)
+    started, cancelled = origin.count("started Sleep"), origin.count("cancelled Sleep")
+    with front.client(False) as client:
+        call = client.channel.unary_unary(METHODS["Sleep"]).future(b"30")  # no deadline, no grpc-timeout
+        wait_for(lambda: origin.count("started Sleep") > started, 10, "the origin to start the call")
+        call.cancel()
+        wait_for(lambda: origin.count("cancelled Sleep") > cancelled, 10, "the origin to see the cancel")
+
+
+def _never_answer(conn, backend) -> None:
+    """An h2 backend that accepts, reads everything and never writes a byte (not even SETTINGS)."""
+    while conn.recv(65536):
+        pass
+
+
+def test_grpc_timeout_bounds_the_upstream_wait(make_proxy, certs, tmp_path):
+    """A backend that never answers, a read_timeout of 60 s, and a client (curl) that sends
+    grpc-timeout: 300m but enforces no deadline itself: only rproxyd's bound can end the call,
+    which it answers DEADLINE_EXCEEDED, trailers-only (within curl's 20 s, or curl fails)."""
+    silent = ScriptedBackend(_never_answer)
+    try:
+        front = GrpcProxy(make_proxy, certs, silent.address)
+        body = tmp_path / "call.bin"
+        body.write_bytes(b"\0" + (5).to_bytes(4, "big") + b"hello")
+        heads = tmp_path / "heads.txt"
+        done = curl("--http2-prior-knowledge", "-m", "20", "-D", str(heads), "-o", str(tmp_path / "out"),
+                    "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
+                    "--data-binary", f"@{body}", f"http://127.0.0.1:{front.h2c_port}{METHODS['Unary']}",
+                    timeout=30)
+        assert done.returncode == 0, done.stderr
+        lines = heads.read_text().lower().splitlines()
+        assert lines[0].startswith("http/2 200")
+        assert "content-type: application/grpc" in lines
+        assert "grpc-status: 4" in lines  # DEADLINE_EXCEEDED
+        assert silent.connections >= 1  # the wait was for the backend, not for a connection
+    finally:
+        silent.stop()
+
+
+@pytest.mark.parametrize("client_tls", [False, True], ids=["h2c", "tls-alpn"])
+def test_backend_down_is_unavailable(make_proxy, certs, client_tls):
+    front = GrpcProxy(make_proxy, certs, f"127.0.0.1:{free_port()}")  # nothing listens there
+    with front.client(client_tls) as client, pytest.raises(grpc.RpcError) as failed:
+        client.unary(b"hello")
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    # rproxyd's trailers-only answer, not the client's own connect failure (the client reached rproxyd).
+    assert failed.value.details() in ("Bad Gateway", "Service Unavailable")
+
+
+def test_no_route_is_unimplemented(make_proxy, certs, origins):
+    front = GrpcProxy(make_proxy, certs, origins["plaintext"].address)
+    with front.client(False) as client, pytest.raises(grpc.RpcError) as failed:
+        client.unary(b"hello", method="/other.Service/Call")
+    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert failed.value.details() == "Not Found"
