@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from appliance.config.schema import Config
+from appliance.config.schema import Config, entries
 
 FETCH_TIMEOUT = 10.0  # seconds for one responder request
 CLOCK_SKEW = datetime.timedelta(minutes=5)  # a thisUpdate this far ahead of our clock still counts
@@ -59,7 +59,8 @@ class StapledCertificate:
 def stapled_certificates(config: Config) -> list[StapledCertificate]:
     """Every certificate served by a listener with ocsp_stapling, each once (listener's, then vhosts')."""
     found: dict[str, StapledCertificate] = {}
-    stapling = [(i, listener) for i, listener in enumerate(config.listener)
+    # entries(): under `rproxyd -t` an entry too broken to build is None.
+    stapling = [(i, listener) for i, listener in entries(config.listener)
                 if listener.tls.enabled and listener.tls.ocsp_stapling]
     for i, listener in stapling:
         for n, chain in enumerate(listener.tls.certificate):
@@ -68,7 +69,7 @@ def stapled_certificates(config: Config) -> list[StapledCertificate]:
                                                        ("listener", i, "tls", "certificate", n),
                                                        ("listener", i, "tls", "ocsp_stapling_file", n)))
     if stapling:
-        for i, vhost in enumerate(config.vhost):
+        for i, vhost in entries(config.vhost):
             for n, chain in enumerate(vhost.certificate):
                 files = vhost.ocsp_stapling_file
                 found.setdefault(chain, StapledCertificate(chain, files[n] if n < len(files) else "",
