@@ -72,7 +72,9 @@ class RequestHead:
             lines.append(b"Via: %s, %s %s\r\n\r\n" % (exchange.via, exchange.version.encode(), via)
                          if via else b"Via: " + exchange.via + b"\r\n\r\n")
         elif via:
-            lines.append(self._via_line_11 if exchange.version == "1.1" else self._via_line_10)
+            version = exchange.version
+            lines.append(self._via_line_11 if version == "1.1" else self._via_line_10 if version == "1.0"
+                         else b"Via: %s %s\r\n\r\n" % (version.encode(), via))  # an HTTP/2 stream
         else:
             lines.append(b"\r\n")
         return b"".join(lines)

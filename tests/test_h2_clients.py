@@ -1,0 +1,212 @@
+"""HTTP/2 from clients, end to end: curl (ALPN and prior knowledge), httpx, h2load, a raw
+h2 client for what the others cannot show (trailers, refused fields, CONNECT, GOAWAY), and
+HTTP/1 clients on the same listener. Every request goes through a real rproxyd to the demo
+origin (appliance/demo_origin.py), all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import wait_for
+from tests.support.h2 import H2Client
+from tests.support.tls import client_context, https_get, make_certs
+from tests.support_proc import GREETING, Rproxyd, config_text, demo_origin, get
+
+pytestmark = pytest.mark.timeout(120)
+
+PROTOCOL_ERROR = 1
+
+
+def tls_listener(d: Path) -> str:
+    return f"""
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+[listener.tls]
+enabled = true
+certificate = "{d}/default.test.pem"
+"""
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory):
+    """rproxyd with a plaintext listener (l0, h2c on by default) and a TLS one (alpn default)."""
+    d = tmp_path_factory.mktemp("h2")
+    certs = make_certs(d)
+    with demo_origin() as origin:
+        rp = Rproxyd(d, config_text(origin, d / "run", extra=tls_listener(d),
+                                    process="workers = 1") + '\n[access_log]\nenabled = true\npath = "'
+                     + str(d / "access.log") + '"\n')
+        try:
+            rp.certs = certs
+            rp.tls_port = int(rp.status()["listeners"]["tls"].rsplit(":", 1)[1])
+            yield rp
+        finally:
+            rp.stop()
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", "--max-time", "30", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_curl_prior_knowledge_on_the_plaintext_listener(proxy):
+    host, port = proxy.address
+    result = curl("--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}", f"http://{host}:{port}/")
+    body, _, tail = result.stdout.rpartition("\n")
+    assert tail == "2 200", result.stderr
+    assert body.encode() + b"\n" == GREETING
+
+
+def test_curl_negotiates_h2_by_alpn(proxy):
+    result = curl("--http2", "--cacert", proxy.certs.path("ca.pem"), "--resolve",
+                  f"default.test:{proxy.tls_port}:127.0.0.1", "-w", "\n%{http_version} %{http_code}",
+                  f"https://default.test:{proxy.tls_port}/headers")
+    body, _, tail = result.stdout.rpartition("\n")
+    assert tail == "2 200", result.stderr
+    seen = json.loads(body)
+    # The backend got an HTTP/1.1 request with the :authority as Host, proto https.
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert headers["host"] == f"default.test:{proxy.tls_port}"
+    assert headers["x-forwarded-proto"] == "https"
+    assert headers["via"].startswith("2.0 ")
+
+
+def test_httpx_multiplexes_streams_on_one_connection(proxy):
+    ctx = client_context(proxy.certs)
+    ctx.check_hostname = False  # the default certificate names default.test; this is 127.0.0.1
+    url = f"https://127.0.0.1:{proxy.tls_port}/"
+    with httpx.Client(http2=True, verify=ctx, timeout=30) as client:
+        results: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: results.append(client.get(url))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [r.status_code for r in results] == [200] * 8
+    assert {r.http_version for r in results} == {"HTTP/2"}
+    assert all(r.content == GREETING for r in results)
+
+
+def test_h1_and_h2_clients_share_the_tls_listener(proxy):
+    ctx = client_context(proxy.certs)
+    ctx.set_alpn_protocols(["http/1.1"])
+    reply = https_get(proxy.tls_port, "default.test", ctx)
+    assert (reply.status, reply.alpn) == (200, "http/1.1")
+    client = H2Client(proxy.tls_port, client_context(proxy.certs), "default.test")
+    assert client.sock.selected_alpn_protocol() == "h2"
+    try:
+        assert client.wait(client.request("/", authority="default.test")).status == 200
+    finally:
+        client.close()
+    # And plain HTTP/1.1 on the h2c listener still works.
+    status, _, body = get(proxy.address)
+    assert (status, body) == (200, GREETING)
+
+
+def test_h2load_requests_all_succeed(proxy):
+    host, port = proxy.address
+    result = subprocess.run(["h2load", "-n", "400", "-c", "4", "-m", "10", f"http://{host}:{port}/"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    done = "requests: 400 total, 400 started, 400 done, 400 succeeded"
+    assert done in result.stdout, result.stdout
+    assert "status codes: 400 2xx" in result.stdout, result.stdout
+
+
+def test_request_and_response_bodies_stream_both_ways(proxy, tmp_path):
+    """A 64 MiB upload and download over h2c, neither held whole by the worker."""
+    host, port = proxy.address
+    upload = tmp_path / "up.bin"
+    size = 64 * 1024 * 1024
+    with upload.open("wb") as f:
+        f.truncate(size)
+    result = curl("--http2-prior-knowledge", "--data-binary", f"@{upload}", f"http://{host}:{port}/sink")
+    assert result.stdout.strip() == str(size), result.stderr
+    # Without a length (chunked to the HTTP/1.1 origin): curl sends no content-length for stdin.
+    result = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-T", "-", "-X", "POST",
+                             f"http://{host}:{port}/sink"], input=b"y" * 300_000, capture_output=True,
+                            timeout=60, check=False)
+    assert result.stdout.strip() == b"300000", result.stderr
+    download = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{size_download} %{http_version}",
+                    f"http://{host}:{port}/bytes/{size}")
+    assert download.stdout == f"{size} 2", download.stderr
+    worker = proxy.current_workers()[0]["pid"]
+    rss_kib = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{worker}/status").read_text())[1])
+    assert rss_kib < 200 * 1024, f"worker peak RSS {rss_kib} KiB after 64 MiB each way"
+
+
+def test_trailers_both_ways_and_cookie_crumbs_joined(proxy):
+    _, port = proxy.address
+    client = H2Client(port)
+    try:
+        reply = client.wait(client.request("/trailers"))
+        assert reply.status == 200 and reply.trailers, reply
+        assert dict(reply.trailers).get(b"x-checksum"), reply.trailers
+        sid = client.request("/headers", method="POST", headers=[("cookie", "a=1"), ("cookie", "b=2")],
+                             body=b"hello", trailers=[("x-sum", "5")])
+        seen = json.loads(bytes(client.wait(sid).body))
+        headers = {k.lower(): v for k, v in seen["headers"].items()}
+        assert headers["cookie"] == "a=1; b=2"
+        assert headers["host"] == "x"
+        assert headers["transfer-encoding"] == "chunked"  # no length: chunked to the origin
+    finally:
+        client.close()
+
+
+def test_connection_specific_header_is_refused_and_others_go_on(proxy):
+    _, port = proxy.address
+    client = H2Client(port, validate=False)
+    try:
+        bad = client.wait(client.request("/", headers=[("connection", "keep-alive")]))
+        assert bad.reset == PROTOCOL_ERROR, bad
+        assert client.wait(client.request("/")).status == 200  # same connection, next stream
+    finally:
+        client.close()
+
+
+def test_proxy_errors_go_out_on_their_stream_only(proxy):
+    _, port = proxy.address
+    client = H2Client(port, validate=False)
+    try:
+        connect = client.request("/", method="CONNECT")
+        fragment = client.request("/a#b")
+        ok = client.request("/")
+        assert client.wait(connect).status == 405
+        assert client.wait(fragment).status == 400
+        reply = client.wait(ok)
+        assert reply.status == 200 and bytes(reply.body) == GREETING
+    finally:
+        client.close()
+    log = wait_for(lambda: "HTTP/2.0" in (text := Path(proxy.dir / "access.log").read_text()) and text,
+                   10, "access log lines for HTTP/2.0")
+    assert re.search(r'"GET / HTTP/2\.0" 200', log), log
+
+
+def test_reload_sends_goaway_and_open_streams_complete(proxy):
+    _, port = proxy.address
+    client = H2Client(port)
+    try:
+        slow = client.request("/delay/1.5")
+        wait_for(lambda: any(w["generation"] for w in proxy.current_workers()), 5, "running")
+        generation = proxy.status()["generation"]
+        result = proxy.reload()
+        assert result.returncode == 0, result.stderr
+        proxy.wait_running(generation + 1)
+        reply = client.wait(slow)
+        assert reply.status == 200 and reply.ended, reply
+        while not client.goaways and not client.closed:
+            client.read_some()
+        assert client.goaways and client.goaways[-1].error_code == 0
+        assert client.goaways[-1].last_stream_id >= slow
+    finally:
+        client.close()
+    assert hashlib.sha1(get(proxy.address)[2]).digest() == hashlib.sha1(GREETING).digest()
