@@ -11,6 +11,8 @@ BUILD_LIST := appliance/_build_modules.txt
 BUILD_INFO := appliance/_build_info.json
 COMPILED_MODULES := $(shell sed -e 's/\#.*//' $(BUILD_LIST) 2>/dev/null)
 COMPILED_SOURCES := $(COMPILED_MODULES) $(wildcard $(COMPILED_MODULES:.py=.pxd))
+# The C bindings setup.py also compiles, in both builds (the HTTP/2 session, libnghttp2).
+BINDING_SOURCES := $(wildcard appliance/h2/*.pyx appliance/h2/*.pxd)
 # What building the compiled modules needs besides the venv: a C compiler and Python's headers.
 HAS_COMPILER := command -v cc >/dev/null && $(PYTHON) -c 'import os, sysconfig; \
     assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null
@@ -40,8 +42,8 @@ venv: $(STAMP) $(BUILD_INFO)
 # The compiled request path: setup.py compiles the modules $(BUILD_LIST) lists with Cython into
 # extension modules beside their .py files, in place, and records them in $(BUILD_INFO)
 # (appliance/build.py picks the build at run time; RPROXYD_PURE=1 picks the .py files).
-# Rebuilt when a listed module, its .pxd, the list or setup.py changes.
-$(BUILD_INFO): $(STAMP) setup.py $(BUILD_LIST) $(COMPILED_SOURCES)
+# Rebuilt when a listed module, its .pxd, the list, a binding or setup.py changes.
+$(BUILD_INFO): $(STAMP) setup.py $(BUILD_LIST) $(COMPILED_SOURCES) $(BINDING_SOURCES)
 	$(BIN)/python setup.py --quiet build_ext --inplace --parallel 2
 
 compiled: $(BUILD_INFO)

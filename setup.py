@@ -3,6 +3,9 @@ into extension modules beside their .py files, which stay the pure-Python build.
 
     python setup.py build_ext --inplace      what make, debian/rules and perf/run --rproxyd-ref run
 
+It also compiles the C bindings (BINDINGS: appliance/h2/session.pyx, libnghttp2), which are no
+choice between builds: they are built and loaded in the pure-Python build too.
+
 The Cython version is pinned in pyproject.toml ([build-system] requires); the compiler
 directives are here and nowhere else. After a build, appliance/_build_info.json records what
 was built (appliance/build.py reads it to choose the build at run time).
@@ -74,7 +77,7 @@ class BuildExt(build_ext):
                     stale.with_name(stale.name.split(".")[0] + ".c").unlink(missing_ok=True)
         super().run()
         modules = {name: {"extension": filename, "digest": SOURCE_DIGESTS[name]}
-                   for name, filename in built.items()}
+                   for name, filename in built.items() if name in SOURCE_DIGESTS}
         info = target / "appliance" / build.INFO_NAME
         info.write_text(json.dumps({"cython": Cython.__version__, "modules": modules}, indent=1) + "\n")
 
@@ -86,10 +89,18 @@ EXTENSIONS = [Extension(path.removesuffix(".py").replace("/", "."), [path]) for 
 # the build is then recorded with its old digest, so the run-time check finds the extension stale
 # (digested after the build, the record claimed the edit for an extension built without it).
 SOURCE_DIGESTS = {ext.name: build.source_digest(build.module_source(ext.name)) for ext in EXTENSIONS}
+# The C bindings: Cython modules of their own (.pyx), against a system library. Not recorded in
+# _build_info.json (appliance/build.py's choice is between a listed module's .py and extension);
+# with no .py beside them, they load the ordinary way in both builds.
+BINDINGS = [
+    # HTTP/2 (issue 17): Debian's libnghttp2-14, headers from libnghttp2-dev.
+    Extension("appliance.h2.session", ["appliance/h2/session.pyx"], libraries=["nghttp2"]),
+]
 
 setup(
     # include_path: the .pxd files are found by package path from the top of the tree (the
     # namespace package appliance/upstream is not found otherwise, and its .pxd would be skipped).
-    ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES, include_path=[str(ROOT)], quiet=True),
+    ext_modules=cythonize(EXTENSIONS + BINDINGS, compiler_directives=DIRECTIVES, include_path=[str(ROOT)],
+                          quiet=True),
     cmdclass={"build_ext": BuildExt},
 )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance import __version__, build
+from appliance import __version__, build, h2
 from appliance.config import DEFAULT_PATH, ConfigError, load
 
 
@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         help="how long --reload waits for the outcome (default 120)",
     )
     parser.add_argument("--version", action="store_true",
-                        help="print the version and the build that runs (compiled or pure Python), and exit")
+                        help="print the version, the build that runs (compiled or pure Python) and the "
+                             "libnghttp2 of HTTP/2, and exit")
     return parser
 
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.version:
         print(f"rproxyd {__version__}, {build.describe(load=True)}")
+        print(h2.describe())
         return 0
     if args.reload is not None:
         return _reload(args)

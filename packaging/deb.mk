@@ -7,7 +7,7 @@
 # Variables: DEB_VERSION_SUFFIX, RPROXYD_PIP_INDEX (see packaging/build-deb.sh),
 #            E2E_ROOT_CACHE, E2E_KEEP (see packaging/e2e/run.sh).
 
-DEB_BUILD_DEPS := debhelper devscripts lintian python3-pip python3-dev dpkg-dev fakeroot gcc libssl-dev
+DEB_BUILD_DEPS := debhelper devscripts lintian python3-pip python3-dev dpkg-dev fakeroot gcc libssl-dev libnghttp2-dev
 E2E_ROOT_CACHE ?= /var/cache/rproxyd-e2e/bookworm-root
 
 .PHONY: deb deb-deps deb-test

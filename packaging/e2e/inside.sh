@@ -138,6 +138,7 @@ p_install() {
     local build worker
     build=$(rproxyd --version)
     [[ $build == *", compiled with Cython "* ]] || fail "rproxyd --version: '$build', not the compiled build"
+    [[ $build == *"HTTP/2: libnghttp2 "* ]] || fail "rproxyd --version: '$build', no HTTP/2 binding"
     worker=$(pgrep -P "$pid" | head -1)
     grep -q '/usr/lib/rproxyd/appliance/.*\.cpython-.*\.so' "/proc/$worker/maps" \
         || fail "worker $worker has no compiled appliance module loaded"

@@ -37,7 +37,7 @@ timed() {   # label command...: run it and remember how long it took
 [[ $(id -u) == 0 ]] || { say "must run as root (debootstrap, systemd-nspawn)"; exit 1; }
 
 need_packages() {
-    local want=(debootstrap systemd-container debhelper devscripts lintian dpkg-dev python3-pip python3-dev gcc libssl-dev)
+    local want=(debootstrap systemd-container debhelper devscripts lintian dpkg-dev python3-pip python3-dev gcc libssl-dev libnghttp2-dev)
     local missing=() pkg
     for pkg in "${want[@]}"; do
         dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
