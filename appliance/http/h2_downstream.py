@@ -25,6 +25,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from appliance.deadline import Deadline
+from appliance.h2.session import CANCEL, INTERNAL_ERROR, H2Error, H2Session
 from appliance.http import errors
 from appliance.http.downstream_base import DownstreamBase
 from appliance.http.exchange import (
@@ -157,13 +158,15 @@ class H2Connection:  # uvloop calls protocol methods by name: no asyncio.Protoco
         limits = self.ctx.limits
         transport.set_write_buffer_limits(limits.write_high_watermark, limits.write_low_watermark)
         config = self.config
-        self.session = _codes().H2Session(
+        self.session = H2Session(
             self, True,
             max_concurrent_streams=config.max_concurrent_streams,
             initial_window_size=config.initial_window_size,
             connection_window_size=config.connection_window_size,
             max_frame_size=config.max_frame_size,
             max_header_list_size=config.max_header_list_size,
+            high_water=limits.write_high_watermark,
+            low_water=limits.write_low_watermark,
         )
         self.ctx.clients.add(self)
         self.ctx.observer.h2_connection(True)
@@ -190,11 +193,11 @@ class H2Connection:  # uvloop calls protocol methods by name: no asyncio.Protoco
         self.receiving = True
         try:
             self.session.receive(data)
-        except _codes().H2Error as exc:
+        except H2Error as exc:
             # Bad frames, a flood or too many glitches: nghttp2 queued a GOAWAY; send it and go.
             self.receiving = False
             log.info("client %s: HTTP/2 connection closed: %s", self.peer_ip.decode(), exc)
-            self.ctx.observer.h2_goaway(exc.args[0] if exc.args else 0)
+            self.ctx.observer.h2_goaway(exc.code or INTERNAL_ERROR)
             self._write_out()
             self.close()
             return
@@ -243,7 +246,7 @@ class H2Connection:  # uvloop calls protocol methods by name: no asyncio.Protoco
         out = session.data_to_send()
         if out:
             self.transport.writelines(out)
-        if session.want_close():
+        if session.want_close() or (self.state is DRAINING and not self.streams):
             self.close()
 
     # ------------------------------------------------------ session events
@@ -285,12 +288,10 @@ class H2Connection:  # uvloop calls protocol methods by name: no asyncio.Protoco
             return
         self.ctx.observer.h2_stream(False)
         stream.gone()
-        if self.streams:
-            return
-        if self.state is not DRAINING:
+        if not self.streams and self.state is not DRAINING:
             self.ctx.wheel.set(self, self.ctx.keepalive_timeout)
-        else:
-            self.close()  # the last open stream of a draining connection is done
+        # A draining connection closes once its last stream is done, in _write_out: this runs
+        # inside the session's own send or receive, before the stream's last frame is written.
 
     def h2_writable(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
@@ -570,7 +571,7 @@ class H2Stream(DownstreamBase):
         conn = self.conn
         queued = conn.session.send_data(self.stream_id, data)
         conn._write_out()
-        if queued > self.ctx.limits.write_high_watermark and not self.write_paused:
+        if queued > conn.session.high_water and not self.write_paused:
             # The client's window (or its socket) does not keep up: pause the backend, and
             # give the stream send_timeout to move again.
             self.write_paused = True
@@ -710,7 +711,7 @@ class H2Stream(DownstreamBase):
         conn = self.conn
         if conn.state is CLOSED or self.stream_id not in conn.streams:
             return
-        conn.session.reset(self.stream_id, _codes().CANCEL)
+        conn.session.reset(self.stream_id, CANCEL)
         conn._write_out()
 
     def gone(self) -> None:

@@ -60,6 +60,8 @@ class H2Client:
         scheme = "https" if isinstance(self.sock, ssl.SSLSocket) else "http"
         fields = [(":method", method), (":scheme", scheme), (":authority", authority), (":path", path),
                   *(headers or [])]
+        if method == "CONNECT":  # RFC 9113 8.5: no :scheme, no :path
+            fields = [(":method", method), (":authority", authority), *(headers or [])]
         last = end and body is None and trailers is None
         self.conn.send_headers(stream_id, fields, end_stream=last)
         self.replies[stream_id] = StreamReply()
