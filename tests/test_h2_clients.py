@@ -82,6 +82,7 @@ def test_curl_negotiates_h2_by_alpn(proxy):
 
 def test_httpx_multiplexes_streams_on_one_connection(proxy):
     ctx = client_context(proxy.certs)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     ctx.check_hostname = False  # the default certificate names default.test; this is 127.0.0.1
     url = f"https://127.0.0.1:{proxy.tls_port}/"
     with httpx.Client(http2=True, verify=ctx, timeout=30) as client:
@@ -97,11 +98,11 @@ def test_httpx_multiplexes_streams_on_one_connection(proxy):
 
 
 def test_h1_and_h2_clients_share_the_tls_listener(proxy):
-    ctx = client_context(proxy.certs)
-    ctx.set_alpn_protocols(["http/1.1"])
-    reply = https_get(proxy.tls_port, "default.test", ctx)
+    reply = https_get(proxy.tls_port, "default.test", client_context(proxy.certs))
     assert (reply.status, reply.alpn) == (200, "http/1.1")
-    client = H2Client(proxy.tls_port, client_context(proxy.certs), "default.test")
+    ctx = client_context(proxy.certs)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    client = H2Client(proxy.tls_port, ctx, "default.test")
     assert client.sock.selected_alpn_protocol() == "h2"
     try:
         assert client.wait(client.request("/", authority="default.test")).status == 200
