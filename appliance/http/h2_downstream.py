@@ -54,6 +54,7 @@ from appliance.http.target import HASH, valid_host
 from appliance.observe import metrics
 from appliance.phases import Response, ResponseHead, calls
 from appliance.statemachine import Transitions
+from appliance.timerwheel import UNFILED
 
 if TYPE_CHECKING:
     from appliance.config.schema import Http2Config
@@ -132,7 +133,7 @@ class H2Connection:  # uvloop calls protocol methods by name: no asyncio.Protoco
         # The idle deadline (no stream open): an entry of the worker's timer wheel, as an
         # HTTP/1 connection is (appliance/timerwheel.py).
         self.when: float | None = None
-        self.slot = -1
+        self.slot = UNFILED
 
     @classmethod
     def take_over(cls, client: object, config: Http2Config, transport: asyncio.Transport,
@@ -578,10 +579,13 @@ class H2Stream(DownstreamBase):
             upstream = exchange.upstream
             if upstream is not None:
                 upstream.pause_reading()
-            stall = self.stall
-            if stall is None:
-                stall = self.stall = Deadline(self.ctx.loop, self._on_stall)
-            stall.set(self.ctx.limits.send_timeout)
+            self._arm_stall()
+
+    def _arm_stall(self) -> None:
+        stall = self.stall
+        if stall is None:
+            stall = self.stall = Deadline(self.ctx.loop, self._on_stall)
+        stall.set(self.ctx.limits.send_timeout)
 
     def writable(self) -> None:
         """The stream's queue dropped below the low-water mark: resume the backend."""
@@ -602,6 +606,8 @@ class H2Stream(DownstreamBase):
                                  self.stream_id)
         if exchange is not None and not exchange.finished:
             self.abort_response(exchange)
+        else:
+            self._reset()
 
     def flush(self) -> None:
         self.conn._write_out()
@@ -613,7 +619,12 @@ class H2Stream(DownstreamBase):
             self.ended = True
             self.conn.session.end_stream(self.stream_id, _fields(trailers) if trailers else None)
         self._finish(exchange, True)
-        self.conn._write_out()
+        conn = self.conn
+        conn._write_out()
+        if conn.state is not CLOSED and conn.session.queued(self.stream_id):
+            # The rest waits for the client's window: it has send_timeout to open it (the
+            # backend is done, so nothing else would ever end a stream whose window stays shut).
+            self._arm_stall()
 
     def redirect(self, exchange: Exchange, target: bytes) -> None:
         DownstreamBase.redirect(self, exchange, target)
@@ -691,8 +702,7 @@ class H2Stream(DownstreamBase):
         # (request_data), not reset, so the response queued ahead of it is not lost.
         self._report(exchange)
         if self.stall is not None:
-            self.stall.release()
-            self.stall = None
+            self.stall.clear()
 
     def abort_response(self, exchange: Exchange) -> None:
         """The response broke after it started: the client sees the stream reset, others go on."""
