@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -224,3 +225,29 @@ def _established(port: int) -> bool:
     out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
                          capture_output=True, text=True, check=False).stdout
     return bool(out.strip())
+
+
+def test_bad_http2_limits_name_file_key_and_problem(tmp_path):
+    main = tmp_path / "rproxy.toml"
+    main.write_text(config_text(1, tmp_path / "run") + "\n[http2]\nmax_frame_size = 1000\n"
+                    "max_concurrent_streams = 0\n")
+    result = subprocess.run([sys.executable, "-m", "appliance", "-t", "-c", str(main)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert f"rproxyd: {main}: http2.max_frame_size: " in result.stderr, result.stderr
+    assert f"rproxyd: {main}: http2.max_concurrent_streams: " in result.stderr, result.stderr
+
+
+def test_a_listener_with_h2c_off_answers_the_preface_as_http1(tmp_path):
+    with demo_origin() as origin:
+        config = config_text(origin, tmp_path / "run", process="workers = 1").replace(
+            'bind = "127.0.0.1:0"\n', 'bind = "127.0.0.1:0"\nh2c = false\n', 1)
+        rp = Rproxyd(tmp_path, config)
+        try:
+            host, port = rp.address
+            result = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version}",
+                          f"http://{host}:{port}/")
+            assert result.stdout != "2", result.stdout  # refused as a bad HTTP/1 request, never h2
+            assert get(rp.address)[0] == 200
+        finally:
+            rp.stop()
