@@ -45,7 +45,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory):
     with demo_origin() as origin:
         rp = Rproxyd(d, config_text(origin, d / "run", extra=tls_listener(d),
                                     process="workers = 1") + '\n[access_log]\nenabled = true\nfile = "'
-                     + str(d / "access.log") + '"\n')
+                     + str(d / "access.log") + '"\n[admin]\nenabled = true\nbind = "127.0.0.1:0"\n')
         try:
             rp.certs = certs
             rp.tls_port = int(rp.status()["listeners"]["tls"].rsplit(":", 1)[1])
@@ -251,3 +251,22 @@ def test_a_listener_with_h2c_off_answers_the_preface_as_http1(tmp_path):
             assert get(rp.address)[0] == 200
         finally:
             rp.stop()
+
+
+def test_h2_metrics_count_connections_streams_and_goaways(proxy):
+    _, port = proxy.address
+    client = H2Client(port)
+    try:
+        for _ in range(3):
+            assert client.wait(client.request("/")).status == 200
+
+        def metrics(check) -> str | None:
+            text = httpx.get(f"http://{proxy.status()['admin']}/metrics", timeout=5).text
+            return text if check(text) else None
+        text = wait_for(lambda: metrics(lambda t: re.search(r"^rproxyd_h2_connections [1-9]", t, re.M)),
+                        10, "an open HTTP/2 connection in /metrics")
+        assert int(re.search(r"^rproxyd_h2_streams_total (\d+)", text, re.M)[1]) >= 3
+    finally:
+        client.close()
+    wait_for(lambda: metrics(lambda t: re.search(r"^rproxyd_h2_connections 0$", t, re.M)), 10,
+             "no open HTTP/2 connection in /metrics")
