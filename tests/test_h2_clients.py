@@ -270,3 +270,33 @@ def test_h2_metrics_count_connections_streams_and_goaways(proxy):
         client.close()
     wait_for(lambda: metrics(lambda t: re.search(r"^rproxyd_h2_connections 0$", t, re.M)), 10,
              "no open HTTP/2 connection in /metrics")
+
+
+PHASES = '''
+from appliance.phases import Phases
+
+
+class Upper(Phases):
+    def response_filter(self, req, resp, ctx):
+        resp.headers.set("X-Phase", req.path)
+
+    def response_body_filter(self, req, chunk, end, ctx):
+        return chunk.upper()
+'''
+
+
+def test_the_phases_run_for_h2_streams_body_filter_included(tmp_path):
+    module = tmp_path / "upper.py"
+    module.write_text(PHASES)
+    with demo_origin() as origin:
+        rp = Rproxyd(tmp_path, config_text(origin, tmp_path / "run", process="workers = 1")
+                     + f'\n[phases]\nmodule = "{module}"\nclass = "Upper"\n')
+        try:
+            client = H2Client(rp.address[1])
+            reply = client.wait(client.request("/bytes/200000"))
+            client.close()
+        finally:
+            rp.stop()
+    assert reply.status == 200 and reply.header(b"x-phase") == b"/bytes/200000"
+    assert reply.header(b"content-length") is None  # the filter may change the length
+    assert bytes(reply.body) == b"X" * 200000

@@ -15,7 +15,6 @@ cdef Transitions _CLIENT_MOVES
 cdef class ClientConnection(DownstreamBase):
     cdef public Py_ssize_t _read_pauses
     cdef public bint answer_keep_alive
-    cdef public object body_filter
     cdef public Py_ssize_t bypass_remaining
     cdef public list exchanges
     cdef public object h2

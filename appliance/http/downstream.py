@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -59,7 +58,6 @@ from appliance.http.tunnel import Tunnel
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.phases import Response, ResponseHead, calls
-from appliance.phases.dispatch import body_bytes
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 from appliance.tls.session import TlsConnection
@@ -114,7 +112,6 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
     __slots__ = (
         "_read_pauses",
         "answer_keep_alive",
-        "body_filter",
         "bypass_remaining",
         "exchanges",
         "h2",
@@ -164,8 +161,6 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         self.answer_keep_alive = False  # whether the connection survives the response going out
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
-        # The route's response_body_filter while a response goes through it, else None.
-        self.body_filter: Callable[..., Any] | None = None
         self.half_closed = False  # the client sent FIN: it sends nothing more, so no lingering close
         self._read_pauses = 0
         if peer is not None:
@@ -788,7 +783,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
 
     def send_body(self, data: bytes) -> None:
         if self.body_filter is not None:
-            data = self._filter_body(data, False)
+            data = self._filter_body(self.exchanges[0], data, False)
             if not data:
                 return  # held back by the filter (an empty chunk would end a chunked body)
         self.sent += len(data)
@@ -812,7 +807,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         """The backend's response is complete: end the framing and move to the next request."""
         if self.body_filter is not None:
             # The filter's last call (end=True) may return the bytes it held back.
-            tail = self._filter_body(b"", True)
+            tail = self._filter_body(exchange, b"", True)
             self.body_filter = None
             if exchange.finished:
                 return  # the filter failed: the response was cut
@@ -826,16 +821,6 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         elif head is not None:
             self.transport.write(head)
         self._finish(exchange, self.answer_keep_alive)
-
-    def _filter_body(self, data: bytes, end: bool) -> bytes:
-        """response_body_filter over one piece of the body; b"" (and the response cut) if it fails."""
-        exchange = self.exchanges[0]
-        try:
-            return body_bytes(self.body_filter(calls.request_view(exchange), data, end, exchange.phase_ctx))
-        except Exception as exc:
-            self.body_filter = None
-            self._fail_current(exchange, calls.failed(exchange, "response_body_filter", exc))
-            return b""
 
     def response_splice_target(self) -> asyncio.Transport | None:
         transport = self.transport

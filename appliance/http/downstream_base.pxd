@@ -11,6 +11,7 @@ from appliance.routing.router cimport Router
 from appliance.upstream.splice cimport SpliceHolder
 
 cdef class DownstreamBase(SpliceHolder):
+    cdef public object body_filter
     cdef public WorkerContext ctx
     cdef public object forwarded_tail
     cdef public object peer_ip

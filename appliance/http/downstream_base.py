@@ -28,7 +28,7 @@ from appliance.http.target import PathAboveRoot, normalize_path
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.phases import Peer, Response, ResponseHead, calls, eager
-from appliance.phases.dispatch import response_or_none
+from appliance.phases.dispatch import body_bytes, response_or_none
 from appliance.upstream.splice import PipePool, SpliceHolder
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
     """The shared half of a downstream; subclasses frame for their peer."""
 
     __slots__ = (
+        "body_filter",
         "ctx",
         "forwarded_tail",
         "peer_ip",
@@ -61,6 +62,8 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
         # replaces it (ClientConnection.connection_made). None on plain HTTP.
         self.tls = tls
         self.sent = 0  # response bytes written for the exchange now answering
+        # The route's response_body_filter while a response goes through it, else None.
+        self.body_filter: Callable[..., Any] | None = None
         self.write_paused = False
         self.peer_ip = b""  # the peer's address, shared by the connections from it (appliance/http/peer.py)
         self.peer_port = 0  # 0: the socket reported no peer
@@ -330,6 +333,15 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
         exchange.retries = 0
         exchange.transition(PENDING)
         self._start(exchange)
+
+    def _filter_body(self, exchange: Exchange, data: bytes, end: bool) -> bytes:
+        """response_body_filter over one piece of the body; b"" (and the response cut) if it fails."""
+        try:
+            return body_bytes(self.body_filter(calls.request_view(exchange), data, end, exchange.phase_ctx))
+        except Exception as exc:
+            self.body_filter = None
+            self._fail_current(exchange, calls.failed(exchange, "response_body_filter", exc))
+            return b""
 
     def _report(self, exchange: Exchange) -> None:
         # Once per exchange, however it ended: the logging phase, the access log and metrics.

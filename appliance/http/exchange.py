@@ -6,11 +6,11 @@ interfaces here, each typed against the other side's interface and never its cla
 
 - `Downstream`: what the backend side may call on whatever sent the request: the HTTP/1
   client connection, or one HTTP/2 stream (appliance/http/h2_downstream.py); both extend
-  DownstreamBase (appliance/http/downstream_base.py). The backend side hands over parsed facts (status, reason, the header list, the
-  backend's version and Via, how the body is delimited) and body bytes; the downstream
-  frames them for its own peer (status line, Via, chunked or not, Connection, keep-alive)
-  and flow-controls its side. Nothing on the backend side touches a downstream's fields
-  or transport.
+  DownstreamBase (appliance/http/downstream_base.py). The backend side hands over parsed
+  facts (status, reason, the header list, the backend's version and Via, how the body is
+  delimited) and body bytes; the downstream frames them for its own peer (status line, Via,
+  chunked or not, Connection, keep-alive) and flow-controls its side. Nothing on the
+  backend side touches a downstream's fields or transport.
 - `Upstream`: what the client side may call on the backend connection an exchange is
   attached to (request bytes, flow control, the request-body splice, abandoning it).
 

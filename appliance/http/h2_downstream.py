@@ -542,6 +542,7 @@ class H2Stream(DownstreamBase):
                        version: str, via: bytes | None, body: int) -> None:
         """Submit the response head (status only, no reason; hop-by-hop headers dropped)."""
         phases = exchange.phases
+        self.body_filter = None
         if phases.response_filter is not None or phases.logging is not None:
             resp = exchange.resp = ResponseHead(status, headers)
             if phases.response_filter is not None:
@@ -553,6 +554,11 @@ class H2Stream(DownstreamBase):
                 status = resp.status
             headers = resp.raw_headers
         fields = _fields(headers)
+        if phases.response_body_filter is not None:
+            # The filter may change the length: no content-length, the stream's end ends the body.
+            fields = [field for field in fields if field[0] != b"content-length"]
+            if body != BODY_NONE:
+                self.body_filter = phases.response_body_filter
         own_via = self.ctx.via
         if own_via:
             prior = via + b", " if via else b""
@@ -568,6 +574,10 @@ class H2Stream(DownstreamBase):
         exchange = self.exchange
         if exchange is None or exchange.finished or not exchange.response_started:
             return
+        if self.body_filter is not None:
+            data = self._filter_body(exchange, data, False)
+            if not data:
+                return  # held back by the filter (or it failed: the stream was reset)
         self.sent += len(data)
         conn = self.conn
         queued = conn.session.send_data(self.stream_id, data)
@@ -613,6 +623,14 @@ class H2Stream(DownstreamBase):
         self.conn._write_out()
 
     def finish(self, exchange: Exchange, trailers: Fields | None) -> None:
+        if exchange.finished:
+            return
+        if self.body_filter is not None:
+            # The filter's last call (end=True) may return the bytes it held back.
+            tail = self._filter_body(exchange, b"", True)
+            self.body_filter = None
+            if tail:
+                self.send_body(tail)
         if exchange.finished:
             return
         if not self.ended:
