@@ -235,6 +235,7 @@ class H2Connection:  # uvloop calls protocol methods by name: no asyncio.Protoco
         if self.streams:
             return
         self.session.goaway(0)
+        self.ctx.observer.h2_goaway(0)
         self._write_out()
         self.close()
 
