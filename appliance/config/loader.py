@@ -339,6 +339,9 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
         if backend.retry_delay_max < backend.retry_delay:
             builder.problem(("backend", name, "retry_delay_max"),
                             "must not be smaller than retry_delay")
+        if backend.protocol == "h2" and backend.proxy_protocol != "off":
+            # A PROXY header names one client; an h2 connection carries many clients' streams.
+            builder.problem(("backend", name, "protocol"), "h2 cannot be combined with proxy_protocol")
     unknown = [f for f in config.access_log.fields if f not in schema.ACCESS_LOG_FIELDS]
     if unknown:
         builder.problem(("access_log", "fields"), f"unknown fields {', '.join(unknown)} (known: "

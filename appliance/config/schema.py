@@ -19,6 +19,7 @@ from appliance.config.values import Address, ServerSpec
 
 BALANCE_METHODS = ("round-robin", "weighted-round-robin", "least-conn", "most-idle", "random", "hash", "rtt")
 PROXY_PROTOCOL_VERSIONS = ("off", "v1", "v2")
+BACKEND_PROTOCOLS = ("http/1.1", "h2")
 MATCH_KINDS = ("prefix", "exact", "glob", "regex")
 
 # Key kinds understood by the loader (see loader._convert).
@@ -325,6 +326,14 @@ class BackendConfig:
         "", kind=STR, doc="Client certificate chain (PEM) presented to the servers; empty: none.",
     )
     tls_key: str = key("", kind=STR, doc="Key of tls_certificate; empty: in the certificate file.")
+    protocol: str = key(
+        "http/1.1", kind=STR, choices=BACKEND_PROTOCOLS,
+        doc="The protocol spoken to the servers. \"h2\": HTTP/2, over TLS by ALPN (tls = true; "
+        "a server that does not choose h2 fails the connection) or by prior knowledge in "
+        "plaintext; each connection carries up to the server's SETTINGS_MAX_CONCURRENT_STREAMS "
+        "requests at once, so `connections` counts connections, not requests, and one or two "
+        "are usually enough. Not with proxy_protocol. See docs/http.md.",
+    )
     proxy_protocol: str = key(
         "off", kind=STR, choices=PROXY_PROTOCOL_VERSIONS,
         doc="Send a PROXY protocol header of this version (\"v1\" text, \"v2\" binary) first on "

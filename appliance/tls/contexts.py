@@ -262,7 +262,7 @@ def backend_peer(config: BackendConfig, host: str) -> tuple[ssl.SSLContext | Non
     """
     if not config.tls:
         return None, None
-    settings = (config.tls_verify, config.tls_ca, config.tls_certificate, config.tls_key)
+    settings = (config.tls_verify, config.tls_ca, config.tls_certificate, config.tls_key, config.protocol)
     ctx = _BACKEND_CONTEXTS.get(settings)
     if ctx is None:
         ctx = _BACKEND_CONTEXTS[settings] = _client_context(config)
@@ -283,7 +283,9 @@ def _client_context(config: BackendConfig) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     if config.tls_certificate:
         ctx.load_cert_chain(config.tls_certificate, config.tls_key or None)
-    ctx.set_alpn_protocols(["http/1.1"])
+    # ALPN offers exactly the protocol configured: an h2 backend that answers anything else
+    # fails the connection (appliance/upstream/h2_connection.py).
+    ctx.set_alpn_protocols([config.protocol])
     return ctx
 
 

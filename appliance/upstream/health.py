@@ -118,6 +118,11 @@ class ActiveProbe:
             async with asyncio.timeout(config.timeout):
                 reader, writer = await asyncio.open_connection(
                     address.host, address.port, ssl=self._server.tls, server_hostname=self._server.tls_name)
+                if self._server.config.protocol == "h2":
+                    from appliance.upstream.h2_probe import h2_status  # the binding, for h2 backends only
+                    scheme = b"https" if self._server.tls is not None else b"http"
+                    return await h2_status(reader, writer, scheme, host.encode(), config.path.encode()) \
+                        == config.expect_status
                 writer.write(request)
                 status_line = await reader.readline()
             parts = status_line.split(None, 2)

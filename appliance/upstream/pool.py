@@ -165,7 +165,11 @@ class Server:
         return now >= self.passive.down_until and (self.probe is None or self.probe.up)
 
     def can_connect(self, now: float) -> bool:
-        return self.live < self.config.connections and now >= self.retry_at
+        if self.live >= self.config.connections or now < self.retry_at:
+            return False
+        # An h2 connection being opened will carry many of the queued requests: open the next
+        # one only when it is up and full (pool.on_idle takes them off the queue).
+        return not (self.connecting and self.config.protocol == "h2")
 
     def usable(self, now: float) -> bool:
         """Healthy, and something is open or can be opened now."""
@@ -174,7 +178,13 @@ class Server:
     def connect(self) -> None:
         self.live += 1
         self.connecting += 1
-        self.pool.loop.create_task(self._connect(BackendConnection(self)))
+        if self.config.protocol == "h2":
+            # Imported here: the binding is loaded by workers whose backends speak h2 only.
+            from appliance.upstream.h2_connection import H2BackendConnection
+            conn = H2BackendConnection(self)
+        else:
+            conn = BackendConnection(self)
+        self.pool.loop.create_task(self._connect(conn))
 
     async def _connect(self, conn: BackendConnection) -> None:
         loop = self.pool.loop
