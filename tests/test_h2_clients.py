@@ -20,6 +20,7 @@ from tests.support import wait_for
 from tests.support.h2 import H2Client
 from tests.support.tls import client_context, https_get, make_certs
 from tests.support_proc import GREETING, Rproxyd, config_text, demo_origin, get
+from tests.test_h2_backend import nginx  # noqa: F401 - the h2 backend fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,7 +79,7 @@ def test_curl_negotiates_h2_by_alpn(proxy):
     headers = {k.lower(): v for k, v in seen["headers"]}
     assert headers["host"] == f"default.test:{proxy.tls_port}"
     assert headers["x-forwarded-proto"] == "https"
-    assert headers["via"].startswith("2.0 ")
+    assert headers["via"] == "2 rproxyd"  # RFC 9110 7.6.3: HTTP/2 is "2"
 
 
 def test_httpx_multiplexes_streams_on_one_connection(proxy):
@@ -300,3 +301,20 @@ def test_the_phases_run_for_h2_streams_body_filter_included(tmp_path):
     assert reply.status == 200 and reply.header(b"x-phase") == b"/bytes/200000"
     assert reply.header(b"content-length") is None  # the filter may change the length
     assert bytes(reply.body) == b"X" * 200000
+
+
+def test_h2_end_to_end_through_to_an_h2_backend(make_proxy, nginx):  # noqa: F811 - the fixture
+    """An HTTP/2 client, rproxyd, nginx speaking h2 (the backend side's h2 connections): a
+    download and an upload without a length (chunked nowhere: h2 both ways) cross intact."""
+    proxy = make_proxy(backends={"h2": [nginx["plain"]]}, backend_options='protocol = "h2"\n')
+    expected = (nginx["root"] / "www" / "big.bin").read_bytes()
+    client = H2Client(int(proxy.url.rsplit(":", 1)[1]))
+    try:
+        download = client.wait(client.request("/big.bin"))
+        upload = client.wait(client.request("/upload", method="POST", body=b"u" * 300_000))
+        proto = client.wait(client.request("/proto", authority="app.test"))
+    finally:
+        client.close()
+    assert download.status == 200 and bytes(download.body) == expected
+    assert upload.status == 200 and bytes(upload.body).startswith(b"received ")
+    assert bytes(proto.body).split()[:2] == [b"HTTP/2.0", b"app.test"]
