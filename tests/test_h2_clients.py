@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -196,9 +197,11 @@ def test_proxy_errors_go_out_on_their_stream_only(proxy):
     assert (record["protocol"], record["status"]) == ("HTTP/2.0", 405)
 
 
-def test_reload_sends_goaway_and_open_streams_complete(proxy):
+@pytest.mark.parametrize("restart", ["reload", "upgrade"])
+def test_reload_sends_goaway_and_open_streams_complete(proxy, restart):
     """nghttp (nghttp2's client; python-h2 takes any GOAWAY as the end) holds a slow stream open
-    across a reload: it sees the shutdown notice and GOAWAY, and still gets its response."""
+    across a reload (HUP) or an in-place upgrade (USR2, the re-exec then a new generation): it
+    sees the shutdown notice and GOAWAY, and still gets its response."""
     host, port = proxy.address
     generation = proxy.status()["generation"]
     client = subprocess.Popen(["nghttp", "-nv", f"http://{host}:{port}/delay/2"], stdout=subprocess.PIPE,
@@ -206,8 +209,13 @@ def test_reload_sends_goaway_and_open_streams_complete(proxy):
     try:
         wait_for(lambda: any(w["generation"] == generation for w in proxy.current_workers()), 5, "running")
         wait_for(lambda: _established(port), 10, "nghttp's connection")
-        result = proxy.reload()
-        assert result.returncode == 0, result.stderr
+        if restart == "reload":
+            result = proxy.reload()
+            assert result.returncode == 0, result.stderr
+        else:
+            upgrades = proxy.log().count("upgraded in place")
+            proxy.send(signal.SIGUSR2)
+            wait_for(lambda: proxy.log().count("upgraded in place") > upgrades, 15, "the re-exec")
         out, _ = client.communicate(timeout=30)
     finally:
         client.kill()
