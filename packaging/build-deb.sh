@@ -42,9 +42,10 @@ mkdir -p "$src/etc/rproxy/phases"
 cp -R "$top/etc/rproxy/phases/examples" "$src/etc/rproxy/phases/"
 cp -R "$top/packaging/debian" "$src/debian"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
-# debian/rules compiles its own: the C ticket callback and the compiled request path (the
-# working tree's were built for its venv's Python, with other flags).
-find "$src/appliance" \( -name '*.so' -o -name '*.c' ! -name ticketkeys.c \) -delete
+# debian/rules compiles its own: the C ticket and OCSP stapling callbacks and the compiled
+# request path (the working tree's were built for its venv's Python, with other flags). The C
+# files deleted are Cython's output; the two callbacks' sources are hand-written and stay.
+find "$src/appliance" \( -name '*.so' -o -name '*.c' ! -name ticketkeys.c ! -name ocspstaple.c \) -delete
 rm -f "$src/appliance/_build_info.json"
 
 if [[ -n $suffix ]]; then
