@@ -174,10 +174,13 @@ CONF
     check "200 through the proxy" wait_for 15 is_code 200 http://127.0.0.1/
     curl -sS --max-time 5 http://127.0.0.1/ | grep -q "$EXPECT" || fail "unexpected body"
     curl -sS --max-time 5 -D - -o /dev/null http://127.0.0.1/ | tr -d '\r' | sed 's/^/e2e:   /'
+    # HTTP/2 by prior knowledge through the installed package: its libnghttp2 binding at work.
+    [[ $(curl -sS --http2-prior-knowledge --max-time 5 -o /dev/null -w '%{http_version}' http://127.0.0.1/) == 2 ]] \
+        || fail "no HTTP/2 (h2c) answer through the proxy"
     load_start smoke
     sleep 2
     load_stop smoke || fail "requests failed under steady load"
-    note "reloaded onto backend 127.0.0.1:$ORIGIN_PORT; curl 200"
+    note "reloaded onto backend 127.0.0.1:$ORIGIN_PORT; curl 200, also over h2c"
 }
 
 p_reload() {
