@@ -16,9 +16,10 @@ from functools import partial
 
 import uvloop
 
-from appliance.config.schema import BackendConfig, Config
+from appliance.config.schema import BackendConfig, Config, Http2Config, ListenerConfig
 from appliance.context import WorkerContext
 from appliance.http.downstream import ClientConnection, ClientState
+from appliance.http.h2_downstream import H2Connection
 from appliance.http.proxy_accept import ProxyAcceptor
 from appliance.listeners import open_listener
 from appliance.observe import request_id
@@ -154,10 +155,8 @@ class Worker:
                               "rproxyd_proxy_headers_refused_total", logging.WARNING)
         for listener in self.config.listener:
             site = tls.get(listener.name)
-            if site is None:
-                factory = lambda: ClientConnection(ctx)  # noqa: E731 - the protocol factory
-            else:
-                factory = lambda fallback=site.fallback: ClientConnection(ctx, b"https", fallback)  # noqa: E731
+            h2 = _h2_settings(self.config, listener, site)
+            factory = _client_factory(ctx, site, h2, None)
             for sock in self.sockets[listener.name]:
                 # A socket the supervisor opened for a new slot is only bound: it joins the
                 # kernel's reuseport group, and gets connections, from this listen(), now
@@ -165,7 +164,7 @@ class Worker:
                 # would listen() too; saying it here keeps that contract visible.
                 sock.listen(listener.backlog)
                 if listener.proxy_protocol:
-                    acceptor = ProxyAcceptor(loop, sock, partial(_proxied_factory, ctx, site),
+                    acceptor = ProxyAcceptor(loop, sock, partial(_client_factory, ctx, site, h2),
                                              site.context if site is not None else None,
                                              self.config.limits.header_timeout, ctx.trusted, ctx.observer,
                                              refusals)
@@ -241,6 +240,8 @@ class Worker:
             for client in list(ctx.clients):
                 if not in_grace:
                     client.shutdown()
+                elif type(client) is H2Connection:
+                    client.notice()  # no new streams, please; GOAWAY with the last id follows
                 elif client.state is ClientState.BUSY:
                     for exchange in client.exchanges:
                         if not exchange.response_started:
@@ -254,12 +255,21 @@ class Worker:
             await asyncio.sleep(DRAIN_TUNNEL_POLL)  # each tunnel closes itself by tunnel_drain_timeout
 
 
-def _proxied_factory(ctx: WorkerContext, site: TlsListener | None,
-                     peer: tuple[str, int] | None) -> Callable[[], ClientConnection]:
-    """The protocol factory for a connection whose PROXY header sent `peer` (None: the real one)."""
+def _h2_settings(config: Config, listener: ListenerConfig, site: TlsListener | None) -> Http2Config | None:
+    """The [http2] settings for a listener's connections, or None where HTTP/2 cannot happen:
+    a TLS listener whose alpn leaves h2 out, a plaintext one with h2c off."""
+    if site is not None:
+        return config.http2 if "h2" in listener.tls.alpn else None
+    return config.http2 if listener.h2c else None
+
+
+def _client_factory(ctx: WorkerContext, site: TlsListener | None, h2: Http2Config | None,
+                    peer: tuple[str, int] | None) -> Callable[[], ClientConnection]:
+    """The protocol factory of a listener's connections; `peer`: the client a PROXY header sent
+    (None: the socket's own peer)."""
     if site is None:
-        return lambda: ClientConnection(ctx, b"http", None, peer)
-    return lambda: ClientConnection(ctx, b"https", site.fallback, peer)
+        return lambda: ClientConnection(ctx, b"http", None, peer, h2)
+    return lambda: ClientConnection(ctx, b"https", site.fallback, peer, h2)
 
 
 def run_single(config: Config) -> int:

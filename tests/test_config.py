@@ -154,7 +154,7 @@ def test_every_problem_in_one_pass(tmp_path):
     main = tmp_path / "rproxy.toml"
     main.write_text(MINIMAL.replace('backend = "app"', 'backend = "missing"\nmatch = "regex"\npath = "(("')
                     .replace('bind = "127.0.0.1:8080"', 'bind = "127.0.0.1:8080"\n'
-                             'tls = { alpn = ["h2", "http/1.1"] }')
+                             'tls = { alpn = ["h3", "http/1.1"] }')
                     .replace('name = "default"', f'name = "default"\ncertificate = "{tmp_path}/absent.pem"')
                     + '\n[[vhost]]\nname = "second"\n'  # no route: the vhost is still checked
                     + '\n[limits]\nkeepalive_timeout = true\n')
@@ -167,7 +167,7 @@ def test_every_problem_in_one_pass(tmp_path):
         f"{main}: vhost[0].route[0].backend: no backend named 'missing' (known: app)",
         f"{main}: vhost[0].route[0].path: invalid regular expression: ",
         f"{main}: vhost[0].certificate: cannot read certificate {tmp_path}/absent.pem: No such file",
-        f"{main}: listener[0].tls.alpn: h2 is not supported yet; expected http/1.1 or http/1.0",
+        f"{main}: listener[0].tls.alpn: unknown protocol 'h3'; expected h2, http/1.1, http/1.0",
     ]
     for start in expected:
         assert any(line.startswith(f"rproxyd: {start}") for line in lines), (start, lines)

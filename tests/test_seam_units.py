@@ -14,6 +14,7 @@ import pytest
 import appliance.build
 from appliance.http.downstream import ClientConnection, ClientState
 from appliance.http.exchange import Downstream, Exchange, ExchangeState
+from appliance.http.h2_downstream import H2Stream
 from appliance.statemachine import IllegalTransition, Transitions
 
 BACKEND_SIDE = Path(appliance.__file__).parent / "upstream"
@@ -37,15 +38,28 @@ def _methods(cls: type) -> dict[str, list[str]]:
             and not node.name.startswith("__")}
 
 
-def test_the_client_connection_implements_every_downstream_member():
+def _implemented(cls: type) -> tuple[dict[str, list[str]], set[str]]:
+    """The methods and slots of a class and its bases in the appliance, the class's own first."""
+    methods: dict[str, list[str]] = {}
+    slots: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("appliance."):
+            for name, wanted in _methods(klass).items():
+                methods.setdefault(name, wanted)
+            slots |= set(getattr(klass, "__slots__", ()))
+    return methods, slots
+
+
+@pytest.mark.parametrize("downstream", [ClientConnection, H2Stream], ids=lambda c: c.__name__)
+def test_every_downstream_implements_every_member_of_the_seam(downstream):
     methods = _methods(Downstream)
     attributes = {node.target.id for node in _class_source(Downstream).body
                   if isinstance(node, ast.AnnAssign)} - set(methods)
     assert methods and attributes
-    implemented = _methods(ClientConnection)
+    implemented, slots = _implemented(downstream)
     for name, wanted in methods.items():
         assert implemented.get(name) == wanted, name
-    assert attributes <= set(ClientConnection.__slots__)
+    assert attributes <= slots
 
 
 @pytest.mark.parametrize("module", sorted(BACKEND_SIDE.glob("*.py")), ids=lambda p: p.name)
@@ -54,7 +68,7 @@ def test_the_backend_side_does_not_import_the_client_side(module):
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                  for alias in node.names}
-    assert "appliance.http.downstream" not in imported
+    assert not imported & {"appliance.http.downstream", "appliance.http.h2_downstream"}
 
 
 def test_a_move_the_table_does_not_list_raises_and_changes_nothing():

@@ -69,6 +69,7 @@ _SECTIONS: list[tuple[str, type]] = [
     ("request_headers / response_headers (in [[vhost]] and [[vhost.route]])", schema.HeaderPolicyConfig),
     ("[limits]", schema.LimitsConfig),
     ("[proxy]", schema.ProxyConfig),
+    ("[http2]", schema.Http2Config),
     ("[process]", schema.ProcessConfig),
     ("[log]", schema.LogConfig),
     ("[tls]", schema.TlsConfig),

@@ -365,8 +365,8 @@ def _cross_check(config: schema.Config, builder: _Builder) -> None:
 def _check_alpn(protocols: list[str], path: tuple[str | int, ...], builder: _Builder) -> None:
     for protocol in protocols:
         if protocol not in schema.ALPN_PROTOCOLS:
-            why = "h2 is not supported yet" if protocol == "h2" else f"unknown protocol {protocol!r}"
-            builder.problem(path, f"{why}; expected {' or '.join(schema.ALPN_PROTOCOLS)}")
+            builder.problem(path, f"unknown protocol {protocol!r}; expected "
+                            f"{', '.join(schema.ALPN_PROTOCOLS)}")
 
 
 def _check_proxy_senders(networks: list[Any], path: tuple[str | int, ...], builder: _Builder) -> None:

@@ -44,8 +44,8 @@ PATH_LIST = "path or list of paths"
 
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 CLIENT_VERIFY = ("off", "optional", "required")
-# What the workers speak; h2 would be offered and then refused (400 on the preface).
-ALPN_PROTOCOLS = ("http/1.1", "http/1.0")
+# What the workers speak on a TLS listener (h2: appliance/http/h2_downstream.py).
+ALPN_PROTOCOLS = ("h2", "http/1.1", "http/1.0")
 
 REQUIRED = object()
 
@@ -139,9 +139,10 @@ class ListenerTlsConfig:
         "of fetching (as nginx's ssl_stapling_file); re-read on reload.",
     )
     alpn: list[str] = key(
-        ["http/1.1"], kind=STR_LIST,
-        doc="ALPN protocols offered, from " + " and ".join(ALPN_PROTOCOLS) + " (h2 is not "
-        "supported yet: `rproxyd -t` refuses it).",
+        ["h2", "http/1.1"], kind=STR_LIST,
+        doc="ALPN protocols offered, in order of preference, from " + ", ".join(ALPN_PROTOCOLS)
+        + ". A client that negotiates h2 speaks HTTP/2 ([http2], docs/http2.md); one that "
+        "negotiates nothing speaks HTTP/1.x.",
     )
 
 
@@ -167,6 +168,12 @@ class ListenerConfig:
         "that is invalid, incomplete after header_timeout or from anyone else closes the "
         "connection. On a TLS listener the header comes before the TLS handshake. Listeners "
         "without it never look for a header. See docs/proxy-protocol.md.",
+    )
+    h2c: bool = key(
+        True, kind=BOOL,
+        doc="On a plaintext listener, a connection that starts with the HTTP/2 connection preface "
+        "(`PRI * HTTP/2.0`, prior knowledge) speaks HTTP/2; any other speaks HTTP/1.x. The "
+        "`Upgrade: h2c` dance is never supported. Ignored on a TLS listener (ALPN decides there).",
     )
 
 
@@ -668,6 +675,36 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Http2Config:
+    """HTTP/2 from clients: what each connection advertises and enforces. See docs/http2.md."""
+
+    max_concurrent_streams: int = key(
+        128, kind=INT, minimum=1, maximum=65535,
+        doc="Streams a client may have open at once on one connection (nginx's "
+        "http2_max_concurrent_streams, 128); more are refused with RST_STREAM.",
+    )
+    max_header_list_size: int = key(
+        64 * 1024, kind=SIZE, minimum=1024, maximum=16 * 1024 * 1024,
+        doc="Largest decoded request header list (names, values and 32 bytes per field, RFC 9113 "
+        "6.5.2), across HEADERS and CONTINUATION frames; larger gets 431 on that stream.",
+    )
+    max_frame_size: int = key(
+        16384, kind=SIZE, minimum=16384, maximum=16777215,
+        doc="Largest frame payload a client may send (SETTINGS_MAX_FRAME_SIZE; the protocol's "
+        "minimum, 16 KiB, is HAProxy's and nginx's default too).",
+    )
+    initial_window_size: int = key(
+        65535, kind=SIZE, minimum=1, maximum=2147483647,
+        doc="Per-stream receive window for request bodies (nginx's and HAProxy's default, 64 KiB): "
+        "a client sends no more of a body than this ahead of what the backend has accepted.",
+    )
+    connection_window_size: int = key(
+        1024 * 1024, kind=SIZE, minimum=65535, maximum=2147483647,
+        doc="Receive window for all request bodies of one connection together.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     """Process-wide proxy behaviour."""
 
@@ -931,6 +968,9 @@ class Config:
     )
     proxy: ProxyConfig = key(
         ProxyConfig(), kind=TABLE, item=ProxyConfig, doc="Proxy behaviour, as [proxy]."
+    )
+    http2: Http2Config = key(
+        Http2Config(), kind=TABLE, item=Http2Config, doc="HTTP/2 from clients, as [http2].",
     )
     process: ProcessConfig = key(
         ProcessConfig(), kind=TABLE, item=ProcessConfig,

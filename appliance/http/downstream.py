@@ -13,28 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from enum import IntEnum
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
 from appliance.deadline import Deadline
 from appliance.http import errors
+from appliance.http.downstream_base import DownstreamBase
 from appliance.http.exchange import (
-    AWAITING_PHASE,
     BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     FINISHED,
     HEAD,
     PAUSE_BUFFER_FULL,
-    PENDING,
     WAITING_TURN,
     Exchange,
     Fields,
 )
+from appliance.http.h2_downstream import PREFACE_LINE, H2Connection
 from appliance.http.headers import (
     REQ_CONNECTION,
     REQ_CONTENT_LENGTH,
@@ -55,21 +53,19 @@ from appliance.http.headers import (
     remove_named,
     serialize_fields,
 )
-from appliance.http.target import HASH, PathAboveRoot, normalize_path, valid_host
+from appliance.http.target import HASH, valid_host
 from appliance.http.tunnel import Tunnel
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
-from appliance.observe.observer import CLIENT_CLOSED
-from appliance.phases import Peer, Response, ResponseHead, calls, eager
-from appliance.phases.dispatch import body_bytes, response_or_none
+from appliance.phases import Response, ResponseHead, calls
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 from appliance.tls.session import TlsConnection
-from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool, SpliceHolder
+from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool
 
 if TYPE_CHECKING:
+    from appliance.config.schema import Http2Config
     from appliance.context import WorkerContext
-    from appliance.routing.router import Vhost
     from appliance.tls.contexts import TlsSite
 
 # Reasons reading from the client is paused; reading resumes when none is left. The
@@ -112,44 +108,37 @@ FRAME_RAW = 1  # body bytes as they come (Content-Length, or close-delimited to 
 FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 
 
-class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: no asyncio.Protocol base
+class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name: no asyncio.Protocol base
     __slots__ = (
         "_read_pauses",
         "answer_keep_alive",
-        "body_filter",
         "bypass_remaining",
-        "ctx",
         "exchanges",
-        "forwarded_tail",
+        "h2",
         "half_closed",
         "head_raw",
         "held_head",
         "parser",
         "parsing",
-        "peer_ip",
-        "peer_port",
-        "phase_task",
         "proto",
         "response_framing",
         "send_deadline",
-        "sent",
         "slot",
         "state",
-        "tls",
         "transport",
-        "trusted",
         "upgrade_held",
         "when",
-        "write_paused",
     )
 
     def __init__(self, ctx: WorkerContext, proto: bytes = b"http",
-                 tls: TlsSite | None = None, peer: tuple[str, int] | None = None) -> None:
-        self.ctx = ctx
+                 tls: TlsSite | None = None, peer: tuple[str, int] | None = None,
+                 h2: Http2Config | None = None) -> None:
+        DownstreamBase.__init__(self, ctx, tls)
         self.proto = proto
-        # On a TLS listener: the listener's fallback site until connection_made replaces it
-        # with what the handshake established (TlsConnection). None on plain HTTP.
-        self.tls: TlsSite | TlsConnection | None = tls
+        # The [http2] settings when this connection may turn out to speak HTTP/2 (ALPN chose
+        # h2, or a plaintext h2c listener got the preface): it then hands its transport to an
+        # H2Connection (appliance/http/h2_downstream.py). None: HTTP/1.x only.
+        self.h2 = h2
         self.state = IDLE
         self.transport: asyncio.Transport | None = None
         # Made when request bytes arrive and dropped when the connection goes idle: a parser
@@ -172,16 +161,8 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         self.answer_keep_alive = False  # whether the connection survives the response going out
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
-        # The route's response_body_filter while a response goes through it, else None.
-        self.body_filter: Callable[..., Any] | None = None
-        self.sent = 0  # response bytes written for the exchange now answering
         self.half_closed = False  # the client sent FIN: it sends nothing more, so no lingering close
-        self.write_paused = False
         self._read_pauses = 0
-        self.peer_ip = b""  # the peer's address, shared by the connections from it (appliance/http/peer.py)
-        self.peer_port = 0  # 0: the socket reported no peer
-        self.trusted = True  # the peer is a trusted proxy: its X-Forwarded-For is kept
-        self.forwarded_tail = b""
         if peer is not None:
             # The client address a PROXY header sent (appliance/http/proxy_accept.py): the
             # client is that address everywhere, the balancer's own is forgotten.
@@ -194,10 +175,6 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         self.slot = UNFILED  # its wheel slot (the wheel's to set)
         # Made the first time the client stops reading our output (most connections never do).
         self.send_deadline: Deadline | None = None
-        self.splice: BodySplice | None = None  # set while a request body goes through splice(2)
-        # The Task of an async request_filter that suspended (only the exchange at the head of
-        # the queue runs request phases, so one at a time): cancelled if the exchange ends first.
-        self.phase_task: asyncio.Task | None = None
         # What the client sent after an upgrade request's head, held while it waits (PAUSE_UPGRADE).
         self.upgrade_held: bytes | None = None
 
@@ -224,6 +201,11 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             # The X-SSL-* lines ride on the per-connection tail every request head ends with.
             self.forwarded_tail += self.tls.lines
             self.ctx.observer.tls_handshake(self.tls.resumed)
+            # uvloop runs connection_made once the handshake is done: ALPN has chosen.
+            h2 = self.h2
+            if h2 is not None and transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2":
+                H2Connection.take_over(self, self.h2, transport, b"")
+                return
         self.ctx.clients.add(self)
         # A new connection gets the header timeout for its first request.
         self.ctx.wheel.set(self, limits.header_timeout)
@@ -276,6 +258,10 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self._start_ready()
             return
         except httptools.HttpParserError as exc:
+            if (self.h2 is not None and data.startswith(PREFACE_LINE) and self.head_raw == len(data)
+                    and len(self.exchanges) == 1):  # the preface opens this read and nothing waits
+                self._become_h2(data)
+                return
             self._reject(errors.ClientFault(str(exc)))
             self._start_ready()
             return
@@ -340,6 +326,17 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             upstream = self.exchanges[0].upstream
             if upstream is not None:
                 upstream.resume_reading()
+
+    def _become_h2(self, data: bytes) -> None:
+        """A plaintext h2c listener got the HTTP/2 preface (prior knowledge): this connection
+        speaks HTTP/2 from its first byte, so an H2Connection takes the transport over."""
+        self.exchanges = None
+        self.parsing = None
+        self.parser = None
+        self.ctx.wheel.cancel(self)
+        self.ctx.clients.discard(self)
+        self._transition(CLOSED)
+        H2Connection.take_over(self, self.h2, self.transport, data)
 
     # ----------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
@@ -509,165 +506,6 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         if exchanges and exchanges[0].state is WAITING_TURN:
             self._start(exchanges[0])
 
-    def _start(self, exchange: Exchange) -> None:
-        """Run the request phases for the exchange at the head of the queue, then route it.
-
-        The built-in request filter first (a client error found while parsing, a path above
-        the root, a Host the TLS session may not ask for), then the vhost's operator phases:
-        new_ctx and request_filter, which may answer. Routing follows in _route.
-        """
-        if exchange.failure is not None:
-            self.fail(exchange, exchange.failure)
-            return
-        host = exchange.host or b""
-        url = exchange.url
-        query = url.find(b"?")
-        raw_path = url if query < 0 else url[:query]
-        try:
-            path = normalize_path(raw_path)
-        except PathAboveRoot:
-            self.fail(exchange, errors.ClientFault("request path climbs above the root"))
-            return
-        if path is not raw_path:
-            url = path if query < 0 else path + url[query:]  # routed, rewritten and sent on
-        router = self.ctx.router
-        tls = self.tls
-        if tls is not None:
-            refusal = tls.refusal(router.vhost_name(host))
-            if refusal is not None:
-                self.fail(exchange, refusal)
-                return
-        vhost = router.vhost(host)
-        exchange.target = url  # what phases see as req.path and req.query until the route's rewrite
-        if vhost is not None and vhost.phases.new_ctx is not None and not exchange.redirects:
-            exchange.phases = vhost.phases
-            if not self._request_phases(exchange, vhost, path):
-                return
-        self._route(exchange, vhost, path)
-
-    def _request_phases(self, exchange: Exchange, vhost: Vhost, path: bytes) -> bool:
-        """new_ctx and request_filter; True to go on to routing (else answered, failed or awaiting)."""
-        phases = exchange.phases
-        try:
-            exchange.phase_ctx = phases.new_ctx()
-        except Exception as exc:
-            self.fail(exchange, calls.failed(exchange, "new_ctx", exc))
-            return False
-        request_filter = phases.request_filter
-        if request_filter is None:
-            return True
-        try:
-            result = request_filter(calls.request_view(exchange), exchange.phase_ctx)
-            if phases.request_filter_async:
-                finished, result = self._run_async_phase(
-                    exchange, result, partial(self._request_filter_done, exchange, vhost, path))
-                if not finished:
-                    return False
-            # None (go on) is the usual result: checked here, without a call into dispatch.py.
-            response = None if result is None else response_or_none(result, "request_filter")
-        except Exception as exc:
-            self.fail(exchange, calls.failed(exchange, "request_filter", exc))
-            return False
-        if response is None:
-            return True
-        self._answer(exchange, response, self.response_keep_alive(exchange))
-        return False
-
-    def _request_filter_done(self, exchange: Exchange, vhost: Vhost, path: bytes, task: asyncio.Task) -> None:
-        """An async request_filter that suspended has completed."""
-        if not self._phase_completed(task):
-            return
-        try:
-            response = response_or_none(task.result(), "request_filter")
-        except (Exception, asyncio.CancelledError) as exc:
-            self.fail(exchange, calls.failed(exchange, "request_filter", exc))
-            return
-        if response is not None:
-            self._answer(exchange, response, self.response_keep_alive(exchange))
-            return
-        self._route(exchange, vhost, path)
-
-    def _run_async_phase(self, exchange: Exchange, coro: Any,
-                         on_done: Callable[[asyncio.Task], None]) -> tuple[bool, Any]:
-        """Drive an async phase's coroutine; (True, its result), or (False, its Task) if it suspended.
-
-        A suspended phase is awaited with reading going on, as while a request waits for a
-        server (a body is buffered, pipelined requests queue, both bounded), so a client that
-        goes away is seen and the phase cancelled (_cancel_phase); `on_done` goes on with it.
-        """
-        finished, result = eager.start(coro, self.ctx.loop)
-        if not finished:
-            exchange.transition(AWAITING_PHASE)
-            self.phase_task = result
-            result.add_done_callback(on_done)
-        return finished, result
-
-    def _phase_completed(self, task: asyncio.Task) -> bool:
-        """Whether the async phase that just completed still has an exchange to go on with."""
-        if task is not self.phase_task:
-            # Cancelled: the exchange ended first. Whatever the phase made of its cancellation
-            # goes nowhere (retrieved here, so asyncio logs no "exception was never retrieved").
-            if not task.cancelled():
-                task.exception()
-            return False
-        self.phase_task = None
-        return True
-
-    def _cancel_phase(self, exchange: Exchange) -> None:
-        """The exchange ends while its async request_filter or upstream_peer awaits: cancel it.
-
-        As an asyncio server cancels a request's handler when its client goes away: the
-        phase sees CancelledError at its await (its `finally` and `async with` blocks run),
-        and the logging phase still runs, once, when the exchange is reported.
-        """
-        task = self.phase_task
-        if task is not None and exchange.state is AWAITING_PHASE:  # None once the phase completed
-            self.phase_task = None
-            task.cancel()
-
-    def _route(self, exchange: Exchange, vhost: Vhost | None, path: bytes) -> None:
-        """Pick the rule (the built-in part of upstream_peer), apply its rewrite, ask its backend."""
-        route = vhost.match(exchange.method, path) if vhost is not None else None
-        if route is None:
-            allowed = vhost.methods_for(path) if vhost is not None else None
-            self.fail(exchange, errors.MethodNotAllowed(allowed) if allowed else errors.NoRoute("no route"))
-            return
-        if exchange.method == b"TRACE" and not route.allow_trace:
-            self.fail(exchange, errors.MethodNotAllowed(route.allowed_methods()))
-            return
-        exchange.route = route
-        exchange.backend = route.backend
-        exchange.target = route.target(exchange.target)
-        if exchange.upgrade is not None and not self._offer_upgrade(exchange, route):
-            return
-        if exchange.phases.upstream_peer is not None:
-            self.choose_peer(exchange)
-            return
-        route.backend.acquire(exchange)
-
-    def _offer_upgrade(self, exchange: Exchange, route: Any) -> bool:
-        """Keep in `exchange.upgrade` only the protocols the route lets a client switch to.
-
-        None left (h2c is never among them), HTTP/1.0, no `Connection: upgrade`, or a request
-        body: the request goes on as a plain one, without Upgrade. False: answered 503, since
-        the rule holds its max_tunnels, or this worker drains (the next connection reaches the
-        new generation).
-        """
-        tokens = [token.strip() for token in exchange.upgrade.split(b",")]
-        offered = [token for token in tokens if token.lower().partition(b"/")[0] in route.upgrade]
-        if (not offered or exchange.version != "1.1" or exchange.hop_names is None
-                or b"upgrade" not in exchange.hop_names or exchange.chunked or exchange.content_length):
-            exchange.upgrade = None
-            return True
-        if self.ctx.draining or self.ctx.tunnels.full(route):
-            exchange.upgrade = None
-            exchange.close_after = self.ctx.draining
-            self.fail(exchange, errors.BackendUnavailable(
-                "worker draining" if self.ctx.draining else f"{route.name}: max_tunnels open"))
-            return False
-        exchange.upgrade = b", ".join(offered)
-        return True
-
     def _read_held(self) -> None:
         """An upgrade request got an answer other than 101: what the client sent after its
         head is parsed as the next request (never passed on unparsed)."""
@@ -677,75 +515,13 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         if held:
             self.data_received(held)
 
-    def choose_peer(self, exchange: Exchange, retry: bool = False) -> None:
-        """upstream_peer: where the request goes; run before a server is picked and before each retry.
-
-        An async phase that suspends is awaited as an async request_filter is (_run_async_phase).
-        """
-        phases = exchange.phases
-        try:
-            chosen = phases.upstream_peer(calls.request_view(exchange), exchange.phase_ctx)
-            if phases.upstream_peer_async:
-                finished, chosen = self._run_async_phase(
-                    exchange, chosen, partial(self._upstream_peer_done, exchange, retry))
-                if not finished:
-                    return
-            choice = self.ctx.peer_choice(chosen)
-        except Exception as exc:
-            self.fail(exchange, calls.failed(exchange, "upstream_peer", exc))
-            return
-        self._go_to_peer(exchange, choice, retry)
-
-    def _upstream_peer_done(self, exchange: Exchange, retry: bool, task: asyncio.Task) -> None:
-        """An async upstream_peer that suspended has completed."""
-        if not self._phase_completed(task):
-            return
-        try:
-            choice = self.ctx.peer_choice(task.result())
-        except (Exception, asyncio.CancelledError) as exc:
-            self.fail(exchange, calls.failed(exchange, "upstream_peer", exc))
-            return
-        self._go_to_peer(exchange, choice, retry)
-
-    def _go_to_peer(self, exchange: Exchange, choice: str | Peer | None, retry: bool) -> None:
-        """Send the request to the pool upstream_peer chose: the route's, a backend's, or a Peer's own."""
-        if choice is None:
-            pool = exchange.route.backend
-        elif type(choice) is str:
-            pool = self.ctx.pools[choice]
-        else:
-            pool = self.ctx.peer_pools.get(choice)
-            if pool is None:
-                self.fail(exchange, errors.BackendUnavailable(
-                    f"upstream_peer chose {choice.address}: [phases] max_peer_pools reached"))
-                return
-        exchange.backend = pool
-        if retry:
-            pool.requeue(exchange)
-        else:
-            pool.acquire(exchange)
-
-    def redirect(self, exchange: Exchange, target: bytes) -> None:
-        """Route the request again to another path, as a backend's internal redirect asked.
-
-        As nginx's X-Accel-Redirect: the new request is a GET (a HEAD stays HEAD) without the
-        body, which the backend that redirected has had.
-        """
-        if not exchange.request_done:
-            # The client is still sending the body: the rest is not read (it goes nowhere), and
-            # the connection closes after the answer (response_keep_alive sees CLOSING), with a
-            # lingering close, so no body byte is ever parsed as the next request.
-            self.stop_splice()
-            self.when = None  # no read deadline
-            self._stop_reading_requests()
-        exchange.drop_body()
-        exchange.upstream = None  # the backend that redirected is done with it
-        exchange.redirects += 1
-        exchange.url = target
-        exchange.tried = []
-        exchange.retries = 0
-        exchange.transition(PENDING)
-        self._start(exchange)
+    def _drop_request_body(self, exchange: Exchange) -> None:
+        """The client is still sending the body of a redirected request: the rest is not read (it
+        goes nowhere), and the connection closes after the answer (response_keep_alive sees
+        CLOSING), with a lingering close, so no body byte is ever parsed as the next request."""
+        self.stop_splice()
+        self.when = None  # no read deadline
+        self._stop_reading_requests()
 
     def _request_body(self, exchange: Exchange, body: bytes) -> None:
         size = len(body)
@@ -1007,7 +783,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
 
     def send_body(self, data: bytes) -> None:
         if self.body_filter is not None:
-            data = self._filter_body(data, False)
+            data = self._filter_body(self.exchanges[0], data, False)
             if not data:
                 return  # held back by the filter (an empty chunk would end a chunked body)
         self.sent += len(data)
@@ -1031,7 +807,7 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         """The backend's response is complete: end the framing and move to the next request."""
         if self.body_filter is not None:
             # The filter's last call (end=True) may return the bytes it held back.
-            tail = self._filter_body(b"", True)
+            tail = self._filter_body(exchange, b"", True)
             self.body_filter = None
             if exchange.finished:
                 return  # the filter failed: the response was cut
@@ -1045,16 +821,6 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         elif head is not None:
             self.transport.write(head)
         self._finish(exchange, self.answer_keep_alive)
-
-    def _filter_body(self, data: bytes, end: bool) -> bytes:
-        """response_body_filter over one piece of the body; b"" (and the response cut) if it fails."""
-        exchange = self.exchanges[0]
-        try:
-            return body_bytes(self.body_filter(calls.request_view(exchange), data, end, exchange.phase_ctx))
-        except Exception as exc:
-            self.body_filter = None
-            self._fail_current(exchange, calls.failed(exchange, "response_body_filter", exc))
-            return b""
 
     def response_splice_target(self) -> asyncio.Transport | None:
         transport = self.transport
@@ -1085,59 +851,20 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
         self._report(exchange)
         self.close(force=True)
 
-    def fail(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
-        """Answer an exchange with a proxy-generated error response."""
-        if exchange.finished or self.state is CLOSED:
-            return
-        if exchange.response_started:
-            self.abort_response(exchange)
-            return
-        self._cancel_phase(exchange)
-        blame_client = isinstance(failure, errors.ClientFault)
-        if not blame_client:
-            # The proxy-side error line for this request; client faults are logged where found.
-            line = self.ctx.flood_log.log if failure.sampled else log.warning
-            line("%s %s: %d %s", exchange.method.decode(), exchange.url.decode(errors="replace"),
-                 failure.status, failure, extra=about(exchange))
-        keep_alive = not blame_client and self.response_keep_alive(exchange)
-        exchange.failure = failure
-        if exchange.phases.fail_to_proxy is not None:
-            response = calls.fail_to_proxy(exchange, failure)
-            if response is not None:
-                exchange.upstream = None
-                self._answer(exchange, response, keep_alive)
-                return
-        exchange.response_started = True
-        exchange.status = failure.status
+    def _send_error(self, exchange: Exchange, failure: errors.ProxyFailure, keep_alive: bool) -> None:
         response = errors.error_response(failure, keep_alive, exchange.is_head)
         self.sent += len(response)
         self.transport.write(response)
-        exchange.upstream = None
         self._finish(exchange, keep_alive)
 
-    def _answer(self, exchange: Exchange, response: Response, keep_alive: bool) -> None:
-        """Send a phase's own Response (request_filter's or fail_to_proxy's): no backend is asked."""
-        exchange.response_started = True
-        exchange.status = response.status
-        if exchange.phases.logging is not None:
-            exchange.resp = ResponseHead(response.status, response.headers.raw)
+    def _send_answer(self, exchange: Exchange, response: Response, keep_alive: bool) -> None:
         data = calls.response_bytes(response, keep_alive, exchange.is_head, exchange.version)
         self.sent += len(data)
         self.transport.write(data)
         self._finish(exchange, keep_alive)
 
-    def _report(self, exchange: Exchange) -> None:
-        # Once per exchange, however it ended: the logging phase, the access log and metrics.
-        exchange.bytes_out = self.sent
-        self.sent = 0
-        if exchange.phases.logging is not None:
-            calls.logging_phase(exchange)
-        if exchange.req is not None:
-            # The request view's lazy request id refers back to the exchange: without the views
-            # (and the ctx a phase may have handed them to) the exchange is freed by reference
-            # counting when it is done, instead of waiting for the cyclic GC.
-            exchange.req = exchange.resp = exchange.phase_ctx = None
-        self.ctx.observer.exchange_done(exchange)
+    def _closed(self) -> bool:
+        return self.state is CLOSED
 
     def _finish(self, exchange: Exchange, keep_alive: bool) -> None:
         if not exchange.finished:
@@ -1171,12 +898,6 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             self.exchanges = None
             if self._read_pauses & PAUSE_UPGRADE:
                 self._read_held()
-
-    def _fail_current(self, exchange: Exchange, failure: errors.ProxyFailure) -> None:
-        upstream = exchange.upstream
-        if upstream is not None:
-            upstream.abandon()
-        self.fail(exchange, failure)
 
     # ----------------------------------------------------- errors & close
     def _reject(self, failure: errors.ProxyFailure) -> None:
@@ -1212,26 +933,6 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
             exchange.failure = failure
             if exchange.state is HEAD:
                 exchange.transition(WAITING_TURN)
-
-    def _detach_pending(self, exchange: Exchange) -> None:
-        if exchange.state is PENDING and exchange.backend is not None:
-            exchange.backend.cancel_pending(exchange)
-
-    def _abandon(self, exchange: Exchange) -> None:
-        """The client went away: release whatever the exchange holds."""
-        if exchange.finished:
-            return
-        self._detach_pending(exchange)
-        self._cancel_phase(exchange)
-        upstream = exchange.upstream
-        had_head = exchange.state is not HEAD  # a request line and headers arrived
-        exchange.transition(FINISHED)
-        exchange.upstream = None
-        if upstream is not None:
-            upstream.abandon()
-        if had_head:
-            exchange.status = exchange.status or CLIENT_CLOSED
-            self._report(exchange)
 
     def _stop_reading_requests(self) -> None:
         if self.state in (IDLE, BUSY):
@@ -1269,12 +970,6 @@ class ClientConnection(SpliceHolder):  # uvloop calls protocol methods by name: 
     def _on_send_timeout(self) -> None:
         self._note_timeout(metrics.T_SEND, "send timeout", self.exchanges[0] if self.exchanges else None)
         self.close(force=True)
-
-    def _note_timeout(self, phase: int, what: str, exchange: Exchange | None) -> None:
-        """Count a client timeout, and log it unless a flood of them is being sampled."""
-        self.ctx.observer.client_timeout(phase)
-        self.ctx.timeout_log.log("client %s: %s", self.peer_ip.decode(), what,
-                                  extra=about(exchange) if exchange is not None else None)
 
     def pause_reading(self, reason: int) -> None:
         if not self._read_pauses and self.transport is not None:

@@ -4,13 +4,13 @@ The exchange is what the two sides share. The client side (appliance/http/downst
 and the backend side (appliance/upstream/) act on each other only through the two
 interfaces here, each typed against the other side's interface and never its class:
 
-- `Downstream`: what the backend side may call on whatever sent the request. Today the
-  HTTP/1 client connection; an HTTP/2 stream or a tunnel can implement the same interface
-  later. The backend side hands over parsed facts (status, reason, the header list, the
-  backend's version and Via, how the body is delimited) and body bytes; the downstream
-  frames them for its own peer (status line, Via, chunked or not, Connection, keep-alive)
-  and flow-controls its side. Nothing on the backend side touches a downstream's fields
-  or transport.
+- `Downstream`: what the backend side may call on whatever sent the request: the HTTP/1
+  client connection, or one HTTP/2 stream (appliance/http/h2_downstream.py); both extend
+  DownstreamBase (appliance/http/downstream_base.py). The backend side hands over parsed
+  facts (status, reason, the header list, the backend's version and Via, how the body is
+  delimited) and body bytes; the downstream frames them for its own peer (status line, Via,
+  chunked or not, Connection, keep-alive) and flow-controls its side. Nothing on the
+  backend side touches a downstream's fields or transport.
 - `Upstream`: what the client side may call on the backend connection an exchange is
   attached to (request bytes, flow control, the request-body splice, abandoning it).
 

@@ -69,10 +69,17 @@ class RequestHead:
             lines.append(b"X-Request-Id: " + rid + b"\r\n")
         via = self.via
         if exchange.via:
-            lines.append(b"Via: %s, %s %s\r\n\r\n" % (exchange.via, exchange.version.encode(), via)
+            lines.append(b"Via: %s, %s %s\r\n\r\n" % (exchange.via, _via_version(exchange.version), via)
                          if via else b"Via: " + exchange.via + b"\r\n\r\n")
         elif via:
-            lines.append(self._via_line_11 if exchange.version == "1.1" else self._via_line_10)
+            version = exchange.version
+            lines.append(self._via_line_11 if version == "1.1" else self._via_line_10 if version == "1.0"
+                         else b"Via: 2 " + via + b"\r\n\r\n")  # an HTTP/2 stream
         else:
             lines.append(b"\r\n")
         return b"".join(lines)
+
+
+def _via_version(version: str) -> bytes:
+    """The client's protocol as a Via names it (RFC 9110 7.6.3): "1.1", "1.0", or "2" for HTTP/2."""
+    return b"2" if version == "2.0" else version.encode()

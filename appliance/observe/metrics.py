@@ -81,6 +81,12 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rproxyd_tunnel_bytes_total": (
         COUNTER, "Bytes relayed through closed upgrade tunnels, by direction."),
     "rproxyd_tunnels_closed_total": (COUNTER, "Upgrade tunnels closed, by reason."),
+    "rproxyd_h2_connections": (GAUGE, "Open HTTP/2 client connections."),
+    "rproxyd_h2_streams": (GAUGE, "Open HTTP/2 request streams."),
+    "rproxyd_h2_streams_total": (COUNTER, "HTTP/2 request streams opened by clients."),
+    "rproxyd_h2_goaways_total": (
+        COUNTER, "GOAWAY frames sent to HTTP/2 clients, by reason: graceful (drain, idle), error (a "
+        "protocol error, a flood or too many glitches closed the connection)."),
     "rproxyd_worker_restarts_total": (COUNTER, "Workers that died outside a drain and were respawned."),
     "rproxyd_reloads_total": (COUNTER, "Reloads and upgrades, by result."),
     "rproxyd_generation": (GAUGE, "The configuration generation now serving."),
@@ -183,6 +189,15 @@ TUNNELS_BLOCK: list[Entry] = [
     *[("rproxyd_tunnels_closed_total", labels(reason=reason), "") for reason in CLOSE_REASONS],
 ]
 TUN_OPEN, TUN_UP, TUN_DOWN, TUN_CLOSED = 0, 1, 2, 3
+# HTTP/2 from clients, per worker (appliance/http/h2_downstream.py).
+H2_BLOCK: list[Entry] = [
+    ("rproxyd_h2_connections", "", ""),
+    ("rproxyd_h2_streams", "", ""),
+    ("rproxyd_h2_streams_total", "", ""),
+    ("rproxyd_h2_goaways_total", labels(reason="graceful"), ""),
+    ("rproxyd_h2_goaways_total", labels(reason="error"), ""),
+]
+H2_CONNECTIONS, H2_STREAMS, H2_STREAMS_TOTAL, H2_GOAWAY_GRACEFUL, H2_GOAWAY_ERROR = 0, 1, 2, 3, 4
 SUPERVISOR_BLOCK: list[Entry] = [
     ("rproxyd_worker_restarts_total", "", ""),
     ("rproxyd_reloads_total", labels(result="ok"), ""),
@@ -206,6 +221,7 @@ class Layout:
     phase_errors: int = 0
     proxy_refused: int = 0
     tunnels: int = 0
+    h2: int = 0
     supervisor: int = 0
 
 
@@ -250,6 +266,7 @@ class Directory:
         layout.phase_errors = self.block(PHASE_ERRORS_BLOCK)
         layout.proxy_refused = self.block(PROXY_REFUSED_BLOCK)
         layout.tunnels = self.block(TUNNELS_BLOCK)
+        layout.h2 = self.block(H2_BLOCK)
         layout.no_route = self.block(route_block(*NO_ROUTE))
         for vhost in config.vhost:
             for index in range(len(vhost.route)):

@@ -11,3 +11,6 @@ cdef class Observer:
     cpdef proxy_header_refused(self, reason)
     cpdef tunnel_closed(self, reason, up, down)
     cpdef tls_handshake(self, resumed)
+    cpdef h2_connection(self, opened)
+    cpdef h2_stream(self, opened)
+    cpdef h2_goaway(self, error_code)

@@ -38,3 +38,13 @@ class Observer:
 
     def tls_handshake(self, resumed: bool) -> None:
         """Called once per completed client TLS handshake; `resumed` from ssl_object.session_reused."""
+
+    def h2_connection(self, opened: bool) -> None:
+        """Called when an HTTP/2 client connection opens (True) and once when it closes (False)."""
+
+    def h2_stream(self, opened: bool) -> None:
+        """Called when an HTTP/2 request stream opens (True) and once when it closes (False)."""
+
+    def h2_goaway(self, error_code: int) -> None:
+        """Called once per GOAWAY sent to an HTTP/2 client: 0 a graceful one (drain), else the
+        error code the session closed with (a flood, a protocol error, too many glitches)."""

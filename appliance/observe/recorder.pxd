@@ -6,6 +6,7 @@ from appliance.observe.observer cimport Observer
 cdef class Recorder(Observer):
     cdef public dict _backends
     cdef public object _cells
+    cdef public Py_ssize_t _h2
     cdef public list _counts
     cdef public object _loop
     cdef public Py_ssize_t _no_route

@@ -41,9 +41,9 @@ _SCALE = m.SUM_SCALE
 class Recorder(Observer):
     """Metrics and access log for one worker."""
 
-    __slots__ = ("_backends", "_cells", "_counts", "_loop", "_no_route", "_phase_errors", "_proxy_refused",
-                 "_routes", "_servers", "_timeouts", "_timer", "_tunnels", "_used", "_worker", "access",
-                 "clients", "tunnels")
+    __slots__ = ("_backends", "_cells", "_counts", "_h2", "_loop", "_no_route", "_phase_errors",
+                 "_proxy_refused", "_routes", "_servers", "_timeouts", "_timer", "_tunnels", "_used",
+                 "_worker", "access", "clients", "tunnels")
 
     def __init__(self, cells: memoryview, layout: m.Layout, pools: dict[str, BackendPool],
                  loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set,
@@ -60,6 +60,7 @@ class Recorder(Observer):
         self._phase_errors = layout.phase_errors
         self._proxy_refused = layout.proxy_refused
         self._tunnels = layout.tunnels
+        self._h2 = layout.h2
         self.tunnels = tunnels  # the worker's open upgrade tunnels, for the gauge
         self.clients = clients  # the worker's open client connections, for the gauge
         # Keyed by the worker's own objects: one dict lookup per exchange, no label text.
@@ -118,6 +119,21 @@ class Recorder(Observer):
     def tls_handshake(self, resumed: bool) -> None:
         self._counts[self._worker + (m.W_TLS_RESUMED if resumed else m.W_TLS_FULL)] += 1
 
+    def h2_connection(self, opened: bool) -> None:
+        self._counts[self._h2 + m.H2_CONNECTIONS] += 1 if opened else -1
+
+    def h2_stream(self, opened: bool) -> None:
+        cells = self._counts
+        base = self._h2
+        if opened:
+            cells[base + m.H2_STREAMS] += 1
+            cells[base + m.H2_STREAMS_TOTAL] += 1
+        else:
+            cells[base + m.H2_STREAMS] -= 1
+
+    def h2_goaway(self, error_code: int) -> None:
+        self._counts[self._h2 + (m.H2_GOAWAY_ERROR if error_code else m.H2_GOAWAY_GRACEFUL)] += 1
+
     def client_timeout(self, phase: int) -> None:
         self._counts[self._timeouts + phase] += 1
 
@@ -167,6 +183,6 @@ class Recorder(Observer):
 
 def _bases(layout: m.Layout) -> list[int]:
     return [layout.no_route, layout.worker, layout.timeouts, layout.phase_errors, layout.proxy_refused,
-            layout.tunnels,
+            layout.tunnels, layout.h2,
             *layout.routes.values(),
             *layout.servers.values(), *layout.backends.values()]

@@ -5,7 +5,7 @@
 cimport cython
 
 from appliance.deadline cimport Deadline
-from appliance.http.downstream cimport ClientConnection
+from appliance.http.downstream_base cimport DownstreamBase
 from appliance.http.exchange cimport Exchange
 from appliance.statemachine cimport Transitions
 from appliance.upstream.splice cimport SpliceHolder
@@ -55,7 +55,7 @@ cdef class BackendConnection(SpliceHolder):
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef bint peer_closed(self)
-    @cython.locals(client=ClientConnection)
+    @cython.locals(client=DownstreamBase)
     cpdef attach(self, Exchange exchange)
     cpdef send_request_bytes(self, data)
     cpdef send_request_chunk(self, data)
@@ -64,15 +64,15 @@ cdef class BackendConnection(SpliceHolder):
     cpdef on_status(self, reason)
     cpdef on_header(self, name, value)
     cpdef on_headers_complete(self)
-    @cython.locals(client=ClientConnection)
+    @cython.locals(client=DownstreamBase)
     cpdef on_body(self, body)
     cpdef on_message_complete(self)
     cpdef on_message_begin(self)
-    @cython.locals(client=ClientConnection)
+    @cython.locals(client=DownstreamBase)
     cpdef _on_head(self, int status)
-    @cython.locals(client=ClientConnection)
+    @cython.locals(client=DownstreamBase)
     cpdef _after_feed(self)
-    @cython.locals(client=ClientConnection)
+    @cython.locals(client=DownstreamBase)
     cpdef _forward_length_body(self, data)
-    @cython.locals(client=ClientConnection)
+    @cython.locals(client=DownstreamBase)
     cpdef _complete_response(self)

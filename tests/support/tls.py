@@ -100,7 +100,7 @@ def write_crl(certs: Certs, revoked_pem_files: list[str]) -> None:
 
 def client_context(certs: Certs, cert: str | None = None, version: str | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=certs.path("trust.pem"))
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(["http/1.1"])  # https_get speaks HTTP/1.1 (HTTP/2: tests/support/h2.py)
     if cert:
         ctx.load_cert_chain(certs.path(cert))
     if version == "1.2":
