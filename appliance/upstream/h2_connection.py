@@ -52,9 +52,14 @@ log = logging.getLogger("rproxyd.backend")
 MAX_UNPROCESSED_RETRIES = 2
 
 # Request headers that are the HTTP/1 connection's and not the request's (RFC 9113 section
-# 8.2.2): never sent on a stream. `host` becomes :authority. TE is kept as "trailers" only.
+# 8.2.2): never sent on a stream. `host` becomes :authority.
 _NOT_FORWARDED = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                             b"upgrade", b"host", b"te"))
+# TE is hop-by-hop: it says what rproxyd itself accepts, and rproxyd takes a backend's
+# trailers (relayed on, or dropped for a client that cannot have them). Sent on every
+# stream, as nginx's grpc_pass does: gRPC servers refuse a request without it (grpc-core
+# resets the stream, INTERNAL_ERROR), whatever the client told us.
+_TE_TRAILERS = (b"te", b"trailers")
 
 
 def h2_request(head: bytes) -> tuple[bytes, bytes, bytes | None, list[tuple[bytes, bytes]]]:
@@ -63,7 +68,7 @@ def h2_request(head: bytes) -> tuple[bytes, bytes, bytes | None, list[tuple[byte
     method, _, rest = lines[0].partition(b" ")
     path = rest.rpartition(b" ")[0]
     authority = None
-    headers = []
+    headers = [_TE_TRAILERS]
     for line in lines[1:]:
         if not line:
             break
@@ -73,8 +78,6 @@ def h2_request(head: bytes) -> tuple[bytes, bytes, bytes | None, list[tuple[byte
         if name in _NOT_FORWARDED:
             if name == b"host":
                 authority = value
-            elif name == b"te" and value.lower() == b"trailers":
-                headers.append((name, value))
             continue
         headers.append((name, value))
     return method, path, authority, headers
