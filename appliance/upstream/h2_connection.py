@@ -335,8 +335,16 @@ class H2BackendConnection(BackendConnection):
             server.note_failure(now)
         self.resp_headers = headers
         stream.discard = self._consume_instead(exchange, status)
-        if stream.discard is not None:
-            return
+        if stream.discard is None:
+            self._start_response(exchange, stream, status, headers, end_stream)
+        if end_stream:
+            # A head that ends the stream (a 204, a HEAD's answer, a gRPC trailers-only
+            # response) gets no h2_end_stream of its own: the response is complete now.
+            self.h2_end_stream(stream_id)
+
+    def _start_response(self, exchange: Exchange, stream: H2Stream, status: int, headers: list,
+                        end_stream: bool) -> None:
+        """The response head to the client side, with its body mode."""
         via = None
         if any(name == b"via" for name, _ in headers):
             via = b", ".join(value for name, value in headers if name == b"via")
