@@ -35,11 +35,11 @@ cdef class H2Connection:
 
 cdef class H2Stream(DownstreamBase):
     cdef public H2Connection conn
+    cdef public object content_type
     cdef public Deadline deadline
     cdef public bint dropping
     cdef public bint ended
     cdef public Exchange exchange
-    cdef public bint is_grpc
     cdef public Py_ssize_t owed
     cdef public int pauses
     cdef public Deadline stall

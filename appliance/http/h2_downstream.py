@@ -375,11 +375,11 @@ class H2Stream(DownstreamBase):
 
     __slots__ = (
         "conn",
+        "content_type",
         "deadline",
         "dropping",
         "ended",
         "exchange",
-        "is_grpc",
         "owed",
         "pauses",
         "stall",
@@ -399,8 +399,9 @@ class H2Stream(DownstreamBase):
         self.pauses = 0  # PAUSE_* reasons the backend side gave
         # The send timeout of a stream the client leaves with a closed window (made when needed).
         self.stall: Deadline | None = None
-        # A gRPC request (content-type application/grpc...): its errors are gRPC statuses.
-        self.is_grpc = False
+        # The request's content-type, kept for the error path: a gRPC request's (grpc.is_grpc)
+        # errors are gRPC statuses. Tested there, so other requests pay nothing for it.
+        self.content_type: bytes | None = None
         # Its grpc-timeout, when it sent one: the call's deadline (appliance/http/grpc.py).
         self.deadline: Deadline | None = None
 
@@ -423,7 +424,7 @@ class H2Stream(DownstreamBase):
         exchange.request_done = end_stream
         try:
             timeout = self._note_headers(exchange, authority, headers)
-            if timeout is not None and self.is_grpc:
+            if timeout is not None and grpc.is_grpc(self.content_type):
                 self._set_deadline(timeout)
             if method == b"CONNECT":
                 raise errors.MethodNotAllowed(set())  # nginx answers 405 too
@@ -460,7 +461,7 @@ class H2Stream(DownstreamBase):
             elif action == _COOKIE:
                 cookies.append(value)
             elif action == _CONTENT_TYPE:
-                self.is_grpc = grpc.is_grpc(value)
+                self.content_type = value
                 kept.append((name, value))
             elif action == _GRPC_TIMEOUT:
                 timeout = value
@@ -742,7 +743,7 @@ class H2Stream(DownstreamBase):
     def _send_error(self, exchange: Exchange, failure: errors.ProxyFailure, keep_alive: bool) -> None:
         session = self.conn.session
         self.ended = True
-        if self.is_grpc:
+        if grpc.is_grpc(self.content_type):
             session.submit_response(self.stream_id, 200, grpc.failure_headers(failure), True)
             self._finish(exchange, True)
             self.conn._write_out()
@@ -759,7 +760,7 @@ class H2Stream(DownstreamBase):
     def _send_answer(self, exchange: Exchange, response: Response, keep_alive: bool) -> None:
         session = self.conn.session
         self.ended = True
-        if self.is_grpc and not grpc.has_status(response.headers.raw):
+        if grpc.is_grpc(self.content_type) and not grpc.has_status(response.headers.raw):
             # A phase's answer to a gRPC call, as any proxy's would be read: its HTTP status
             # by gRPC's mapping (401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 429 UNAVAILABLE...).
             session.submit_response(self.stream_id, 200, grpc.status_headers(response.status), True)
