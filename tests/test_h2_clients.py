@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import wait_for
+from tests.support import ScriptedBackend, wait_for
 from tests.support.h2 import H2Client
 from tests.support.tls import client_context, https_get, make_certs
 from tests.support_proc import GREETING, Rproxyd, config_text, demo_origin, get
@@ -318,3 +318,33 @@ def test_h2_end_to_end_through_to_an_h2_backend(make_proxy, nginx):  # noqa: F81
     assert download.status == 200 and bytes(download.body) == expected
     assert upload.status == 200 and bytes(upload.body).startswith(b"received ")
     assert bytes(proto.body).split()[:2] == [b"HTTP/2.0", b"app.test"]
+
+
+def test_request_trailers_reach_an_http1_backend_after_the_chunked_body(make_proxy):
+    seen: list[bytes] = []
+
+    def answer(conn, backend) -> None:
+        data = b""
+        # A chunked body with trailers ends with its last chunk, the trailer lines, a blank line.
+        while not (b"\r\n0\r\n" in data and data.endswith(b"\r\n\r\n")):
+            piece = conn.recv(65536)
+            if not piece:
+                return
+            data += piece
+        seen.append(data)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    backend = ScriptedBackend(answer)
+    proxy = make_proxy(backends={"app": [backend.address]})
+    client = H2Client(int(proxy.url.rsplit(":", 1)[1]))
+    try:
+        reply = client.wait(client.request("/up", method="POST", body=b"hello",
+                                           trailers=[("x-checksum", "5"), ("content-type", "x")]))
+    finally:
+        client.close()
+        backend.stop()
+    assert reply.status == 200 and bytes(reply.body) == b"ok"
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    assert re.search(rb"(?im)^transfer-encoding: chunked", head)
+    # The body, then the allowed trailer (Content-Type may not be one: dropped), then the end.
+    assert body == b"5\r\nhello\r\n0\r\nx-checksum: 5\r\n\r\n", body
