@@ -28,7 +28,7 @@ import pytest
 from appliance.config import loader
 from tests.support import Proxy, ScriptedBackend, curl, free_port, wait_for
 from tests.support.grpc_origin import FAIL_MESSAGE, METHODS, SERVICE, GrpcClient, GrpcOrigin
-from tests.support.h2 import H2Client
+from tests.support.h2 import H2Client, StreamReply
 from tests.support.phases import phase_module
 from tests.support.tls import Certs, make_certs
 
@@ -254,12 +254,14 @@ class StallingOrigin:
             conn.sendall(session.data_to_send())
 
 
-def _grpc_call(port: int, timeout: str) -> dict:
+def _grpc_call(port: int, timeout: str | None) -> StreamReply:
     """A unary call by a raw h2 client that enforces no deadline itself; what came back."""
     client = H2Client(port)
+    headers = [("content-type", "application/grpc"), ("te", "trailers")]
+    if timeout is not None:
+        headers.append(("grpc-timeout", timeout))
     try:
-        stream_id = client.request(METHODS["Unary"], "POST", headers=[
-            ("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", timeout)], body=HELLO)
+        stream_id = client.request(METHODS["Unary"], "POST", headers=headers, body=HELLO)
         reply = client.wait(stream_id)
     finally:
         client.close()
@@ -282,6 +284,22 @@ def test_grpc_timeout_cancels_the_backend_stream(make_proxy, certs, send_head):
         assert ending[b"grpc-status"] == b"4"  # DEADLINE_EXCEEDED
         assert not reply.body
         wait_for(lambda: 8 in origin.resets, 10, "the backend's stream reset with CANCEL")
+    finally:
+        origin.backend.stop()
+
+
+def test_backend_read_timeout_is_deadline_exceeded(make_proxy, certs):
+    """No grpc-timeout, an h2 backend silent past read_timeout: a timeout (504), which gRPC
+    clients see as DEADLINE_EXCEEDED, not as a connection lost (UNAVAILABLE, retried)."""
+    origin = StallingOrigin(False)
+    try:
+        port = free_port()
+        front = make_proxy(backends={"grpc": [origin.backend.address]}, routes=[(f"/{SERVICE}/", "grpc")],
+                           backend_options='protocol = "h2"\nread_timeout = "300ms"\n',
+                           extra=f'[[listener]]\nname = "h2c"\nbind = "127.0.0.1:{port}"\nh2c = true\n')
+        reply = _grpc_call(port, None)
+        assert reply.header(b"grpc-status") == b"4"
+        assert "504 no response data" in front.log()
     finally:
         origin.backend.stop()
 

@@ -462,11 +462,18 @@ class H2BackendConnection(BackendConnection):
         exchange.client.fail(exchange, failure)
 
     def _on_read_timeout(self) -> None:
-        if self.streams:
-            log.warning("backend %s: no response data for %ss", self.server.address, self.read_timeout)
-            self.close()  # connection_lost fails the streams
+        self._time_out(f"no response data for {self.read_timeout}s")
 
     def _on_write_timeout(self) -> None:
-        if self.streams:
-            log.warning("backend %s did not read the request", self.server.address)
-            self.close()
+        self._time_out("backend did not read the request")
+
+    def _time_out(self, what: str) -> None:
+        """The server stalled: its streams fail as timeouts (504, or retried as the HTTP/1 path
+        does), not as the closed connection they would otherwise see; then the connection goes."""
+        if not self.streams:
+            return
+        failure = errors.BackendTimeout(what)
+        for stream in list(self.streams.values()):
+            if stream.exchange is not None and not stream.exchange.finished:
+                self._stream_failed(stream, failure)
+        self.close()
