@@ -79,6 +79,12 @@ FAILURE_TO_GRPC: dict[type[ProxyFailure], int] = {
 
 CONTENT_TYPE = b"application/grpc"
 
+# The longest grpc-timeout the proxy enforces itself (seconds). A timer wheel slot lives until
+# its time even when emptied (appliance/timerwheel.py), so deadlines years ahead, one per call,
+# would pile up; a longer deadline is left to the client, which enforces its own and cancels
+# the call (RST_STREAM, passed on to the backend) when it passes.
+MAX_DEADLINE = 3600.0
+
 # grpc-timeout: TimeoutValue (1 to 8 ASCII digits) then TimeoutUnit, in seconds.
 _UNITS = {
     ord("H"): 3600.0,

@@ -504,8 +504,9 @@ class H2Stream(DownstreamBase):
             seconds = grpc.parse_timeout(value, math.inf)
         except grpc.MalformedTimeout as exc:
             raise errors.ClientFault(str(exc)) from None
-        deadline = self.deadline = Deadline(self.ctx.loop, self._on_deadline)
-        deadline.set(seconds)
+        if seconds <= grpc.MAX_DEADLINE:
+            deadline = self.deadline = Deadline(self.ctx.loop, self._on_deadline)
+            deadline.set(seconds)
 
     def _on_deadline(self) -> None:
         """grpc-timeout passed: the backend's stream is cancelled and the client gets
