@@ -288,18 +288,20 @@ def test_grpc_timeout_cancels_the_backend_stream(make_proxy, certs, send_head):
         origin.backend.stop()
 
 
-def test_backend_read_timeout_is_deadline_exceeded(make_proxy, certs):
+@pytest.mark.parametrize("send_head", [False, True], ids=["before-head", "after-head"])
+def test_backend_read_timeout_is_deadline_exceeded(make_proxy, certs, send_head):
     """No grpc-timeout, an h2 backend silent past read_timeout: a timeout (504), which gRPC
-    clients see as DEADLINE_EXCEEDED, not as a connection lost (UNAVAILABLE, retried)."""
-    origin = StallingOrigin(False)
+    clients see as DEADLINE_EXCEEDED, not as a connection lost (UNAVAILABLE, retried); after the
+    response head, as its trailers (not a reset, which a client can only call CANCELLED)."""
+    origin = StallingOrigin(send_head)
     try:
         port = free_port()
         front = make_proxy(backends={"grpc": [origin.backend.address]}, routes=[(f"/{SERVICE}/", "grpc")],
                            backend_options='protocol = "h2"\nread_timeout = "300ms"\n',
                            extra=f'[[listener]]\nname = "h2c"\nbind = "127.0.0.1:{port}"\nh2c = true\n')
         reply = _grpc_call(port, None)
-        assert reply.header(b"grpc-status") == b"4"
-        assert "504 no response data" in front.log()
+        assert dict(reply.trailers if send_head else reply.headers)[b"grpc-status"] == b"4"
+        assert "no response data for 0.3s" in front.log()
     finally:
         origin.backend.stop()
 

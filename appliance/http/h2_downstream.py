@@ -514,21 +514,8 @@ class H2Stream(DownstreamBase):
         exchange = self.exchange
         if exchange is None or exchange.finished or self._closed():
             return
-        failure = errors.BackendTimeout("grpc-timeout passed")
         self._detach_pending(exchange)
-        if not exchange.response_started:
-            self._fail_current(exchange, failure)
-            return
-        upstream = exchange.upstream
-        exchange.upstream = None
-        if upstream is not None:
-            upstream.abandon()
-        exchange.failure = failure
-        if not self.ended:
-            self.ended = True
-            self.conn.session.end_stream(self.stream_id, grpc.failure_trailers(failure))
-        self._finish(exchange, True)
-        self.conn._write_out()
+        self._fail_current(exchange, errors.BackendTimeout("grpc-timeout passed"))
 
     def request_data(self, data: bytes) -> None:
         """One DATA frame of the request body."""
@@ -799,15 +786,24 @@ class H2Stream(DownstreamBase):
             self.deadline.clear()
 
     def abort_response(self, exchange: Exchange) -> None:
-        """The response broke after it started: the client sees the stream reset, others go on."""
+        """The response broke after it started: the client sees the stream reset, others go on.
+        A gRPC call whose client still reads ends with the failure's status as trailers instead
+        (DEADLINE_EXCEEDED for a backend timeout...): a reset only says CANCELLED."""
         exchange.transition(FINISHED)
         upstream = exchange.upstream
         exchange.upstream = None
         if upstream is not None:
             upstream.abandon()
-        if exchange.failure is None:
-            exchange.failure = errors.BadBackendResponse("response cut")
+        failure = exchange.failure
+        if failure is None:
+            failure = exchange.failure = errors.BadBackendResponse("response cut")
         self._report(exchange)
+        if (not self.ended and not self.write_paused and isinstance(failure, errors.ProxyFailure)
+                and grpc.is_grpc(self.content_type) and not self._closed()):
+            self.ended = True
+            self.conn.session.end_stream(self.stream_id, grpc.failure_trailers(failure))
+            self.conn._write_out()
+            return
         self._reset()
 
     def _reset(self) -> None:
