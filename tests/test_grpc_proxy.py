@@ -20,11 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from appliance.config import loader
 from tests.support import Proxy, ScriptedBackend, curl, free_port, wait_for
 from tests.support.grpc_origin import FAIL_MESSAGE, METHODS, SERVICE, GrpcClient, GrpcOrigin
+from tests.support.h2 import H2Client, StreamReply
+from tests.support.phases import phase_module
 from tests.support.tls import Certs, make_certs
 
 # The h2 keys these tests use, as rproxyd's configuration loader (what `rproxyd -t` runs) sees
@@ -108,7 +113,8 @@ def origins(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 class GrpcProxy:
     """rproxyd with an h2c listener and a TLS listener offering h2, routing test.Echo to one h2 backend."""
 
-    def __init__(self, make_proxy, certs: Certs, backend: str, backend_tls: bool = False) -> None:
+    def __init__(self, make_proxy, certs: Certs, backend: str, backend_tls: bool = False,
+                 extra: str = "") -> None:
         self.certs = certs
         self.h2c_port, self.tls_port = free_port(), free_port()
         options = 'protocol = "h2"\n'
@@ -118,7 +124,7 @@ class GrpcProxy:
             backends={"grpc": [backend]}, routes=[(f"/{SERVICE}/", "grpc")],
             backend_options=options,
             extra=LISTENERS.format(h2c_port=self.h2c_port, tls_port=self.tls_port,
-                                   certificate=certs.path("a.test.pem")))
+                                   certificate=certs.path("a.test.pem")) + extra)
 
     def client(self, tls: bool) -> GrpcClient:
         if tls:
@@ -210,3 +216,147 @@ def test_no_route_is_unimplemented(make_proxy, certs, origins):
         client.unary(b"hello", method="/other.Service/Call")
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert failed.value.details() == "Not Found"
+
+
+# One gRPC message (uncompressed, 5-byte prefix) carrying b"hello".
+HELLO = b"\0" + (5).to_bytes(4, "big") + b"hello"
+
+
+GRPC_HEAD = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+class StallingOrigin:
+    """An h2 backend (the pure `h2` package) that takes every request and never finishes one:
+    with `send_head` it sends the response head (200, application/grpc) first. It records the
+    requests it got and the RST_STREAM codes it received, so a test sees the proxy cancel."""
+
+    def __init__(self, send_head: bool) -> None:
+        self.send_head = send_head
+        self.resets: list[int] = []
+        self.requests = 0
+        self.backend = ScriptedBackend(self._serve)
+
+    def _serve(self, conn, backend) -> None:
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        session = h2.connection.H2Connection(config)
+        session.initiate_connection()
+        conn.sendall(session.data_to_send())
+        while data := conn.recv(65536):
+            for event in session.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    self.requests += 1
+                    if self.send_head:
+                        session.send_headers(event.stream_id, GRPC_HEAD)
+                elif isinstance(event, h2.events.DataReceived):
+                    session.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    self.resets.append(event.error_code)
+            conn.sendall(session.data_to_send())
+
+
+def _grpc_call(port: int, timeout: str | None) -> StreamReply:
+    """A unary call by a raw h2 client that enforces no deadline itself; what came back."""
+    client = H2Client(port)
+    headers = [("content-type", "application/grpc"), ("te", "trailers")]
+    if timeout is not None:
+        headers.append(("grpc-timeout", timeout))
+    try:
+        stream_id = client.request(METHODS["Unary"], "POST", headers=headers, body=HELLO)
+        reply = client.wait(stream_id)
+    finally:
+        client.close()
+    assert reply.reset is None and reply.ended
+    return reply
+
+
+@pytest.mark.parametrize("send_head", [False, True], ids=["before-head", "after-head"])
+def test_grpc_timeout_cancels_the_backend_stream(make_proxy, certs, send_head):
+    """On grpc-timeout rproxyd resets the backend's stream (CANCEL: the origin stops working on a
+    call nobody waits for) and answers DEADLINE_EXCEEDED: trailers-only before a response head,
+    else as the trailers of the response that started."""
+    origin = StallingOrigin(send_head)
+    try:
+        front = GrpcProxy(make_proxy, certs, origin.backend.address)
+        reply = _grpc_call(front.h2c_port, "200m")
+        assert reply.status == 200
+        assert reply.header(b"content-type") == b"application/grpc"
+        ending = dict(reply.trailers if send_head else reply.headers)
+        assert ending[b"grpc-status"] == b"4"  # DEADLINE_EXCEEDED
+        assert not reply.body
+        wait_for(lambda: 8 in origin.resets, 10, "the backend's stream reset with CANCEL")
+    finally:
+        origin.backend.stop()
+
+
+@pytest.mark.parametrize("send_head", [False, True], ids=["before-head", "after-head"])
+def test_backend_read_timeout_is_deadline_exceeded(make_proxy, certs, send_head):
+    """No grpc-timeout, an h2 backend silent past read_timeout: a timeout (504), which gRPC
+    clients see as DEADLINE_EXCEEDED, not as a connection lost (UNAVAILABLE, retried); after the
+    response head, as its trailers (not a reset, which a client can only call CANCELLED)."""
+    origin = StallingOrigin(send_head)
+    try:
+        port = free_port()
+        front = make_proxy(backends={"grpc": [origin.backend.address]}, routes=[(f"/{SERVICE}/", "grpc")],
+                           backend_options='protocol = "h2"\nread_timeout = "300ms"\n',
+                           extra=f'[[listener]]\nname = "h2c"\nbind = "127.0.0.1:{port}"\nh2c = true\n')
+        reply = _grpc_call(port, None)
+        assert dict(reply.trailers if send_head else reply.headers)[b"grpc-status"] == b"4"
+        assert "no response data for 0.3s" in front.log()
+    finally:
+        origin.backend.stop()
+
+
+def test_malformed_grpc_timeout_is_internal(make_proxy, certs):
+    """A grpc-timeout outside the grammar is the client's error (400), INTERNAL by gRPC's HTTP
+    mapping; the backend is not asked."""
+    origin = StallingOrigin(False)
+    try:
+        front = GrpcProxy(make_proxy, certs, origin.backend.address)
+        reply = _grpc_call(front.h2c_port, "1.5S")
+        assert reply.status == 200
+        assert reply.header(b"grpc-status") == b"13"
+        assert reply.header(b"grpc-message") == b"Bad Request"
+        assert origin.requests == 0
+    finally:
+        origin.backend.stop()
+
+
+DENY = """
+    from appliance.phases import Phases, Response
+
+    # Reads a gRPC call's head like any request's: one method is refused, and a metadata
+    # entry picks a refusal.
+    class Site(Phases):
+
+        def new_ctx(self):
+            return None
+
+        def request_filter(self, req, ctx):
+            if not req.headers.get("content-type", "").startswith("application/grpc"):
+                return None
+            if req.path == "/test.Echo/ServerStream":
+                return Response(403, {"content-type": "text/plain"}, "streams are not for you")
+            role = req.headers.get("x-role")
+            if role == "anonymous":
+                return Response(401, {}, "")
+            if role == "greedy":
+                return Response(429, {}, "")
+            return None
+"""
+
+
+def test_phases_see_grpc_calls_and_their_refusals_map(make_proxy, certs, origins, tmp_path):
+    module = phase_module(tmp_path, DENY)
+    front = GrpcProxy(make_proxy, certs, origins["plaintext"].address,
+                      extra=f'[phases]\nmodule = "{module}"\n')
+    with front.client(False) as client:
+        assert client.unary(b"hi")[0] == b"hi"  # the phase lets the rest through
+        for role, code in (("anonymous", grpc.StatusCode.UNAUTHENTICATED),
+                           ("greedy", grpc.StatusCode.UNAVAILABLE)):  # 429: gRPC's HTTP mapping
+            with pytest.raises(grpc.RpcError) as failed:
+                client.unary(b"hi", metadata=(("x-role", role),))
+            assert failed.value.code() == code
+        with pytest.raises(grpc.RpcError) as failed:
+            client.server_stream(3)
+        assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert failed.value.details() == "Forbidden"

@@ -124,3 +124,26 @@ def test_trailers_only_encodes_the_message():
     assert grpc.trailers_only(grpc.PERMISSION_DENIED, "100% denied\n") == [
         content_type, (b"grpc-status", b"7"), (b"grpc-message", b"100%25 denied%0A")]
     assert grpc.trailers_only(grpc.UNKNOWN) == [content_type, (b"grpc-status", b"2")]
+
+
+def test_status_headers_for_a_phase_answer():
+    """A phase's own answer to a gRPC call: its HTTP status by gRPC's mapping, built once per
+    status; a status Python has no name for still gets a message."""
+    assert grpc.status_headers(429) == [(b"content-type", b"application/grpc"), (b"grpc-status", b"14"),
+                                        (b"grpc-message", b"Too Many Requests")]
+    assert grpc.status_headers(429) is grpc.status_headers(429)
+    assert grpc.status_headers(299)[1:] == [(b"grpc-status", b"2"), (b"grpc-message", b"HTTP status 299")]
+
+
+def test_failure_trailers_leave_out_the_content_type():
+    trailers = grpc.failure_trailers(errors.BackendTimeout("slow"))
+    assert trailers == [(b"grpc-status", b"4"), (b"grpc-message", b"Gateway Timeout")]
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ([(b"content-type", b"application/grpc"), (b"Grpc-Status", b"7")], True),
+    ([(b"content-type", b"application/json")], False),
+    ([], False),
+])
+def test_has_status(headers, expected):
+    assert grpc.has_status(headers) is expected

@@ -59,6 +59,9 @@ def nginx(tmp_path_factory):
                 location = /proto {{
                     return 200 "$server_protocol $http_host $http_x_forwarded_for $http_connection\\n";
                 }}
+                location = /empty {{
+                    return 204;
+                }}
                 location = /upload {{
                     client_max_body_size 100m;
                     client_body_buffer_size 16m;
@@ -93,6 +96,20 @@ def test_h2c_to_nginx_by_prior_knowledge(make_proxy, nginx):
         nginx["root"] / "www" / "big.bin")
     assert upload.status_code == 200 and upload.text.startswith("received ")
     assert proto.headers["via"] == "2 rproxyd"  # the backend's protocol version, as for HTTP/1
+
+
+def test_a_response_head_that_ends_the_stream_completes_it(make_proxy, nginx):
+    """A HEAD's answer and a 204 arrive as one HEADERS frame with END_STREAM (no DATA, no end of
+    their own): each is a complete response, and the client's connection goes on."""
+    proxy = make_proxy(backends={"h2": [nginx["plain"]]}, backend_options='protocol = "h2"\n')
+    with httpx.Client(timeout=10) as client:
+        head = client.head(proxy.url + "/health")
+        empty = client.get(proxy.url + "/empty")
+        after = client.get(proxy.url + "/health")
+    assert head.status_code == 200 and head.headers["content-length"] == "3"
+    assert empty.status_code == 204
+    assert after.status_code == 200 and after.text == "ok\n"
+    assert "reset the stream" not in proxy.log()
 
 
 def test_many_concurrent_requests_share_one_h2_connection(make_proxy, nginx):

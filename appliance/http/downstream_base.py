@@ -287,6 +287,8 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
         if exchange.finished or self._closed():
             return
         if exchange.response_started:
+            if exchange.failure is None:
+                exchange.failure = failure  # what cut it (the logging phase's error; a gRPC status)
             self.abort_response(exchange)
             return
         self._cancel_phase(exchange)

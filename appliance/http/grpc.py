@@ -79,6 +79,12 @@ FAILURE_TO_GRPC: dict[type[ProxyFailure], int] = {
 
 CONTENT_TYPE = b"application/grpc"
 
+# The longest grpc-timeout the proxy enforces itself (seconds). A timer wheel slot lives until
+# its time even when emptied (appliance/timerwheel.py), so deadlines years ahead, one per call,
+# would pile up; a longer deadline is left to the client, which enforces its own and cancels
+# the call (RST_STREAM, passed on to the backend) when it passes.
+MAX_DEADLINE = 3600.0
+
 # grpc-timeout: TimeoutValue (1 to 8 ASCII digits) then TimeoutUnit, in seconds.
 _UNITS = {
     ord("H"): 3600.0,
@@ -148,6 +154,27 @@ def status_for_failure(failure: ProxyFailure) -> int:
     return status_for_http(failure.status)
 
 
+def has_status(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a response's headers carry grpc-status: a phase's answer that speaks gRPC itself."""
+    return any(name.lower() == b"grpc-status" for name, _ in headers)
+
+
+_BY_HTTP_STATUS: dict[int, list[tuple[bytes, bytes]]] = {}
+
+
+def status_headers(http_status: int) -> list[tuple[bytes, bytes]]:
+    """The trailers-only response standing for an HTTP status (a phase's own answer to a gRPC
+    request), built once per status; callers must not mutate it."""
+    headers = _BY_HTTP_STATUS.get(http_status)
+    if headers is None:
+        try:
+            phrase = HTTPStatus(http_status).phrase
+        except ValueError:  # a status Python has no name for
+            phrase = f"HTTP status {http_status}"
+        headers = _BY_HTTP_STATUS[http_status] = trailers_only(status_for_http(http_status), phrase)
+    return headers
+
+
 _BY_KIND: dict[type[ProxyFailure], list[tuple[bytes, bytes]]] = {}
 
 
@@ -161,3 +188,9 @@ def failure_headers(failure: ProxyFailure) -> list[tuple[bytes, bytes]]:
         headers = trailers_only(status_for_failure(failure), HTTPStatus(failure.status).phrase)
         _BY_KIND[kind] = headers
     return headers
+
+
+def failure_trailers(failure: ProxyFailure) -> list[tuple[bytes, bytes]]:
+    """grpc-status and grpc-message for a failure that ends a call whose response had started
+    (its content-type went out with the head): the trailers-only list less its first field."""
+    return failure_headers(failure)[1:]

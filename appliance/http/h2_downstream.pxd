@@ -35,6 +35,8 @@ cdef class H2Connection:
 
 cdef class H2Stream(DownstreamBase):
     cdef public H2Connection conn
+    cdef public object content_type
+    cdef public Deadline deadline
     cdef public bint dropping
     cdef public bint ended
     cdef public Exchange exchange

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from appliance.deadline import Deadline
 from appliance.h2.session import CANCEL, INTERNAL_ERROR, H2Error, H2Session
-from appliance.http import errors
+from appliance.http import errors, grpc
 from appliance.http.downstream_base import DownstreamBase
 from appliance.http.exchange import (
     BODY_NONE,
@@ -63,6 +64,13 @@ if TYPE_CHECKING:
     from appliance.tls.session import TlsConnection
 
 log = logging.getLogger("rproxyd.client")
+
+# Request fields HTTP/2 treats on its own, beside REQUEST_ACTIONS' (the same one dict lookup per
+# field): cookie crumbs, and what makes a request gRPC (issue 17, item 4). A request without
+# these pays nothing for them.
+_COOKIE, _CONTENT_TYPE, _GRPC_TIMEOUT = 101, 102, 103
+_ACTIONS = {**REQUEST_ACTIONS, b"cookie": _COOKIE, b"content-type": _CONTENT_TYPE,
+            b"grpc-timeout": _GRPC_TIMEOUT}
 
 # The connection preface a prior-knowledge (h2c) client opens with (RFC 9113 3.4); its first
 # line is what an HTTP/1 parser sees as a request for "HTTP/2.0".
@@ -367,6 +375,8 @@ class H2Stream(DownstreamBase):
 
     __slots__ = (
         "conn",
+        "content_type",
+        "deadline",
         "dropping",
         "ended",
         "exchange",
@@ -389,6 +399,11 @@ class H2Stream(DownstreamBase):
         self.pauses = 0  # PAUSE_* reasons the backend side gave
         # The send timeout of a stream the client leaves with a closed window (made when needed).
         self.stall: Deadline | None = None
+        # The request's content-type, kept for the error path: a gRPC request's (grpc.is_grpc)
+        # errors are gRPC statuses. Tested there, so other requests pay nothing for it.
+        self.content_type: bytes | None = None
+        # Its grpc-timeout, when it sent one: the call's deadline (appliance/http/grpc.py).
+        self.deadline: Deadline | None = None
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -408,7 +423,9 @@ class H2Stream(DownstreamBase):
         exchange.transition(WAITING_TURN)
         exchange.request_done = end_stream
         try:
-            self._note_headers(exchange, authority, headers)
+            timeout = self._note_headers(exchange, authority, headers)
+            if timeout is not None and grpc.is_grpc(self.content_type):
+                self._set_deadline(timeout)
             if method == b"CONNECT":
                 raise errors.MethodNotAllowed(set())  # nginx answers 405 too
             if exchange.host is None or not valid_host(exchange.host):
@@ -428,19 +445,27 @@ class H2Stream(DownstreamBase):
             exchange.expect_continue = False
         self._start(exchange)
 
-    def _note_headers(self, exchange: Exchange, authority: bytes | None, headers: Fields) -> None:
+    def _note_headers(self, exchange: Exchange, authority: bytes | None, headers: Fields) -> bytes | None:
         """Record the request's fields as the HTTP/1 parser callbacks do (nghttp2 refused
-        connection-specific ones already); cookie crumbs joined with "; " (RFC 9113 8.2.3)."""
+        connection-specific ones already); cookie crumbs joined with "; " (RFC 9113 8.2.3).
+        Returns the grpc-timeout value, if any (passed on too: the backend learns the deadline)."""
         kept: Fields = []
         cookies: list[bytes] = []
         host = authority
+        timeout = None
         for name, value in headers:
-            action = REQUEST_ACTIONS.get(name)
+            action = _ACTIONS.get(name)
             if action is None:
-                if name == b"cookie":
-                    cookies.append(value)
-                elif name[:6] not in SSL_PREFIXES:
+                if name[:6] not in SSL_PREFIXES:
                     kept.append((name, value))
+            elif action == _COOKIE:
+                cookies.append(value)
+            elif action == _CONTENT_TYPE:
+                self.content_type = value
+                kept.append((name, value))
+            elif action == _GRPC_TIMEOUT:
+                timeout = value
+                kept.append((name, value))
             elif action == REQ_HOST:
                 if host is None:
                     host = value
@@ -468,6 +493,29 @@ class H2Stream(DownstreamBase):
             exchange.host = host
             kept.insert(0, (b"host", host))
         exchange.headers = kept
+        return timeout
+
+    def _set_deadline(self, value: bytes) -> None:
+        """A gRPC call's grpc-timeout: the longest the proxy works on it, queue, phases and
+        backend included. The backend's read_timeout still bounds each wait for its bytes, so
+        the call ends at whichever comes first; a malformed value is the client's fault (400,
+        which gRPC's HTTP mapping makes INTERNAL)."""
+        try:
+            seconds = grpc.parse_timeout(value, math.inf)
+        except grpc.MalformedTimeout as exc:
+            raise errors.ClientFault(str(exc)) from None
+        if seconds <= grpc.MAX_DEADLINE:
+            deadline = self.deadline = Deadline(self.ctx.loop, self._on_deadline)
+            deadline.set(seconds)
+
+    def _on_deadline(self) -> None:
+        """grpc-timeout passed: the backend's stream is cancelled and the client gets
+        DEADLINE_EXCEEDED, trailers-only, or as trailers if the response had started."""
+        exchange = self.exchange
+        if exchange is None or exchange.finished or self._closed():
+            return
+        self._detach_pending(exchange)
+        self._fail_current(exchange, errors.BackendTimeout("grpc-timeout passed"))
 
     def request_data(self, data: bytes) -> None:
         """One DATA frame of the request body."""
@@ -681,9 +729,14 @@ class H2Stream(DownstreamBase):
 
     # ------------------------------------------------------ framing hooks
     def _send_error(self, exchange: Exchange, failure: errors.ProxyFailure, keep_alive: bool) -> None:
-        fields, body = _error_parts(failure, exchange.is_head)
         session = self.conn.session
         self.ended = True
+        if grpc.is_grpc(self.content_type):
+            session.submit_response(self.stream_id, 200, grpc.failure_headers(failure), True)
+            self._finish(exchange, True)
+            self.conn._write_out()
+            return
+        fields, body = _error_parts(failure, exchange.is_head)
         session.submit_response(self.stream_id, failure.status, fields, not body)
         if body:
             self.sent += len(body)
@@ -693,12 +746,19 @@ class H2Stream(DownstreamBase):
         self.conn._write_out()
 
     def _send_answer(self, exchange: Exchange, response: Response, keep_alive: bool) -> None:
+        session = self.conn.session
+        self.ended = True
+        if grpc.is_grpc(self.content_type) and not grpc.has_status(response.headers.raw):
+            # A phase's answer to a gRPC call, as any proxy's would be read: its HTTP status
+            # by gRPC's mapping (401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 429 UNAVAILABLE...).
+            session.submit_response(self.stream_id, 200, grpc.status_headers(response.status), True)
+            self._finish(exchange, True)
+            self.conn._write_out()
+            return
         body = b"" if exchange.is_head else response.body
         fields = _fields(response.headers.raw)
         if response.status not in (204, 304):
             fields.append((b"content-length", b"%d" % len(response.body)))
-        session = self.conn.session
-        self.ended = True
         session.submit_response(self.stream_id, response.status, fields, not body)
         if body:
             self.sent += len(body)
@@ -722,17 +782,28 @@ class H2Stream(DownstreamBase):
         self._report(exchange)
         if self.stall is not None:
             self.stall.clear()
+        if self.deadline is not None:
+            self.deadline.clear()
 
     def abort_response(self, exchange: Exchange) -> None:
-        """The response broke after it started: the client sees the stream reset, others go on."""
+        """The response broke after it started: the client sees the stream reset, others go on.
+        A gRPC call whose client still reads ends with the failure's status as trailers instead
+        (DEADLINE_EXCEEDED for a backend timeout...): a reset only says CANCELLED."""
         exchange.transition(FINISHED)
         upstream = exchange.upstream
         exchange.upstream = None
         if upstream is not None:
             upstream.abandon()
-        if exchange.failure is None:
-            exchange.failure = errors.BadBackendResponse("response cut")
+        failure = exchange.failure
+        if failure is None:
+            failure = exchange.failure = errors.BadBackendResponse("response cut")
         self._report(exchange)
+        if (not self.ended and not self.write_paused and isinstance(failure, errors.ProxyFailure)
+                and grpc.is_grpc(self.content_type) and not self._closed()):
+            self.ended = True
+            self.conn.session.end_stream(self.stream_id, grpc.failure_trailers(failure))
+            self.conn._write_out()
+            return
         self._reset()
 
     def _reset(self) -> None:
@@ -751,6 +822,9 @@ class H2Stream(DownstreamBase):
         if self.stall is not None:
             self.stall.release()
             self.stall = None
+        if self.deadline is not None:
+            self.deadline.release()
+            self.deadline = None
 
 
 def _fields(headers: Fields) -> Fields:

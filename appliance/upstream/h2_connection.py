@@ -52,9 +52,14 @@ log = logging.getLogger("rproxyd.backend")
 MAX_UNPROCESSED_RETRIES = 2
 
 # Request headers that are the HTTP/1 connection's and not the request's (RFC 9113 section
-# 8.2.2): never sent on a stream. `host` becomes :authority. TE is kept as "trailers" only.
+# 8.2.2): never sent on a stream. `host` becomes :authority.
 _NOT_FORWARDED = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                             b"upgrade", b"host", b"te"))
+# TE is hop-by-hop: it says what rproxyd itself accepts, and rproxyd takes a backend's
+# trailers (relayed on, or dropped for a client that cannot have them). Sent on every
+# stream, as nginx's grpc_pass does: gRPC servers refuse a request without it (grpc-core
+# resets the stream, INTERNAL_ERROR), whatever the client told us.
+_TE_TRAILERS = (b"te", b"trailers")
 
 
 def h2_request(head: bytes) -> tuple[bytes, bytes, bytes | None, list[tuple[bytes, bytes]]]:
@@ -63,7 +68,7 @@ def h2_request(head: bytes) -> tuple[bytes, bytes, bytes | None, list[tuple[byte
     method, _, rest = lines[0].partition(b" ")
     path = rest.rpartition(b" ")[0]
     authority = None
-    headers = []
+    headers = [_TE_TRAILERS]
     for line in lines[1:]:
         if not line:
             break
@@ -73,8 +78,6 @@ def h2_request(head: bytes) -> tuple[bytes, bytes, bytes | None, list[tuple[byte
         if name in _NOT_FORWARDED:
             if name == b"host":
                 authority = value
-            elif name == b"te" and value.lower() == b"trailers":
-                headers.append((name, value))
             continue
         headers.append((name, value))
     return method, path, authority, headers
@@ -332,8 +335,16 @@ class H2BackendConnection(BackendConnection):
             server.note_failure(now)
         self.resp_headers = headers
         stream.discard = self._consume_instead(exchange, status)
-        if stream.discard is not None:
-            return
+        if stream.discard is None:
+            self._start_response(exchange, stream, status, headers, end_stream)
+        if end_stream:
+            # A head that ends the stream (a 204, a HEAD's answer, a gRPC trailers-only
+            # response) gets no h2_end_stream of its own: the response is complete now.
+            self.h2_end_stream(stream_id)
+
+    def _start_response(self, exchange: Exchange, stream: H2Stream, status: int, headers: list,
+                        end_stream: bool) -> None:
+        """The response head to the client side, with its body mode."""
         via = None
         if any(name == b"via" for name, _ in headers):
             via = b", ".join(value for name, value in headers if name == b"via")
@@ -451,11 +462,18 @@ class H2BackendConnection(BackendConnection):
         exchange.client.fail(exchange, failure)
 
     def _on_read_timeout(self) -> None:
-        if self.streams:
-            log.warning("backend %s: no response data for %ss", self.server.address, self.read_timeout)
-            self.close()  # connection_lost fails the streams
+        self._time_out(f"no response data for {self.read_timeout}s")
 
     def _on_write_timeout(self) -> None:
-        if self.streams:
-            log.warning("backend %s did not read the request", self.server.address)
-            self.close()
+        self._time_out("backend did not read the request")
+
+    def _time_out(self, what: str) -> None:
+        """The server stalled: its streams fail as timeouts (504, or retried as the HTTP/1 path
+        does), not as the closed connection they would otherwise see; then the connection goes."""
+        if not self.streams:
+            return
+        failure = errors.BackendTimeout(what)
+        for stream in list(self.streams.values()):
+            if stream.exchange is not None and not stream.exchange.finished:
+                self._stream_failed(stream, failure)
+        self.close()
