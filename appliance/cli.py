@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,12 +58,20 @@ def _reload(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _print_version() -> int:
+    try:
+        print(f"rproxyd {__version__}, {build.describe(load=True)}\n{h2.describe()}", flush=True)
+    except BrokenPipeError:
+        # A reader that took only the first line (`| head -1`): what is left goes nowhere,
+        # and the exit-time flush must not raise again (the Python docs' recipe for SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.version:
-        print(f"rproxyd {__version__}, {build.describe(load=True)}")
-        print(h2.describe())
-        return 0
+        return _print_version()
     if args.reload is not None:
         return _reload(args)
     try:

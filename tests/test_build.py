@@ -94,3 +94,10 @@ def test_a_broken_stale_or_missing_extension_runs_the_source(tmp_path: Path) -> 
 
     (tree / "appliance" / build.INFO_NAME).unlink()
     assert _describe(tree).startswith("pure Python (not built; run make)")
+
+
+def test_version_piped_to_a_reader_of_one_line_exits_quietly() -> None:
+    """`rproxyd --version | head -1`: the reader closes the pipe after the first line."""
+    result = subprocess.run(f"{RPROXYD} --version | head -c 1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+                            shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
