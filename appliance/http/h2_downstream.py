@@ -2,7 +2,8 @@
 
 The connection owns the libnghttp2 session (appliance/h2/session.pyx, server side): bytes
 from the client go into `receive`, whose events arrive here as `h2_*` calls, and what the
-session wants written goes out after each callback (`_write_out`). Each request stream is
+session wants written goes out after each callback (`_write_out`; a small response's frames
+once per event-loop turn, `_write_later`, so one write carries the turn's answers). Each request stream is
 a downstream like an HTTP/1 connection (appliance/http/downstream_base.py): its request
 becomes the proxy's internal request (an Exchange, version "2.0"), goes through the same
 built-in checks, phases and routing, and the backend side answers it through the same seam
