@@ -31,6 +31,7 @@ from appliance.phases.dispatch import PeerChoice
 from appliance.phases.loader import PhaseError
 from appliance.phases.selection import dispatch_per_vhost
 from appliance.process import heartbeat, logs
+from appliance.process.heap import keep_heap
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
 from appliance.shm import SharedRegion
@@ -85,6 +86,7 @@ class Worker:
 
         A failure before the first accept returns EXIT_BOOT_FAILURE; later ones raise.
         """
+        keep_heap()
         try:
             return uvloop.run(self._serve())
         except (OSError, PhaseError) as exc:

@@ -9,11 +9,13 @@ from appliance.http.exchange cimport Exchange
 from appliance.statemachine cimport Transitions
 
 cdef Transitions _MOVES
+cdef Py_ssize_t SMALL_BODY
 
 cdef class H2Connection:
     cdef public object config
     cdef public WorkerContext ctx
     cdef public object forwarded_tail
+    cdef public list held
     cdef public object peer_ip
     cdef public Py_ssize_t peer_port
     cdef public object proto
@@ -28,10 +30,13 @@ cdef class H2Connection:
     cdef public bint trusted
     cdef public object when
     cdef public bint write_paused
+    cdef public bint write_soon
 
     cpdef _transition(self, new)
     cpdef data_received(self, data)
     cpdef _write_out(self)
+    cpdef _write_later(self, bint frame)
+    cpdef _write_turn(self)
 
 cdef class H2Stream(DownstreamBase):
     cdef public H2Connection conn
