@@ -61,6 +61,7 @@ cdef class H2Stream(DownstreamBase):
     cpdef _finish(self, Exchange exchange, bint keep_alive)
     cpdef _send_error(self, Exchange exchange, failure, bint keep_alive)
     cpdef _send_answer(self, Exchange exchange, response, bint keep_alive)
+    cpdef _respond(self, Exchange exchange, int status, list fields, bytes body)
     cpdef bint _closed(self) except -1
     cpdef pause_reading(self, int reason)
     cpdef resume_reading(self, int reason)

@@ -780,37 +780,29 @@ class H2Stream(DownstreamBase):
 
     # ------------------------------------------------------ framing hooks
     def _send_error(self, exchange: Exchange, failure: errors.ProxyFailure, keep_alive: bool) -> None:
-        session = self.conn.session
         self.ended = True
         if grpc.is_grpc(self.content_type):
-            session.submit_response(self.stream_id, 200, grpc.failure_headers(failure), True)
-            self._finish(exchange, True)
-            self.conn._write_out()
+            self._respond(exchange, 200, grpc.failure_headers(failure), b"")
             return
         fields, body = _error_parts(failure, exchange.is_head)
-        session.submit_response(self.stream_id, failure.status, fields, not body)
-        if body:
-            self.sent += len(body)
-            session.send_data(self.stream_id, body)
-            session.end_stream(self.stream_id)
-        self._finish(exchange, True)
-        self.conn._write_out()
+        self._respond(exchange, failure.status, fields, body)
 
     def _send_answer(self, exchange: Exchange, response: Response, keep_alive: bool) -> None:
-        session = self.conn.session
         self.ended = True
         if grpc.is_grpc(self.content_type) and not grpc.has_status(response.headers.raw):
             # A phase's answer to a gRPC call, as any proxy's would be read: its HTTP status
             # by gRPC's mapping (401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 429 UNAVAILABLE...).
-            session.submit_response(self.stream_id, 200, grpc.status_headers(response.status), True)
-            self._finish(exchange, True)
-            self.conn._write_out()
+            self._respond(exchange, 200, grpc.status_headers(response.status), b"")
             return
-        body = b"" if exchange.is_head else response.body
         fields = _fields(response.headers.raw)
         if response.status not in (204, 304):
             fields.append((b"content-length", b"%d" % len(response.body)))
-        session.submit_response(self.stream_id, response.status, fields, not body)
+        self._respond(exchange, response.status, fields, b"" if exchange.is_head else response.body)
+
+    def _respond(self, exchange: Exchange, status: int, fields: list, body: bytes) -> None:
+        """A whole answer of the proxy's own (an error, a phase's response): head, body, end."""
+        session = self.conn.session
+        session.submit_response(self.stream_id, status, fields, not body)
         if body:
             self.sent += len(body)
             session.send_data(self.stream_id, body)
