@@ -14,9 +14,11 @@ COMPILED_MODULES := $(shell sed -e 's/\#.*//' $(BUILD_LIST) 2>/dev/null)
 COMPILED_SOURCES := $(COMPILED_MODULES) $(wildcard $(COMPILED_MODULES:.py=.pxd))
 # The C bindings setup.py also compiles, in both builds (the HTTP/2 session, libnghttp2).
 BINDING_SOURCES := $(wildcard appliance/h2/*.pyx appliance/h2/*.pxd)
-# What building the compiled modules needs besides the venv: a C compiler and Python's headers.
-HAS_COMPILER := command -v cc >/dev/null && $(PYTHON) -c 'import os, sysconfig; \
-    assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null
+# What building the compiled modules needs besides the venv: a C compiler, Python's headers and
+# libnghttp2's (the HTTP/2 binding is compiled in both builds).
+HAS_COMPILER := command -v cc >/dev/null && test -e /usr/include/nghttp2/nghttp2.h && $(PYTHON) -c \
+    'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+    2>/dev/null
 # The suite's core files, which CI also runs on the pure-Python build (RPROXYD_PURE=1): the
 # request path, pipelining, request smuggling, stale backend connections, phases, configuration,
 # tunnels, the PROXY protocol and HTTP/2 from clients.
