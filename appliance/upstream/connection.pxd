@@ -51,6 +51,7 @@ cdef class BackendConnection(SpliceHolder):
 
     cpdef _reset_response(self)
     cpdef _transition(self, new)
+    cpdef _go_down(self)
     cpdef data_received(self, data)
     cpdef pause_reading(self)
     cpdef resume_reading(self)

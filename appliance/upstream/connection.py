@@ -240,17 +240,24 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_splice()
-        self.read_deadline.cancel()
-        self.write_deadline.cancel()
-        previous = self.state
-        if previous is DOWN:
+        previous = self._go_down()
+        if previous is None:
             return
-        self._transition(DOWN)
         exchange = self.exchange
         self.exchange = None
         self.server.on_closed(self, previous)
         if previous is ACTIVE and exchange is not None and not exchange.finished:
             self._lost_while_active(exchange, exc)
+
+    def _go_down(self) -> object:
+        """Stop the timers and move to DOWN: the state the connection left, None if already DOWN."""
+        self.read_deadline.cancel()
+        self.write_deadline.cancel()
+        previous = self.state
+        if previous is DOWN:
+            return None
+        self._transition(DOWN)
+        return previous
 
     def pause_writing(self) -> None:
         self.write_deadline.set(self.server.config.write_timeout)

@@ -37,7 +37,7 @@ from appliance.http.exchange import (
 )
 from appliance.observe.errorlog import about
 from appliance.phases.calls import reason
-from appliance.upstream.connection import CONNECTING, DOWN, IDLE, BackendConnection
+from appliance.upstream.connection import CONNECTING, IDLE, BackendConnection
 
 if TYPE_CHECKING:
     import asyncio
@@ -212,12 +212,9 @@ class H2BackendConnection(BackendConnection):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.read_deadline.cancel()
-        self.write_deadline.cancel()
-        previous = self.state
-        if previous is DOWN:
+        previous = self._go_down()
+        if previous is None:
             return
-        self._transition(DOWN)
         streams, self.streams = self.streams, {}
         self.server.on_closed(self, previous)
         for stream in streams.values():
