@@ -325,6 +325,7 @@ class Bench:
         if recording is not None:
             res["cpu_parts_s"], res["own_code_s"] = breakdown.split(recording.shares(self.paths["perf"]),
                                                                     res["cpu_s"])
+            res["waking_s"] = recording.waking_share(self.paths["perf"]) * res["cpu_s"]
         return res
 
     def run_load(self, sc: Scenario, proxy: str, svc: Service, seconds: float) -> dict:
@@ -579,6 +580,7 @@ def _cpu_breakdown(sc: Scenario, runs: list[dict]) -> dict:
         "total": _median([per_unit(r["cpu_s"], r) for r in recorded]),
         "parts": {part: _median([per_unit(r["cpu_parts_s"][part], r) for r in recorded])
                   for part in breakdown.PARTS},
+        "kernel_waking": _median([per_unit(r.get("waking_s", 0.0), r) for r in recorded]),
         "own_code": dict(sorted(own.items(), key=lambda item: -(item[1] or 0))),
     }
 

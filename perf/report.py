@@ -194,14 +194,18 @@ def _breakdown_section(rows: list[dict], titles: dict) -> list[str]:
            "perf samples of the proxy's processes during the measured runs, by shared object "
            "(perf/breakdown.py), times the CPU per request (per MiB in the byte scenarios); medians "
            "of the runs. Own code: nginx's or HAProxy's binary; for the Python ones the interpreter, "
-           "uvloop, httptools and the C ticket callback.", "",
-           "| Scenario | Proxy | unit | total | OpenSSL | kernel | libc | own code "
+           "uvloop, httptools and the C ticket callback. Of the kernel's part, waking peers: the "
+           "wake-ups of the processes waiting on the other ends of the sockets (an inter-processor "
+           "interrupt when their CPU sleeps).", "",
+           "| Scenario | Proxy | unit | total | OpenSSL | kernel | of it waking peers | libc | own code "
            "| largest parts of the own code |",
-           "|---|---|---|---:|---:|---:|---:|---:|---|"]
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, sc in titles.items():
         for r in (x for x in recorded if x["scenario"] == name):
             b = r["cpu_breakdown"]
-            parts = [_num(b["parts"][p], "{:,.1f}") for p in ("OpenSSL", "kernel", "libc", "own code")]
+            p = b["parts"]
+            values = (p["OpenSSL"], p["kernel"], b.get("kernel_waking"), p["libc"], p["own code"])
+            parts = [_num(v, "{:,.1f}") for v in values]
             largest = ", ".join(f"{dso} {_num(v, '{:,.1f}')}" for dso, v in list(b["own_code"].items())[:3])
             total = _num(b["total"], "{:,.1f}")
             out.append(f"| {sc.title} | {PROXY_NAMES[r['proxy']]} | {b['unit']} | {total} "
