@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -60,6 +61,77 @@ def test_large_body_arrives_exact_and_both_connections_are_reused(make_proxy):
                 digests.append(hashlib.sha256(response.content).digest())
         assert digests == [hashlib.sha256(BODY).digest()] * 3
         # One client connection carried the three responses, and so did one backend connection.
+        assert backend.connections == 1
+
+
+def _bytes_read(pid: int) -> int:
+    """What a process has passed through read(2) so far (/proc/PID/io rchar; splice(2) does not count)."""
+    with open(f"/proc/{pid}/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+
+def test_after_a_spliced_response_the_next_head_read_takes_at_most_16_kib(make_proxy):
+    """A connection whose last response was spliced reads the next head 16 KiB at a time
+    (HAProxy's bufsize, nginx's proxy_buffer_size): a body that arrived together with the
+    head is spliced, not first copied in by one of uvloop's 256 KiB reads."""
+    worker = 0
+
+    def handler(conn: socket.socket, backend: ScriptedBackend) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)  # one send() takes it all
+        response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+        while backend.read_head(conn) is not None:
+            # The worker is stopped while the head and as much of the body as its receive
+            # window takes reach its socket (loopback delivers within send()): it wakes to
+            # find them queued together, as behind a file server's sendfile().
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                conn.setblocking(False)
+                sent = conn.send(response)
+            finally:
+                conn.setblocking(True)
+                os.kill(worker, signal.SIGCONT)
+            conn.sendall(response[sent:])
+
+    with running(backend := ScriptedBackend(handler)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        worker = _worker(proxy)
+        with httpx.Client(base_url=proxy.url, timeout=30) as client:
+            reads = []
+            for _ in range(3):
+                before = _bytes_read(worker)
+                response = client.get("/big")
+                reads.append(_bytes_read(worker) - before)
+                assert hashlib.sha256(response.content).digest() == hashlib.sha256(BODY).digest()
+        assert backend.connections == 1
+        # The first response's head came by a plain read; the next ones' by capped reads:
+        # the request (read from the client) and at most 16 KiB of the response.
+        assert max(reads[1:]) <= 16 * 1024 + 1024, reads
+
+
+def test_large_and_small_responses_alternate_on_one_backend_connection(make_proxy):
+    """Capped reads after a splice, plain reads again after a response without one: every
+    body exact whatever the order (large, small, chunked)."""
+    small = os.urandom(3000)
+    chunked = os.urandom(100_000)
+
+    def handler(conn: socket.socket, backend: ScriptedBackend) -> None:
+        while (head := backend.read_head(conn)) is not None:
+            if b"/big" in head:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+            elif b"/chunked" in head:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + b"%x\r\n" % len(chunked) + chunked + b"\r\n0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(small) + small)
+
+    expected = {"/big": BODY, "/small": small, "/chunked": chunked}
+    with running(backend := ScriptedBackend(handler)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        with httpx.Client(base_url=proxy.url, timeout=30) as client:
+            for path in ["/big", "/small", "/big", "/big", "/chunked", "/small", "/big", "/chunked", "/big"]:
+                response = client.get(path)
+                assert response.status_code == 200
+                assert response.content == expected[path], path
         assert backend.connections == 1
 
 

@@ -24,6 +24,7 @@ cdef class BackendConnection(SpliceHolder):
     cdef public bint extra_bytes
     cdef public Py_ssize_t head_bytes
     cdef public bint head_done
+    cdef public object head_reads
     cdef public Py_ssize_t max_head_bytes
     cdef public bint informational
     cdef public object parser
@@ -32,6 +33,7 @@ cdef class BackendConnection(SpliceHolder):
     cdef public Deadline read_deadline
     cdef public double read_timeout
     cdef public bint reading_paused
+    cdef public bint reads_capped
     cdef public Py_ssize_t requests_served
     cdef public bint resp_chunked
     cdef public bint resp_close
@@ -77,3 +79,5 @@ cdef class BackendConnection(SpliceHolder):
     cpdef _forward_length_body(self, data)
     @cython.locals(client=DownstreamBase)
     cpdef _complete_response(self)
+    cpdef _cap_reads(self)
+    cpdef uncap_reads(self)

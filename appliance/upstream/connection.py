@@ -47,6 +47,7 @@ from appliance.http.headers import (
 )
 from appliance.observe.errorlog import about
 from appliance.statemachine import Transitions
+from appliance.upstream.head_reads import HeadReads
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool, SpliceHolder
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         "extra_bytes",
         "head_bytes",
         "head_done",
+        "head_reads",
         "informational",
         "max_head_bytes",
         "parser",
@@ -101,6 +103,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         "read_deadline",
         "read_timeout",
         "reading_paused",
+        "reads_capped",
         "requests_served",
         "resp_chunked",
         "resp_close",
@@ -136,6 +139,10 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         self.peer_watch: select.poll | None = None  # set once connected; see peer_closed
         self.connect_time = 0.0  # how long opening this connection took (set by the pool)
         self.reading_paused = False
+        # Set while the transport's protocol is `head_reads` (see appliance/upstream/head_reads.py):
+        # the last response was spliced, so reads are capped until one completes without.
+        self.head_reads: HeadReads | None = None
+        self.reads_capped = False
         self.sent_at = 0.0
         self.splice: BodySplice | None = None  # set while a response body goes through splice(2)
         # The Upgrade header of a response: set only by responses that carry one, so cleared by
@@ -635,6 +642,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         exchange.client.response_splice_blocked(False)
         if outcome == SPLICE_DONE:
             self.bypass_remaining = 0  # the splice counted the rest of the body itself
+            if not self.reads_capped:
+                self._cap_reads()
             self.transport.resume_reading()
             self.complete = True
             self._complete_response()
@@ -642,6 +651,18 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             self.close()  # connection_lost cuts the client's response, as on any mid-body loss
         else:
             exchange.client.close(force=True)  # the client is gone; its close abandons us
+
+    def _cap_reads(self) -> None:
+        """The next response is likely spliced too: read its head 16 KiB at a time (transport paused)."""
+        if self.head_reads is None:
+            self.head_reads = HeadReads(self)
+        self.reads_capped = True
+        self.transport.set_protocol(self.head_reads)  # uvloop picks the read path at resume
+
+    def uncap_reads(self) -> None:
+        """A response completed without a splice (HeadReads saw it): back to uvloop's plain 256 KiB reads."""
+        self.reads_capped = False
+        self.transport.set_protocol(self)  # a reading uvloop transport restarts its reads on the new path
 
     def _complete_response(self) -> None:
         exchange = self.exchange
