@@ -1,8 +1,9 @@
 """Header classification and head serialization for both directions.
 
-Header names are lowercased once as they are parsed and looked up in one dict
-that says what the proxy does with them; every name not in the dict is
-forwarded untouched (original case kept, as nginx does).
+Header names are looked up, as they are parsed, in one dict that says what the
+proxy does with them (by lowercase name; a name's spelling as sent is remembered
+with its action, so a name seen before is not lowercased again); every name not
+in the dict is forwarded untouched (original case kept, as nginx does).
 """
 
 from __future__ import annotations
