@@ -13,8 +13,6 @@ cdef class WorkerContext:
     cdef public double keepalive_timeout
     cdef public object limits
     cdef public object loop
-    cdef public Py_ssize_t max_body_bytes
-    cdef public Py_ssize_t max_header_bytes
     cdef public Py_ssize_t max_pipelined
     cdef public object new_request_id
     cdef public Observer observer

@@ -43,8 +43,6 @@ class WorkerContext:
         "keepalive_timeout",
         "limits",
         "loop",
-        "max_body_bytes",
-        "max_header_bytes",
         "max_pipelined",
         "new_request_id",
         "observer",
@@ -71,8 +69,6 @@ class WorkerContext:
         self.header_timeout = limits.header_timeout
         self.keepalive_timeout = limits.keepalive_timeout
         self.max_pipelined = limits.max_pipelined
-        self.max_header_bytes = limits.max_header_bytes
-        self.max_body_bytes = limits.max_body_bytes
         self.router = router
         self.pools = pools
         self.trusted = trusted

@@ -6,8 +6,8 @@ Each machine keeps its table next to the states it governs, written as
 `_state.py` does the same). An illegal move is a bug, so it raises.
 
 The request path's machines (client connection, exchange, backend connection)
-use IntEnum states: the lookups below hash them in C, which keeps a check to one
-dict and one frozenset lookup per move. The process side's machines use
+use IntEnum states: the pair lookup below hashes them in C, which keeps a check
+to one frozenset membership test per move. The process side's machines use
 string-valued Enums (their values appear in the status output); they move a few
 times per worker lifetime, so the slower Enum hash does not matter there.
 """
@@ -30,21 +30,18 @@ class Transitions:
     Compiled (statemachine.pxd): the request path checks a move several times per request.
     """
 
-    __slots__ = ("_targets", "machine")
+    __slots__ = ("_moves", "machine")
 
     def __init__(self, machine: str, moves: dict[S, tuple[S, ...]]) -> None:
         self.machine = machine  # names the machine in the error
-        # Per state, the set of states it may go to: a check is two lookups, no (old, new)
-        # pair made and hashed per move.
-        self._targets = {old: frozenset(targets) for old, targets in moves.items()}
+        self._moves = frozenset((old, new) for old, targets in moves.items() for new in targets)
 
     def check(self, old: S, new: S, which: object = None) -> S:
         """Return `new` if `old` may go there, else raise IllegalTransition.
 
         `which` names the instance in the error (a pid, a slot number), if the machine has several.
         """
-        targets = self._targets.get(old)
-        if targets is None or new not in targets:
+        if (old, new) not in self._moves:
             machine = self.machine if which is None else f"{self.machine} {which}"
             raise IllegalTransition(f"{machine} cannot go from {old.name.lower()} to {new.name.lower()}")
         return new

@@ -4,7 +4,6 @@
 
 cimport cython
 
-from appliance.context cimport WorkerContext
 from appliance.deadline cimport Deadline
 from appliance.http.exchange cimport Exchange
 from appliance.statemachine cimport Transitions
@@ -39,7 +38,6 @@ cdef class ClientConnection(DownstreamBase):
     cpdef on_url(self, url)
     @cython.locals(names=dict)
     cpdef on_header(self, bytes name, bytes value)
-    @cython.locals(ctx=WorkerContext)
     cpdef on_headers_complete(self)
     cpdef on_body(self, body)
     cpdef on_message_complete(self)

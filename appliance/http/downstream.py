@@ -414,8 +414,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing
-        ctx = self.ctx
-        if exchange.head_bytes > ctx.max_header_bytes:
+        limits = self.ctx.limits
+        if exchange.head_bytes > limits.max_header_bytes:
             raise errors.HeadTooLarge("request head too large")
         self.head_raw = 0
         version = self.parser.get_http_version()
@@ -442,13 +442,13 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             raise errors.ClientFault("invalid Host")
         if HASH in exchange.url:
             raise errors.ClientFault("fragment in the request target")
-        if ctx.max_body_bytes and (exchange.content_length or 0) > ctx.max_body_bytes:
+        if limits.max_body_bytes and (exchange.content_length or 0) > limits.max_body_bytes:
             raise errors.BodyTooLarge("declared body too large")
         if not exchange.chunked and not exchange.content_length:
             exchange.expect_continue = False
             self.when = None  # no read deadline
         else:
-            ctx.wheel.set(self, ctx.limits.body_timeout)
+            self.ctx.wheel.set(self, limits.body_timeout)
         if self.state is CLOSING:
             exchange.close_after = True
         # Started once feed_data returns (data_received), or when the requests before it are answered.

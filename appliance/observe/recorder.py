@@ -36,7 +36,6 @@ _R_DUR_SUM = m.R_DURATION + m.BUCKETS
 _S_SUM = m.BUCKETS
 _B_WAIT, _B_WAIT_SUM = m.B_WAIT, m.B_WAIT + m.BUCKETS
 _SCALE = m.SUM_SCALE
-_CAPACITY = m.CAPACITY
 
 
 class Recorder(Observer):
@@ -84,7 +83,7 @@ class Recorder(Observer):
         cells = self._counts
         ended = self._loop.time()
         route = exchange.route
-        base = self._no_route if route is None else self._routes.get(route.name, _CAPACITY)
+        base = self._no_route if route is None else self._routes.get(route.name, m.CAPACITY)
         cells[base + _CLASS_OF[exchange.status // 100 % 10]] += 1
         cells[base + _R_IN] += exchange.head_bytes + exchange.body_received
         cells[base + _R_OUT] += exchange.bytes_out
@@ -93,9 +92,8 @@ class Recorder(Observer):
         cells[base + _R_DUR_SUM] += int(duration * _SCALE)
         # A server of a pool made for an upstream_peer phase's Peer has no cells (the metrics
         # layout is fixed by the configuration): its requests count on the route only.
-        server_base = self._servers.get(exchange.server)
-        if server_base is not None:
-            base = server_base
+        base = self._servers.get(exchange.server)
+        if base is not None:
             spent = exchange.upstream_time
             cells[base + bisect_left(_BOUNDS, spent)] += 1
             cells[base + _S_SUM] += int(spent * _SCALE)
