@@ -1,9 +1,11 @@
-"""Request-target rules in isolation: path normalization and Host characters (appliance/http/target.py)."""
+"""Request-target rules in isolation: path normalization and Host characters (appliance/http/target.py);
+header names' actions as the parsers look them up (appliance/http/headers.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+from appliance.http import headers as hdr
 from appliance.http.target import PathAboveRoot, normalize_path, valid_host
 
 
@@ -55,3 +57,41 @@ def test_a_path_with_nothing_to_normalize_is_returned_as_is():
 ])
 def test_valid_host(host, valid):
     assert valid_host(host) is valid
+
+
+@pytest.mark.parametrize(("name", "action"), [
+    (b"Host", hdr.REQ_HOST),
+    (b"hOsT", hdr.REQ_HOST),
+    (b"CONTENT-LENGTH", hdr.REQ_CONTENT_LENGTH),
+    (b"X-Forwarded-For", hdr.REQ_FORWARDED_FOR),
+    (b"X_Forwarded_Proto", hdr.REQ_DROP),  # an underscore spelling of a header the proxy sets
+    (b"X-SSL-Client-Verify", hdr.REQ_DROP),  # X-SSL-*: our own TLS session's, a client's is a spoof
+    (b"x_ssl-client-s-dn", hdr.REQ_DROP),
+    (b"User-Agent", hdr.REQ_FORWARD),
+])
+def test_request_header_actions_in_any_spelling_are_remembered_as_sent(name, action):
+    hdr.REQUEST_NAME_ACTIONS.pop(name, None)
+    assert hdr.request_action(name) == action
+    assert hdr.REQUEST_NAME_ACTIONS[name] == action  # the next field of that name: one lookup
+
+
+@pytest.mark.parametrize(("name", "action"), [
+    (b"Content-Length", hdr.RESP_CONTENT_LENGTH),
+    (b"CONNECTION", hdr.RESP_CONNECTION),
+    (b"Keep-Alive", hdr.RESP_DROP),
+    (b"ETag", hdr.RESP_FORWARD),
+])
+def test_response_header_actions_in_any_spelling_are_remembered_as_sent(name, action):
+    hdr.RESPONSE_NAME_ACTIONS.pop(name, None)
+    assert hdr.response_action(name) == action
+    assert hdr.RESPONSE_NAME_ACTIONS[name] == action
+
+
+def test_the_remembered_names_stay_bounded():
+    # Names are the peers' to choose: a flood of new ones must not grow the table without end.
+    for i in range(3 * hdr.NAME_TABLE_SIZE):
+        hdr.request_action(b"X-Name-%d" % i)
+        hdr.response_action(b"X-Name-%d" % i)
+        assert len(hdr.REQUEST_NAME_ACTIONS) <= hdr.NAME_TABLE_SIZE
+        assert len(hdr.RESPONSE_NAME_ACTIONS) <= hdr.NAME_TABLE_SIZE
+    assert hdr.request_action(b"Host") == hdr.REQ_HOST  # still answered after a clear

@@ -24,7 +24,6 @@ from appliance.http.downstream_base import DownstreamBase
 from appliance.http.exchange import (
     BODY_LENGTH,
     BODY_NONE,
-    BODY_UNTIL_CLOSE,
     FINISHED,
     HEAD,
     PAUSE_BUFFER_FULL,
@@ -37,6 +36,7 @@ from appliance.http.headers import (
     REQ_CONNECTION,
     REQ_CONTENT_LENGTH,
     REQ_EXPECT,
+    REQ_FORWARD,
     REQ_FORWARDED_FOR,
     REQ_HOST,
     REQ_REAL_IP,
@@ -44,20 +44,22 @@ from appliance.http.headers import (
     REQ_TRANSFER_ENCODING,
     REQ_UPGRADE,
     REQ_VIA,
-    REQUEST_ACTIONS,
-    SSL_PREFIXES,
+    REQUEST_NAME_ACTIONS,
+    STATUS_LINE_STARTS,
     allowed_request_trailer,
     chunk_header,
     connection_tokens,
     last_chunk,
     remove_named,
+    request_action,
     serialize_fields,
 )
 from appliance.http.target import HASH, valid_host
 from appliance.http.tunnel import Tunnel
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
-from appliance.phases import Response, ResponseHead, calls
+from appliance.phases import Response, calls
+from appliance.phases.dispatch import NO_PHASES
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 from appliance.tls.session import TlsConnection
@@ -368,12 +370,12 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
                     exchange.trailers = []
                 exchange.trailers.append((name, value))
             return
-        lname = name.lower()
-        action = REQUEST_ACTIONS.get(lname)
+        names = REQUEST_NAME_ACTIONS
+        action = names.get(name)
         if action is None:
-            # X-SSL-* describe our own TLS session: a client-sent copy, in any spelling, is a spoof.
-            if lname[:6] not in SSL_PREFIXES:
-                exchange.headers.append((name, value))
+            action = request_action(name)  # X-SSL-* in any spelling: REQ_DROP, a spoof
+        if action == REQ_FORWARD:
+            exchange.headers.append((name, value))
         elif action == REQ_HOST:
             if exchange.host is not None:
                 raise errors.ClientFault("more than one Host header")
@@ -462,7 +464,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         exchange.request_done = True
         if self.state is not CLOSED:
             self.when = None  # no read deadline
-        if exchange.finished:
+        if exchange.state is FINISHED:  # `finished`, without the property lookup (every request)
             return
         upstream = exchange.upstream
         if upstream is not None and exchange.chunked:
@@ -647,35 +649,27 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
     def start_response(self, exchange: Exchange, status: int, reason: bytes, headers: Fields,
                        version: str, via: bytes | None, body: int) -> None:
         """Frame the response for this client and hold its head: the first body bytes or flush() send it."""
-        phases = exchange.phases
         self.body_filter = None
-        if phases.response_filter is not None or phases.logging is not None:
-            resp = exchange.resp = ResponseHead(status, headers)
-            if phases.response_filter is not None:
-                failure = calls.response_filter(exchange, resp)
-                if failure is not None:
-                    self._replace_response(exchange, failure)
-                    return
-                if resp.status != status:
-                    status, reason = resp.status, calls.reason(resp.status)
-                headers = resp.raw_headers
-        if phases.response_body_filter is not None:
-            # The filter may change the length: no Content-Length, the body framed by chunks
-            # (HTTP/1.1) or by the close (HTTP/1.0), as nginx's sub_filter does. HEAD, 204 and
-            # 304 have no body to filter; their Content-Length would describe an unfiltered one.
-            headers[:] = [field for field in headers if field[0].lower() != b"content-length"]
-            if body != BODY_NONE:
-                self.body_filter = phases.response_body_filter
-                body = BODY_UNTIL_CLOSE
+        if exchange.phases is not NO_PHASES:
+            framed = self._response_phases(exchange, status, reason, headers, body)
+            if framed is None:
+                return  # response_filter failed: its error replaced the response
+            status, reason, headers, body = framed
         keep_alive = self.response_keep_alive(exchange)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        # The head as pieces for one join (serialize_fields); the status line's start and the
+        # usual Via made once, not formatted per response.
+        head = [STATUS_LINE_STARTS[status - 100] if 100 <= status < 1000 else b"HTTP/1.1 %d " % status,
+                reason, b"\r\n"]
         serialize_fields(head, headers)
         own_via = self.ctx.via
         if own_via:
-            prior = via + b", " if via else b""
-            head.append(b"Via: %s%s %s\r\n" % (prior, version.encode(), own_via))
+            if via:
+                head += (b"Via: ", via, b", ")
+            else:
+                head.append(b"Via: ")
+            head += (b"1.1" if version == "1.1" else version.encode(), b" ", own_via, b"\r\n")
         elif via:
-            head.append(b"Via: " + via + b"\r\n")
+            head += (b"Via: ", via, b"\r\n")
         if body == BODY_LENGTH:
             self.response_framing = FRAME_RAW
         elif body == BODY_NONE:
@@ -867,7 +861,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         return self.state is CLOSED
 
     def _finish(self, exchange: Exchange, keep_alive: bool) -> None:
-        if not exchange.finished:
+        if exchange.state is not FINISHED:  # `finished`, without the property lookup
             exchange.transition(FINISHED)
         exchange.upstream = None
         self._report(exchange)

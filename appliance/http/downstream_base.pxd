@@ -7,7 +7,7 @@ cimport cython
 
 from appliance.context cimport WorkerContext
 from appliance.http.exchange cimport Exchange
-from appliance.routing.router cimport Router
+from appliance.routing.router cimport Router, Vhost
 from appliance.upstream.splice cimport SpliceHolder
 
 cdef class DownstreamBase(SpliceHolder):
@@ -22,10 +22,10 @@ cdef class DownstreamBase(SpliceHolder):
     cdef public bint trusted
     cdef public bint write_paused
 
-    @cython.locals(router=Router)
+    @cython.locals(router=Router, vhost=Vhost)
     cpdef _start(self, Exchange exchange)
     cpdef bint _request_phases(self, Exchange exchange, vhost, path) except -1
-    cpdef _route(self, Exchange exchange, vhost, path)
+    cpdef _route(self, Exchange exchange, Vhost vhost, path)
     cpdef _cancel_phase(self, Exchange exchange)
     cpdef fail(self, Exchange exchange, failure)
     cpdef _report(self, Exchange exchange)

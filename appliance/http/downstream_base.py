@@ -23,12 +23,21 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from appliance.http import errors
-from appliance.http.exchange import AWAITING_PHASE, FINISHED, HEAD, PENDING, Exchange, Fields
+from appliance.http.exchange import (
+    AWAITING_PHASE,
+    BODY_NONE,
+    BODY_UNTIL_CLOSE,
+    FINISHED,
+    HEAD,
+    PENDING,
+    Exchange,
+    Fields,
+)
 from appliance.http.target import PathAboveRoot, normalize_path
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.phases import Peer, Response, ResponseHead, calls, eager
-from appliance.phases.dispatch import body_bytes, response_or_none
+from appliance.phases.dispatch import NO_PHASES, body_bytes, response_or_none
 from appliance.upstream.splice import PipePool, SpliceHolder
 
 if TYPE_CHECKING:
@@ -105,7 +114,8 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
                 return
         vhost = router.vhost(host)
         exchange.target = url  # what phases see as req.path and req.query until the route's rewrite
-        if vhost is not None and vhost.phases.new_ctx is not None and not exchange.redirects:
+        if (vhost is not None and vhost.phases is not NO_PHASES and vhost.phases.new_ctx is not None
+                and not exchange.redirects):
             exchange.phases = vhost.phases
             if not self._request_phases(exchange, vhost, path):
                 return
@@ -206,7 +216,8 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
         exchange.target = route.target(exchange.target)
         if exchange.upgrade is not None and not self._offer_upgrade(exchange, route):
             return
-        if exchange.phases.upstream_peer is not None:
+        # NO_PHASES first: a route without phases skips the named-tuple lookup.
+        if exchange.phases is not NO_PHASES and exchange.phases.upstream_peer is not None:
             self.choose_peer(exchange)
             return
         route.backend.acquire(exchange)
@@ -319,6 +330,41 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
             exchange.resp = ResponseHead(response.status, response.headers.raw)
         self._send_answer(exchange, response, keep_alive)
 
+    def _response_phases(self, exchange: Exchange, status: int, reason: bytes, headers: Fields,
+                         body: int) -> tuple[int, bytes, Fields, int] | None:
+        """response_filter and response_body_filter on a response head about to be framed,
+        for a route with operator phases (start_response skips this call for NO_PHASES).
+
+        Returns what to frame (status, reason, headers, body mode), or None: response_filter
+        failed and `_replace_response` answered in the server's response's place.
+        """
+        phases = exchange.phases
+        if phases.response_filter is not None or phases.logging is not None:
+            resp = exchange.resp = ResponseHead(status, headers)
+            if phases.response_filter is not None:
+                failure = calls.response_filter(exchange, resp)
+                if failure is not None:
+                    self._replace_response(exchange, failure)
+                    return None
+                if resp.status != status:
+                    status, reason = resp.status, calls.reason(resp.status)
+                headers = resp.raw_headers
+        if phases.response_body_filter is not None:
+            # The filter may change the length: no Content-Length, the body framed by chunks
+            # (HTTP/1.1), by the close (HTTP/1.0) or by the stream's end (HTTP/2), as nginx's
+            # sub_filter does. HEAD, 204 and 304 have no body to filter; their Content-Length
+            # would describe an unfiltered one. In place: the logging phase's view of the
+            # response (exchange.resp) shows what the client got.
+            headers[:] = [field for field in headers if field[0].lower() != b"content-length"]
+            if body != BODY_NONE:
+                self.body_filter = phases.response_body_filter
+                body = BODY_UNTIL_CLOSE
+        return status, reason, headers, body
+
+    def _replace_response(self, exchange: Exchange, failure: errors.PhaseFailed) -> None:
+        """response_filter failed: the client gets the error instead of the server's response."""
+        raise NotImplementedError
+
     def redirect(self, exchange: Exchange, target: bytes) -> None:
         """Route the request again to another path, as a backend's internal redirect asked.
 
@@ -349,7 +395,7 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
         # Once per exchange, however it ended: the logging phase, the access log and metrics.
         exchange.bytes_out = self.sent
         self.sent = 0
-        if exchange.phases.logging is not None:
+        if exchange.phases is not NO_PHASES and exchange.phases.logging is not None:
             calls.logging_phase(exchange)
         if exchange.req is not None:
             # The request view's lazy request id refers back to the exchange: without the views

@@ -54,7 +54,8 @@ from appliance.http.headers import (
 )
 from appliance.http.target import HASH, valid_host
 from appliance.observe import metrics
-from appliance.phases import Response, ResponseHead, calls
+from appliance.phases import Response
+from appliance.phases.dispatch import NO_PHASES
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 
@@ -633,24 +634,13 @@ class H2Stream(DownstreamBase):
     def start_response(self, exchange: Exchange, status: int, reason: bytes, headers: Fields,
                        version: str, via: bytes | None, body: int) -> None:
         """Submit the response head (status only, no reason; hop-by-hop headers dropped)."""
-        phases = exchange.phases
         self.body_filter = None
-        if phases.response_filter is not None or phases.logging is not None:
-            resp = exchange.resp = ResponseHead(status, headers)
-            if phases.response_filter is not None:
-                failure = calls.response_filter(exchange, resp)
-                if failure is not None:
-                    # The backend's body still arrives: dropped, the stream ends with the error.
-                    self.fail(exchange, failure)
-                    return
-                status = resp.status
-            headers = resp.raw_headers
+        if exchange.phases is not NO_PHASES:
+            framed = self._response_phases(exchange, status, reason, headers, body)
+            if framed is None:
+                return  # response_filter failed: the stream ends with its error
+            status, reason, headers, body = framed
         fields = _fields(headers)
-        if phases.response_body_filter is not None:
-            # The filter may change the length: no content-length, the stream's end ends the body.
-            fields = [field for field in fields if field[0] != b"content-length"]
-            if body != BODY_NONE:
-                self.body_filter = phases.response_body_filter
         own_via = self.ctx.via
         if own_via:
             prior = via + b", " if via else b""
@@ -661,6 +651,11 @@ class H2Stream(DownstreamBase):
         exchange.status = status
         self.ended = body == BODY_NONE
         self.conn.session.submit_response(self.stream_id, status, fields, self.ended)
+
+    def _replace_response(self, exchange: Exchange, failure: errors.PhaseFailed) -> None:
+        """response_filter failed: the stream ends with the error (the backend's body, still
+        arriving, is dropped)."""
+        self.fail(exchange, failure)
 
     def send_body(self, data: bytes) -> None:
         exchange = self.exchange

@@ -1,8 +1,9 @@
 """Header classification and head serialization for both directions.
 
-Header names are lowercased once as they are parsed and looked up in one dict
-that says what the proxy does with them; every name not in the dict is
-forwarded untouched (original case kept, as nginx does).
+Header names are looked up, as they are parsed, in one dict that says what the
+proxy does with them (by lowercase name; a name's spelling as sent is remembered
+with its action, so a name seen before is not lowercased again); every name not
+in the dict is forwarded untouched (original case kept, as nginx does).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ REQUEST_ACTIONS: dict[bytes, int] = {
     b"x-real-ip": REQ_REAL_IP,
 }
 
+REQ_FORWARD = 0  # not in REQUEST_ACTIONS: forwarded as it came (request_action's answer)
+
 # Headers the proxy sets or extends itself (appliance/http/request_head.py); a client's
 # copy may only arrive in the canonical spelling, through the action REQUEST_ACTIONS gives it.
 PROXY_HEADERS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via",
@@ -78,6 +81,7 @@ REQUEST_ACTIONS.update(
     {spelling: REQ_DROP for name in PROXY_HEADERS for spelling in underscore_spellings(name)})
 
 # What to do with a response header on its way to the client.
+RESP_FORWARD = 0  # not in RESPONSE_ACTIONS: forwarded as it came (response_action's answer)
 RESP_CONTENT_LENGTH = 1
 RESP_TRANSFER_ENCODING = 2
 RESP_CONNECTION = 3
@@ -96,6 +100,39 @@ RESPONSE_ACTIONS: dict[bytes, int] = {
     b"proxy-connection": RESP_DROP,
     b"via": RESP_VIA,
 }
+
+# Header names as they arrived (any case) with their action: a name seen before, as nearly
+# every name on a keep-alive connection is, costs one dict lookup and no lower(). The
+# parsers call request_action / response_action for a name not in the table yet. Names
+# are the peers' to choose, so each table is cleared when it reaches NAME_TABLE_SIZE.
+REQUEST_NAME_ACTIONS: dict[bytes, int] = {}
+RESPONSE_NAME_ACTIONS: dict[bytes, int] = {}
+NAME_TABLE_SIZE = 1024
+
+
+def request_action(name: bytes) -> int:
+    """REQUEST_ACTIONS' action for a request header name in any case (REQ_FORWARD if none;
+    X-SSL-* in any spelling REQ_DROP: they describe our own TLS session, a client's is a spoof),
+    remembered in REQUEST_NAME_ACTIONS."""
+    lname = name.lower()
+    action = REQUEST_ACTIONS.get(lname, REQ_FORWARD if lname[:6] not in SSL_PREFIXES else REQ_DROP)
+    _remember(REQUEST_NAME_ACTIONS, name, action)
+    return action
+
+
+def response_action(name: bytes) -> int:
+    """RESPONSE_ACTIONS' action for a response header name in any case (RESP_FORWARD if none),
+    remembered in RESPONSE_NAME_ACTIONS."""
+    action = RESPONSE_ACTIONS.get(name.lower(), RESP_FORWARD)
+    _remember(RESPONSE_NAME_ACTIONS, name, action)
+    return action
+
+
+def _remember(table: dict[bytes, int], name: bytes, action: int) -> None:
+    if len(table) >= NAME_TABLE_SIZE:
+        table.clear()
+    table[name] = action
+
 
 # Trailer fields that must never be forwarded (RFC 9110 6.5.1): framing,
 # routing and hop-by-hop fields would change the meaning of the message.
@@ -122,9 +159,18 @@ def remove_named(headers: list[tuple[bytes, bytes]], names: set[bytes]) -> list[
 
 
 def serialize_fields(lines: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
-    """Append "Name: value\\r\\n" lines for each header."""
+    """Append the pieces of a "Name: value\\r\\n" line for each header, for one b"".join.
+
+    Four pieces, not one line: the join copies each piece once, where concatenating a line
+    makes three new bytes objects per header first.
+    """
     for name, value in headers:
-        lines.append(name + b": " + value + b"\r\n")
+        lines += (name, b": ", value, b"\r\n")
+
+
+# "HTTP/1.1 <status> " for every three-digit status, indexed by status - 100: a response's
+# status line starts without a formatting per response.
+STATUS_LINE_STARTS = tuple(b"HTTP/1.1 %d " % status for status in range(100, 1000))
 
 
 def chunk_header(size: int) -> bytes:

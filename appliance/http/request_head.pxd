@@ -1,5 +1,8 @@
 # Cython declarations for request_head.py (compiled build).
 
+cimport cython
+
+from appliance.http.downstream_base cimport DownstreamBase
 from appliance.http.exchange cimport Exchange
 
 cdef class RequestHead:
@@ -7,4 +10,5 @@ cdef class RequestHead:
     cdef public bytes _via_line_11
     cdef public bytes via
 
+    @cython.locals(client=DownstreamBase, lines=list)
     cpdef serialize(self, Exchange exchange)

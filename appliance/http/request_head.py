@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from appliance.http.headers import serialize_fields
 from appliance.phases import calls
+from appliance.phases.dispatch import NO_PHASES
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -38,14 +40,15 @@ class RequestHead:
         policy = exchange.route.request_policy
         headers = exchange.headers if policy is None else policy.apply(exchange.headers)
         method, target = exchange.method, exchange.target
-        if exchange.phases.upstream_request_filter is not None:
+        if exchange.phases is not NO_PHASES and exchange.phases.upstream_request_filter is not None:
             # The operator's, on what the built-in left; the proxy's own headers come after it.
             edited = calls.upstream_request(exchange, headers)
             if edited is None:
                 return None
             method, target, headers = edited
-        lines = [name + b": " + value + b"\r\n" for name, value in headers]
-        lines.insert(0, method + b" " + target + b" HTTP/1.1\r\n")
+        # Pieces for one join: no line is concatenated first (serialize_fields).
+        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        serialize_fields(lines, headers)
         if exchange.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         if exchange.upgrade is not None:  # the route's protocols only, never h2c (_offer_upgrade)

@@ -1,8 +1,12 @@
 # Cython declarations for router.py (compiled build): the vhost lookup and the rule match
 # run once per request. Route stays a frozen dataclass (a Python class, compiled methods).
 
+cimport cython
+
 cdef class _Matcher:
+    cdef public Py_ssize_t index
     cdef public object kind
+    cdef public object methods
     cdef public object pattern
     cdef public bytes prefix
     cdef public object route
@@ -15,6 +19,7 @@ cdef class Vhost:
     cdef public list others
     cdef public object phases
 
+    @cython.locals(matcher=_Matcher)
     cpdef match(self, method, path)
 
 cdef class Router:

@@ -70,10 +70,14 @@ class Route:
 class _Matcher:
     """A non-exact rule: prefix, glob or regex over the path."""
 
-    __slots__ = ("kind", "pattern", "prefix", "route")
+    __slots__ = ("index", "kind", "methods", "pattern", "prefix", "route")
 
     def __init__(self, config: RouteConfig, route: Route) -> None:
         self.route = route
+        # The route's, copied: Vhost.match reads them for every rule it passes (typed fields
+        # in the compiled build, where the Route's own are a dataclass's).
+        self.index = route.index
+        self.methods = route.methods
         self.kind = config.match
         self.prefix = config.path.encode()
         self.pattern: re.Pattern[bytes] | None = None
@@ -107,11 +111,10 @@ class Vhost:
                 break
         limit = exact.index if exact is not None else _NO_EXACT
         for matcher in self.others:
-            route = matcher.route
-            if route.index > limit:
+            if matcher.index > limit:
                 break
-            if (route.methods is None or method in route.methods) and matcher.matches(path):
-                return route
+            if (matcher.methods is None or method in matcher.methods) and matcher.matches(path):
+                return matcher.route
         return exact
 
     def methods_for(self, path: bytes) -> set[bytes] | None:

@@ -19,6 +19,7 @@ cdef class BackendConnection(SpliceHolder):
     cdef public Py_ssize_t bypass_remaining
     cdef public bint complete
     cdef public double connect_time
+    cdef public frozenset consume_statuses
     cdef public object discard
     cdef public Exchange exchange
     cdef public bint extra_bytes
@@ -27,6 +28,7 @@ cdef class BackendConnection(SpliceHolder):
     cdef public object head_reads
     cdef public Py_ssize_t max_head_bytes
     cdef public bint informational
+    cdef public object loop
     cdef public object parser
     cdef public bint parser_clean
     cdef public object peer_watch
@@ -65,7 +67,8 @@ cdef class BackendConnection(SpliceHolder):
     cpdef abandon(self)
     cpdef close(self)
     cpdef on_status(self, reason)
-    cpdef on_header(self, name, value)
+    @cython.locals(names=dict)
+    cpdef on_header(self, bytes name, bytes value)
     cpdef on_headers_complete(self)
     @cython.locals(client=DownstreamBase)
     cpdef on_body(self, body)

@@ -34,15 +34,17 @@ from appliance.http.exchange import (
 from appliance.http.headers import (
     RESP_CONNECTION,
     RESP_CONTENT_LENGTH,
+    RESP_FORWARD,
     RESP_TRANSFER_ENCODING,
     RESP_UPGRADE,
     RESP_VIA,
-    RESPONSE_ACTIONS,
+    RESPONSE_NAME_ACTIONS,
     allowed_trailer,
     chunk_header,
     connection_tokens,
     last_chunk,
     remove_named,
+    response_action,
     upgrade_protocols,
 )
 from appliance.observe.errorlog import about
@@ -89,6 +91,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         "bypass_remaining",
         "complete",
         "connect_time",
+        "consume_statuses",
         "discard",
         "exchange",
         "extra_bytes",
@@ -96,6 +99,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         "head_done",
         "head_reads",
         "informational",
+        "loop",
         "max_head_bytes",
         "parser",
         "parser_clean",
@@ -128,6 +132,11 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         # lookups through the untyped server and its configuration each time.
         self.read_timeout = server.config.read_timeout
         self.max_head_bytes = server.config.max_response_header_bytes
+        pool = server.pool
+        self.loop = pool.loop
+        # The statuses _consume_instead looks at (retries, internal redirects): any other
+        # response is delivered without that call.
+        self.consume_statuses = pool.retry_statuses | {pool.redirect_status}
         self.state = CONNECTING
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
@@ -324,7 +333,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         if not self.parser_clean:
             self.parser = httptools.HttpResponseParser(self)
         self.parser_clean = False
-        now = self.server.pool.loop.time()
+        now = self.loop.time()
         self.sent_at = now
         exchange.server = self.server
         exchange.leave_queue(now)
@@ -411,13 +420,23 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
                     self.trailers = []
                 self.trailers.append((name, value))
             return
-        action = RESPONSE_ACTIONS.get(name.lower())
+        names = RESPONSE_NAME_ACTIONS
+        action = names.get(name)
         if action is None:
+            action = response_action(name)
+        if action == RESP_FORWARD:
             self.resp_headers.append((name, value))
         elif action == RESP_CONTENT_LENGTH:
             self.resp_content_length = int(value)
             self.resp_headers.append((name, value))
         elif action == RESP_CONNECTION:
+            # The usual value first: no token list to make.
+            if value == b"keep-alive":
+                self.resp_keep_alive = True
+                return
+            if value == b"close":
+                self.resp_close = True
+                return
             tokens = connection_tokens(value)
             self.resp_close = self.resp_close or b"close" in tokens
             self.resp_keep_alive = self.resp_keep_alive or b"keep-alive" in tokens
@@ -526,13 +545,13 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         exchange = self.exchange
         parser = self.parser
         server = self.server
-        loop = server.pool.loop
+        loop = self.loop
         exchange.first_byte = loop.time() - self.sent_at
         exchange.status = status
         server.note_rtt(exchange.first_byte)
         if status >= 500 and server.config.fail_on_5xx:
             server.note_failure(loop.time())
-        self.discard = self._consume_instead(exchange, status)
+        self.discard = self._consume_instead(exchange, status) if status in self.consume_statuses else None
         version = parser.get_http_version()
         if version == "1.1":
             self.resp_keep_alive = not self.resp_close
@@ -667,7 +686,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
     def _complete_response(self) -> None:
         exchange = self.exchange
         reusable = self.resp_keep_alive and not self.extra_bytes and exchange.request_done
-        exchange.upstream_time = self.server.pool.loop.time() - self.sent_at
+        exchange.upstream_time = self.loop.time() - self.sent_at
         self.exchange = None
         self.read_deadline.clear()
         self.requests_served += 1
@@ -683,7 +702,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         else:
             self.close()
         if discard is None:
-            exchange.body_buffer = []  # answered: the body kept for a replay is not needed now
+            if exchange.body_buffer:
+                exchange.body_buffer = []  # answered: the body kept for a replay is not needed now
             client = exchange.client
             client.finish(exchange, trailers)
         elif discard:
