@@ -236,6 +236,12 @@ class StallingOrigin:
         self.requests = 0
         self.backend = ScriptedBackend(self._serve)
 
+    def __enter__(self) -> StallingOrigin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend.stop()
+
     def _serve(self, conn, backend) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         session = h2.connection.H2Connection(config)
@@ -274,8 +280,7 @@ def test_grpc_timeout_cancels_the_backend_stream(make_proxy, certs, send_head):
     """On grpc-timeout rproxyd resets the backend's stream (CANCEL: the origin stops working on a
     call nobody waits for) and answers DEADLINE_EXCEEDED: trailers-only before a response head,
     else as the trailers of the response that started."""
-    origin = StallingOrigin(send_head)
-    try:
+    with StallingOrigin(send_head) as origin:
         front = GrpcProxy(make_proxy, certs, origin.backend.address)
         reply = _grpc_call(front.h2c_port, "200m")
         assert reply.status == 200
@@ -284,8 +289,6 @@ def test_grpc_timeout_cancels_the_backend_stream(make_proxy, certs, send_head):
         assert ending[b"grpc-status"] == b"4"  # DEADLINE_EXCEEDED
         assert not reply.body
         wait_for(lambda: 8 in origin.resets, 10, "the backend's stream reset with CANCEL")
-    finally:
-        origin.backend.stop()
 
 
 @pytest.mark.parametrize("send_head", [False, True], ids=["before-head", "after-head"])
@@ -293,8 +296,7 @@ def test_backend_read_timeout_is_deadline_exceeded(make_proxy, certs, send_head)
     """No grpc-timeout, an h2 backend silent past read_timeout: a timeout (504), which gRPC
     clients see as DEADLINE_EXCEEDED, not as a connection lost (UNAVAILABLE, retried); after the
     response head, as its trailers (not a reset, which a client can only call CANCELLED)."""
-    origin = StallingOrigin(send_head)
-    try:
+    with StallingOrigin(send_head) as origin:
         port = free_port()
         front = make_proxy(backends={"grpc": [origin.backend.address]}, routes=[(f"/{SERVICE}/", "grpc")],
                            backend_options='protocol = "h2"\nread_timeout = "300ms"\n',
@@ -302,23 +304,18 @@ def test_backend_read_timeout_is_deadline_exceeded(make_proxy, certs, send_head)
         reply = _grpc_call(port, None)
         assert dict(reply.trailers if send_head else reply.headers)[b"grpc-status"] == b"4"
         assert "no response data for 0.3s" in front.log()
-    finally:
-        origin.backend.stop()
 
 
 def test_malformed_grpc_timeout_is_internal(make_proxy, certs):
     """A grpc-timeout outside the grammar is the client's error (400), INTERNAL by gRPC's HTTP
     mapping; the backend is not asked."""
-    origin = StallingOrigin(False)
-    try:
+    with StallingOrigin(False) as origin:
         front = GrpcProxy(make_proxy, certs, origin.backend.address)
         reply = _grpc_call(front.h2c_port, "1.5S")
         assert reply.status == 200
         assert reply.header(b"grpc-status") == b"13"
         assert reply.header(b"grpc-message") == b"Bad Request"
         assert origin.requests == 0
-    finally:
-        origin.backend.stop()
 
 
 DENY = """
