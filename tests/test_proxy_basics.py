@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ import socket
 import httpx
 import pytest
 
-from tests.support import curl, read_all, recv_until, status_codes
+from tests.support import curl, read_all, recv_until, status_codes, wait_for
 
 
 @pytest.fixture
@@ -103,6 +104,42 @@ def test_pipelined_requests_answered_in_order(proxy):
     order = [raw.find(marker) for marker in markers]
     assert order == sorted(order) and -1 not in order
     assert raw.endswith(b"\r\n\r\nx")
+
+
+def _reset_by_peer(sock: socket.socket) -> bool:
+    """Whether the peer has answered with a reset. After its FIN recv() keeps returning b"",
+    so the reset shows as the socket's pending error (EPIPE once the FIN came)."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (errno.EPIPE, errno.ECONNRESET)
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET /bytes/3 HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+    b"GET /bytes/3 HTTP/1.0\r\n\r\n",
+], ids=["http11-connection-close", "http10"])
+def test_client_that_said_close_gets_a_plain_close(proxy, request_head):
+    # RFC 9112 9.6: a client that announced its last request sends nothing after it, so
+    # once that request was read whole the proxy closes its socket outright, as nginx does,
+    # instead of a lingering close (FIN, then reading until the client's FIN or 2 s). Seen
+    # from the client: bytes sent after the response's EOF meet a closed socket (a reset),
+    # where a lingering close would read and drop them.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(request_head)
+        raw = read_all(sock, 5)
+        assert status_codes(raw) == [200] and raw.endswith(b"\r\n\r\nxxx")
+        sock.sendall(b"late")
+        wait_for(lambda: _reset_by_peer(sock), 5, "a reset from the proxy's closed socket")
+
+
+def test_request_after_a_connection_close_request_still_gets_a_lingering_close(proxy):
+    # Bytes after the announced last request: the proxy refuses them and closes with a
+    # lingering close, so its answer is not lost to a reset while the client still sends.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /bytes/3 HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
+                     b"GET /bytes/4 HTTP/1.1\r\nHost: c\r\n\r\n")
+        raw = read_all(sock, 5)
+        assert raw.startswith(b"HTTP/1.1 ")
+        sock.sendall(b"late")
+        assert not _reset_by_peer(sock)
 
 
 def test_http10_client_gets_pooled_backend_and_closed_response(proxy, origin):

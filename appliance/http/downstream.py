@@ -115,9 +115,9 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         "_read_pauses",
         "answer_keep_alive",
         "bypass_remaining",
+        "client_done",
         "exchanges",
         "h2",
-        "half_closed",
         "head_raw",
         "held_head",
         "parser",
@@ -163,7 +163,9 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         self.answer_keep_alive = False  # whether the connection survives the response going out
         # A response head waiting to go out with the first body bytes: one send, not two.
         self.held_head: bytes | None = None
-        self.half_closed = False  # the client sent FIN: it sends nothing more, so no lingering close
+        # The client sends nothing more, so closing needs no lingering close: it sent FIN, or
+        # its last request said it would close (see _finish).
+        self.client_done = False
         self._read_pauses = 0
         if peer is not None:
             # The client address a PROXY header sent (appliance/http/proxy_accept.py): the
@@ -290,7 +292,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
     def eof_received(self) -> bool | None:
         if self.state is CLOSED:
             return False  # the client finished its side of a lingering close
-        self.half_closed = True
+        self.client_done = True
         exchange = self.parsing
         if exchange is not None and not exchange.request_done:
             if exchange.state is HEAD:
@@ -870,6 +872,16 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         if self.exchanges and self.exchanges[0] is exchange:
             self.exchanges.pop(0)
         if not keep_alive or not exchange.request_done:
+            if (exchange.keep_alive is False and not exchange.close_after and exchange.request_done
+                    and self.state is BUSY and not self.exchanges and not self._read_pauses):
+                # The client said this request was its last (`Connection: close`, or HTTP/1.0
+                # without keep-alive: RFC 9112 9.6, it MUST NOT send more) and it was read
+                # whole, with nothing after it (llhttp refuses bytes after such a request,
+                # which moves us to CLOSING): nothing can arrive that a reset would lose, so
+                # no lingering close, as nginx (ngx_http_finalize_connection lingers only
+                # when input may still come). Our own decisions to close (errors, an unread
+                # body, draining) keep lingering.
+                self.client_done = True
             self.close()
             return
         if self._read_pauses & PAUSE_PIPELINE_FULL and (
@@ -1006,12 +1018,12 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             return
         if force:
             transport.abort()
-        elif transport.can_write_eof() and not self.half_closed:
+        elif transport.can_write_eof() and not self.client_done:
             # Lingering close (nginx's lingering_close): send FIN once our output is flushed,
             # then read and drop what the client still sends until it closes or LINGER_SECONDS
             # pass. Closing with unread input would send a reset, which can destroy a response
             # the client has not read yet, or turn a keep-alive race into an error. A client
-            # that sent FIN sends nothing more: its socket closes once our output is flushed.
+            # done sending (client_done) gets a plain close once our output is flushed.
             transport.write_eof()
             transport.resume_reading()
             self.ctx.wheel.set(self, LINGER_SECONDS)
