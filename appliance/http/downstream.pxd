@@ -16,9 +16,9 @@ cdef class ClientConnection(DownstreamBase):
     cdef public Py_ssize_t _read_pauses
     cdef public bint answer_keep_alive
     cdef public Py_ssize_t bypass_remaining
-    cdef public bint client_done
     cdef public list exchanges
     cdef public object h2
+    cdef public bint client_done  # out of name order: the field where half_closed was, so the struct layout is unchanged
     cdef public Py_ssize_t head_raw
     cdef public object held_head
     cdef public object parser
