@@ -266,6 +266,15 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
                     and len(self.exchanges) == 1):  # the preface opens this read and nothing waits
                 self._become_h2(data)
                 return
+            if self.parsing is None and self.exchanges and self.exchanges[-1].keep_alive is False:
+                # llhttp refuses any byte after a request that announced it was the last
+                # (Connection: close, HTTP/1.0 without keep-alive). RFC 9112 9.6: such a client
+                # sends nothing more, so what it sent anyway is dropped, as nginx and HAProxy
+                # do: the requests before it are still answered, then the connection closes
+                # with a lingering close (it is CLOSING), which drops whatever else comes.
+                self._stop_reading_requests()
+                self._start_ready()
+                return
             self._reject(errors.ClientFault(str(exc)))
             self._start_ready()
             return
