@@ -12,7 +12,7 @@ import uvloop
 
 from appliance.config.loader import load
 from appliance.deadline import Deadline
-from appliance.http.downstream import ClientConnection, ClientState
+from appliance.http.downstream import ClientConnection, ClientListener, ClientState
 from appliance.http.exchange import ExchangeState
 from appliance.timerwheel import BATCH, UNFILED
 from appliance.upstream.pool import PendingQueue
@@ -176,7 +176,7 @@ def test_an_idle_client_connection_holds_no_timer_object_and_no_queue(tmp_path, 
         loop = asyncio.get_running_loop()
         ctx = worker.build_context(loop)
         ctx.observer = worker.build_recorder(ctx)
-        server = await loop.create_server(lambda: ClientConnection(ctx), "127.0.0.1", 0)
+        server = await loop.create_server(lambda: ClientConnection(ClientListener(ctx)), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
