@@ -7,9 +7,11 @@ from appliance.timerwheel cimport TimerWheel
 
 cdef class WorkerContext:
     cdef public set clients
+    cdef public double compact_after
     cdef public bint draining
     cdef public object flood_log
     cdef public double header_timeout
+    cdef public object idle
     cdef public double keepalive_timeout
     cdef public object limits
     cdef public object loop

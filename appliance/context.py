@@ -3,7 +3,7 @@
 Below the two sides of the request path and above what they share: the client side
 (appliance/http/downstream.py) reads it, the worker (appliance/worker.py) builds it.
 It names no connection class (the set of open connections holds the worker's client
-connections), so this module imports neither side.
+connections, the idle queue its compacted idle ones), so this module imports neither side.
 
 In the compiled build it is an extension type (context.pxd): the client side reads it on
 every request, and typed fields spare it a dictionary and slot lookup each time. The limits
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from appliance.config.schema import LimitsConfig
+from appliance.http.idle import IdleClients
 from appliance.http.peer import PeerAddresses
 from appliance.http.tunnel import TunnelRegistry
 from appliance.observe import request_id
@@ -24,7 +25,15 @@ from appliance.observe.observer import Observer
 from appliance.observe.sampled import SampledLog
 from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
-from appliance.timerwheel import TimerWheel
+from appliance.timerwheel import TICK, TimerWheel
+
+# How long a keep-alive connection stays a whole ClientConnection once idle, before it is
+# compacted into an IdleClient (appliance/http/idle.py): two wheel ticks. A client that sends
+# its next request within it (a busy keep-alive client, whose next request comes microseconds
+# later) never pays the compaction; one that idles longer holds ~100 bytes, not ~400, and
+# since the allocator keeps the high-water mark, only connections active in the last spell
+# hold a ClientConnection at any time.
+COMPACT_AFTER = 2 * TICK
 
 if TYPE_CHECKING:
     from appliance.phases.dispatch import PeerChoice
@@ -37,9 +46,11 @@ class WorkerContext:
 
     __slots__ = (
         "clients",
+        "compact_after",
         "draining",
         "flood_log",
         "header_timeout",
+        "idle",
         "keepalive_timeout",
         "limits",
         "loop",
@@ -68,6 +79,8 @@ class WorkerContext:
         # The limits read on every request, as typed copies (the request path's own fields).
         self.header_timeout = limits.header_timeout
         self.keepalive_timeout = limits.keepalive_timeout
+        # An idle connection's first deadline: compaction, or the keep-alive timeout if shorter.
+        self.compact_after = min(COMPACT_AFTER, limits.keepalive_timeout)
         self.max_pipelined = limits.max_pipelined
         self.router = router
         self.pools = pools
@@ -79,7 +92,7 @@ class WorkerContext:
         self.observer = Observer() if observer is None else observer
         # Makes an X-Request-Id value, or returns None when [proxy] request_id is off.
         self.new_request_id = new_request_id
-        # The worker's open client connections.
+        # The worker's open client connections, but for the compacted idle ones in `idle`.
         self.clients: set[Any] = set()
         # This proxy's Via token ([proxy] via; empty: no Via added to responses).
         self.via = via
@@ -94,5 +107,7 @@ class WorkerContext:
         self.peers = PeerAddresses(trusted)
         # The loop's timer wheel, where every client connection files its read deadline.
         self.wheel = TimerWheel.of(loop)
+        # The compacted idle keep-alive connections, oldest first (appliance/http/idle.py).
+        self.idle = IdleClients(loop, self.wheel)
         # The open upgrade tunnels (WebSockets): per-rule counts, drained apart from clients.
         self.tunnels = TunnelRegistry(loop)

@@ -18,7 +18,7 @@ import uvloop
 
 from appliance.config.schema import BackendConfig, Config, Http2Config, ListenerConfig
 from appliance.context import WorkerContext
-from appliance.http.downstream import ClientConnection, ClientState
+from appliance.http.downstream import ClientConnection, ClientListener, ClientState
 from appliance.http.h2_downstream import H2Connection
 from appliance.http.proxy_accept import ProxyAcceptor
 from appliance.listeners import open_listener
@@ -136,7 +136,8 @@ class Worker:
         """Metrics into this worker's slot, and the access log if enabled."""
         slot = self.metrics or WorkerSlot.private(self.config)
         access = AccessLog(self.config, ctx.loop) if self.config.access_log.enabled else None
-        return Recorder(slot.cells(), slot.layout, ctx.pools, ctx.loop, access, ctx.clients, ctx.tunnels)
+        return Recorder(slot.cells(), slot.layout, ctx.pools, ctx.loop, access, ctx.clients, ctx.idle,
+                        ctx.tunnels)
 
     async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -158,7 +159,9 @@ class Worker:
         for listener in self.config.listener:
             site = tls.get(listener.name)
             h2 = _h2_settings(self.config, listener, site)
-            factory = _client_factory(ctx, site, h2, None)
+            listener_side = (ClientListener(ctx, b"http", None, h2) if site is None
+                             else ClientListener(ctx, b"https", site.fallback, h2))
+            factory = _client_factory(listener_side, None)
             for sock in self.sockets[listener.name]:
                 # A socket the supervisor opened for a new slot is only bound: it joins the
                 # kernel's reuseport group, and gets connections, from this listen(), now
@@ -166,7 +169,7 @@ class Worker:
                 # would listen() too; saying it here keeps that contract visible.
                 sock.listen(listener.backlog)
                 if listener.proxy_protocol:
-                    acceptor = ProxyAcceptor(loop, sock, partial(_client_factory, ctx, site, h2),
+                    acceptor = ProxyAcceptor(loop, sock, partial(_client_factory, listener_side),
                                              site.context if site is not None else None,
                                              self.config.limits.header_timeout, ctx.trusted, ctx.observer,
                                              refusals)
@@ -199,6 +202,7 @@ class Worker:
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             await self._drain(ctx)
+        ctx.idle.close_all(True)
         for client in list(ctx.clients):
             client.close(force=True)
         ctx.tunnels.close_all()
@@ -226,7 +230,9 @@ class Worker:
         races the client's next request. Instead every request whose response has not
         started is marked to be answered with Connection: close, so busy clients leave on
         their own. After the grace, idle connections close and busy ones close after
-        their current response.
+        their current response. Compacted idle connections (appliance/http/idle.py) wait in
+        `ctx.idle` meanwhile: one that sends a request during the grace is a ClientConnection
+        again, and is answered as the others are; after the grace the rest close.
 
         Open upgrade tunnels (WebSockets) are kept for `tunnel_drain_timeout`, each closing
         on its own when it ends or at that deadline (appliance/http/tunnel.py); the worker
@@ -237,8 +243,10 @@ class Worker:
         ctx.tunnels.drain(self.config.proxy.tunnel_drain_timeout)
         deadline = loop.time() + self.config.proxy.drain_timeout
         grace_end = loop.time() + min(DRAIN_IDLE_GRACE, self.config.proxy.drain_timeout)
-        while ctx.clients and loop.time() < deadline and self._graceful:
+        while (ctx.clients or ctx.idle) and loop.time() < deadline and self._graceful:
             in_grace = loop.time() < grace_end
+            if not in_grace:
+                ctx.idle.close_all(False)
             for client in list(ctx.clients):
                 if not in_grace:
                     client.shutdown()
@@ -249,8 +257,9 @@ class Worker:
                         if not exchange.response_started:
                             exchange.close_after = True
             await asyncio.sleep(DRAIN_POLL)
-        if ctx.clients:
-            log.warning("drain timeout: cutting %d connections", len(ctx.clients))
+        if ctx.clients or ctx.idle:
+            log.warning("drain timeout: cutting %d connections", len(ctx.clients) + len(ctx.idle))
+            ctx.idle.close_all(True)
             for client in list(ctx.clients):
                 client.close(force=True)
         while ctx.tunnels.open and self._graceful:
@@ -265,13 +274,10 @@ def _h2_settings(config: Config, listener: ListenerConfig, site: TlsListener | N
     return config.http2 if listener.h2c else None
 
 
-def _client_factory(ctx: WorkerContext, site: TlsListener | None, h2: Http2Config | None,
-                    peer: tuple[str, int] | None) -> Callable[[], ClientConnection]:
+def _client_factory(listener: ClientListener, peer: tuple[str, int] | None) -> Callable[[], ClientConnection]:
     """The protocol factory of a listener's connections; `peer`: the client a PROXY header sent
     (None: the socket's own peer)."""
-    if site is None:
-        return lambda: ClientConnection(ctx, b"http", None, peer, h2)
-    return lambda: ClientConnection(ctx, b"https", site.fallback, peer, h2)
+    return lambda: ClientConnection(listener, peer)
 
 
 def run_single(config: Config) -> int:

@@ -76,9 +76,9 @@ def main() -> None:
     ctx = SimpleNamespace(new_request_id=request_id.generator())
     exchange = _exchange(ctx, route, pools["app"])
     slot = WorkerSlot.private(config)
-    metrics_only = Recorder(slot.cells(), slot.layout, pools, loop, None, set())
+    metrics_only = Recorder(slot.cells(), slot.layout, pools, loop, None, set(), ())
     access = AccessLog(config, loop)
-    with_log = Recorder(slot.cells(), slot.layout, pools, loop, access, set())
+    with_log = Recorder(slot.cells(), slot.layout, pools, loop, access, set(), ())
     base = Observer()
 
     results = {

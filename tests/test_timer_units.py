@@ -12,8 +12,9 @@ import uvloop
 
 from appliance.config.loader import load
 from appliance.deadline import Deadline
-from appliance.http.downstream import ClientConnection, ClientState
+from appliance.http.downstream import ClientConnection, ClientListener, ClientState
 from appliance.http.exchange import ExchangeState
+from appliance.http.idle import IdleClient
 from appliance.timerwheel import BATCH, UNFILED
 from appliance.upstream.pool import PendingQueue
 from appliance.worker import Worker
@@ -176,7 +177,8 @@ def test_an_idle_client_connection_holds_no_timer_object_and_no_queue(tmp_path, 
         loop = asyncio.get_running_loop()
         ctx = worker.build_context(loop)
         ctx.observer = worker.build_recorder(ctx)
-        server = await loop.create_server(lambda: ClientConnection(ctx), "127.0.0.1", 0)
+        ctx.compact_after = ctx.keepalive_timeout  # never compacted: the idle ClientConnection is the subject
+        server = await loop.create_server(lambda: ClientConnection(ClientListener(ctx)), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
@@ -190,6 +192,40 @@ def test_an_idle_client_connection_holds_no_timer_object_and_no_queue(tmp_path, 
         writer.close()
         await until(lambda: not ctx.clients, "the connection to close")
         assert client.slot == UNFILED and not any(client in s for s in ctx.wheel._slots.values())
+        server.close()
+
+    run(main)
+
+
+def test_a_compacted_idle_connection_is_in_no_set_and_no_wheel_slot(tmp_path, origin) -> None:
+    """Idle past `compact_after`, a keep-alive connection is an IdleClient in the worker's idle
+    queue only: no ClientConnection, no `ctx.clients` member, no wheel entry of its own (the
+    queue has one for all); its next request makes a ClientConnection again (issue 15, idle RSS)."""
+    config_file = tmp_path / "rproxyd.toml"
+    config_file.write_text(proxy_config(0, {"app": [origin.address]}))
+    worker = Worker(load(config_file), {})
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = worker.build_context(loop)
+        ctx.observer = worker.build_recorder(ctx)
+        server = await loop.create_server(lambda: ClientConnection(ClientListener(ctx)), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            await until(lambda: not ctx.clients and len(ctx.idle) == 1, "the idle connection compacted")
+            idle = ctx.idle.head
+            assert isinstance(idle, IdleClient) and idle.transport.get_protocol() is idle
+            assert not any(idle in entries for entries in ctx.wheel._slots.values())
+            assert ctx.idle.when is not None  # the queue's one wheel entry, for its head
+        writer.close()
+        await until(lambda: not ctx.idle, "the closed idle connection gone from the queue")
         server.close()
 
     run(main)

@@ -9,6 +9,14 @@ from appliance.http.exchange cimport Exchange
 from appliance.statemachine cimport Transitions
 from appliance.http.downstream_base cimport DownstreamBase
 
+cdef class ClientListener:
+    cdef public object ctx
+    cdef public object h2
+    cdef public bytes proto
+    cdef public object site
+
+    cpdef wake(self, idle)
+
 # The move table, typed: _transition() calls its check directly.
 cdef Transitions _CLIENT_MOVES
 
@@ -16,14 +24,14 @@ cdef class ClientConnection(DownstreamBase):
     cdef public Py_ssize_t _read_pauses
     cdef public bint answer_keep_alive
     cdef public Py_ssize_t bypass_remaining
+    cdef public bint client_done
+    cdef public bint compact_due
     cdef public list exchanges
-    cdef public object h2
-    cdef public bint client_done  # out of name order: the field where half_closed was, so the struct layout is unchanged
     cdef public Py_ssize_t head_raw
     cdef public object held_head
+    cdef public ClientListener listener
     cdef public object parser
     cdef public Exchange parsing
-    cdef public object proto
     cdef public int response_framing
     cdef public Deadline send_deadline
     cdef public Py_ssize_t slot
@@ -57,3 +65,4 @@ cdef class ClientConnection(DownstreamBase):
     cpdef pause_reading(self, int reason)
     cpdef resume_reading(self, int reason)
     cpdef close(self, bint force=*)
+    cpdef bint _compact(self) except -1

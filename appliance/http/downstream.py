@@ -54,6 +54,7 @@ from appliance.http.headers import (
     request_action,
     serialize_fields,
 )
+from appliance.http.idle import IdleClient
 from appliance.http.target import HASH, valid_host
 from appliance.http.tunnel import Tunnel
 from appliance.observe import metrics
@@ -110,19 +111,53 @@ FRAME_RAW = 1  # body bytes as they come (Content-Length, or close-delimited to 
 FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 
 
+class ClientListener:
+    """What every client connection of one listener shares, made once per listener and worker."""
+
+    __slots__ = ("ctx", "h2", "proto", "site")
+
+    def __init__(self, ctx: WorkerContext, proto: bytes = b"http", site: TlsSite | None = None,
+                 h2: Http2Config | None = None) -> None:
+        self.ctx = ctx
+        self.proto = proto  # b"http" or b"https", for X-Forwarded-Proto
+        self.site = site  # a TLS listener's fallback site (None: plain HTTP)
+        # The [http2] settings when a connection may turn out to speak HTTP/2 (ALPN chose h2,
+        # or a plaintext h2c listener got the preface): it then hands its transport to an
+        # H2Connection (appliance/http/h2_downstream.py). None: HTTP/1.x only.
+        self.h2 = h2
+
+    def wake(self, idle: IdleClient) -> ClientConnection:
+        """A compacted idle connection (appliance/http/idle.py) is a ClientConnection again, with
+        what it kept across requests, its transport handed back; idle again, it compacts again."""
+        client = ClientConnection(self)
+        ctx = self.ctx
+        transport = client.transport = idle.transport
+        client.peer_ip, client.trusted, client.forwarded_tail = idle.facts
+        client.peer_port = idle.port
+        tls = idle.tls
+        if tls is not None:
+            client.tls = tls
+            client.forwarded_tail += tls.lines
+        transport.set_protocol(client)
+        ctx.clients.add(client)
+        client.compact_due = True
+        ctx.wheel.set(client, ctx.compact_after)
+        return client
+
+
 class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name: no asyncio.Protocol base
     __slots__ = (
         "_read_pauses",
         "answer_keep_alive",
         "bypass_remaining",
         "client_done",
+        "compact_due",
         "exchanges",
-        "h2",
         "head_raw",
         "held_head",
+        "listener",
         "parser",
         "parsing",
-        "proto",
         "response_framing",
         "send_deadline",
         "slot",
@@ -132,15 +167,10 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         "when",
     )
 
-    def __init__(self, ctx: WorkerContext, proto: bytes = b"http",
-                 tls: TlsSite | None = None, peer: tuple[str, int] | None = None,
-                 h2: Http2Config | None = None) -> None:
-        DownstreamBase.__init__(self, ctx, tls)
-        self.proto = proto
-        # The [http2] settings when this connection may turn out to speak HTTP/2 (ALPN chose
-        # h2, or a plaintext h2c listener got the preface): it then hands its transport to an
-        # H2Connection (appliance/http/h2_downstream.py). None: HTTP/1.x only.
-        self.h2 = h2
+    def __init__(self, listener: ClientListener, peer: tuple[str, int] | None = None) -> None:
+        ctx = listener.ctx
+        DownstreamBase.__init__(self, ctx, listener.site)
+        self.listener = listener
         self.state = IDLE
         self.transport: asyncio.Transport | None = None
         # Made when request bytes arrive and dropped when the connection goes idle: a parser
@@ -171,12 +201,15 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             # The client address a PROXY header sent (appliance/http/proxy_accept.py): the
             # client is that address everywhere, the balancer's own is forgotten.
             self.peer_port = peer[1]
-            self.peer_ip, self.trusted, self.forwarded_tail = ctx.peers.facts(peer[0], proto)
+            self.peer_ip, self.trusted, self.forwarded_tail = ctx.peers.facts(peer[0], listener.proto)
         # The read deadline (header, body, keep-alive and lingering-close timeouts): the
         # connection is itself its entry in the worker's timer wheel (ctx.wheel.set, `on_expiry`),
         # not a Deadline object with a bound method, 144 bytes less per idle connection.
         self.when: float | None = None  # loop time the read deadline passes; None: not set
         self.slot = UNFILED  # its wheel slot (the wheel's to set)
+        # Set when a response leaves the connection idle: its read deadline is then the point
+        # where it compacts into an IdleClient (`on_expiry`), not a new connection's header timeout.
+        self.compact_due = False
         # Made the first time the client stops reading our output (most connections never do).
         self.send_deadline: Deadline | None = None
         # What the client sent after an upgrade request's head, held while it waits (PAUSE_UPGRADE).
@@ -195,20 +228,21 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         # ends, and the access log formats its batch later (appliance/observe/accesslog.py).
         if not self.peer_ip:  # else a PROXY header named the client (see __init__)
             peer = transport.get_extra_info("peername")
+            proto = self.listener.proto
             if peer:
                 self.peer_port = peer[1]
-                self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts(peer[0], self.proto)
+                self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts(peer[0], proto)
             else:
-                self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts("", self.proto)
+                self.peer_ip, self.trusted, self.forwarded_tail = self.ctx.peers.facts("", proto)
         if self.tls is not None:
             self.tls = TlsConnection(transport, self.tls)
             # The X-SSL-* lines ride on the per-connection tail every request head ends with.
             self.forwarded_tail += self.tls.lines
             self.ctx.observer.tls_handshake(self.tls.resumed)
             # uvloop runs connection_made once the handshake is done: ALPN has chosen.
-            h2 = self.h2
+            h2 = self.listener.h2
             if h2 is not None and transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2":
-                H2Connection.take_over(self, self.h2, transport, b"")
+                H2Connection.take_over(self, h2, transport, b"")
                 return
         self.ctx.clients.add(self)
         # A new connection gets the header timeout for its first request.
@@ -262,7 +296,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             self._start_ready()
             return
         except httptools.HttpParserError as exc:
-            if (self.h2 is not None and data.startswith(PREFACE_LINE) and self.head_raw == len(data)
+            if (self.listener.h2 is not None and data.startswith(PREFACE_LINE) and self.head_raw == len(data)
                     and len(self.exchanges) == 1):  # the preface opens this read and nothing waits
                 self._become_h2(data)
                 return
@@ -349,7 +383,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         self.ctx.wheel.cancel(self)
         self.ctx.clients.discard(self)
         self._transition(CLOSED)
-        H2Connection.take_over(self, self.h2, self.transport, data)
+        H2Connection.take_over(self, self.listener.h2, self.transport, data)
 
     # ----------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
@@ -905,7 +939,9 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             self.close()
         else:
             self._transition(IDLE)
-            self.ctx.wheel.set(self, self.ctx.keepalive_timeout)
+            # First the compaction point (`on_expiry`); the keep-alive timeout runs on from there.
+            self.compact_due = True
+            self.ctx.wheel.set(self, self.ctx.compact_after)
             # Every request so far is parsed and answered, so the parser holds nothing: the
             # next request gets a fresh one (requests start after feed_data returns, so no
             # feed_data is running on this one now), and a fresh queue.
@@ -962,6 +998,12 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             return
         exchange = self.parsing
         if exchange is None:
+            ctx = self.ctx
+            if self.compact_due and self.state is IDLE and ctx.keepalive_timeout > ctx.compact_after:
+                self.compact_due = False  # the next expiry is the keep-alive timeout's
+                if not self._compact():
+                    ctx.wheel.set(self, ctx.keepalive_timeout - ctx.compact_after)
+                return
             self.close()  # idle keep-alive or silent new connection: close quietly, like nginx
         elif exchange.state is HEAD:
             self._note_timeout(metrics.T_HEADER, "408 request head timed out", exchange)
@@ -970,6 +1012,30 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             self._note_timeout(metrics.T_BODY, "request body timed out", exchange)
             self._fail_current(exchange, errors.ClientTimeout("request body timed out"))
             self.close(force=True)
+
+    def _compact(self) -> bool:
+        """Idle since `compact_after`: hand the transport to an IdleClient (appliance/http/idle.py),
+        which keeps what the next request needs, and let this connection go. False (nothing
+        done) while anything is still under way on it: output not yet sent, reading paused."""
+        transport = self.transport
+        if (self._read_pauses or self.write_paused or self.client_done or self.splice is not None
+                or self.phase_task is not None or self.body_filter is not None
+                or self.upgrade_held is not None or transport.is_closing()
+                or transport.get_write_buffer_size()):
+            return False
+        ctx = self.ctx
+        listener = self.listener
+        # The peer facts come back as the tuple every connection from this address shares.
+        idle = IdleClient(listener, transport, ctx.peers.facts(self.peer_ip.decode(), listener.proto),
+                          self.peer_port, self.tls,
+                          ctx.loop.time() + ctx.keepalive_timeout - ctx.compact_after)
+        transport.set_protocol(idle)
+        if self.send_deadline is not None:
+            self.send_deadline.release()
+        ctx.clients.discard(self)
+        self._transition(CLOSED)  # a late call on this object does nothing
+        ctx.idle.push(idle)
+        return True
 
     def _arm_send_deadline(self) -> None:
         deadline = self.send_deadline

@@ -160,7 +160,7 @@ class H2Connection:  # uvloop calls protocol methods by name: no asyncio.Protoco
                   data: bytes) -> H2Connection:
         """Turn an HTTP/1 ClientConnection that found h2 (ALPN, or the h2c preface in `data`)
         into an H2Connection on the same transport, with the peer facts it already took."""
-        conn = cls(client.ctx, config, client.proto, client.tls)
+        conn = cls(client.ctx, config, client.listener.proto, client.tls)
         conn.peer_ip, conn.peer_port = client.peer_ip, client.peer_port
         conn.trusted, conn.forwarded_tail = client.trusted, client.forwarded_tail
         transport.set_protocol(conn)

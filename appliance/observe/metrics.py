@@ -68,6 +68,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rproxyd_pending_requests": (GAUGE, "Requests waiting for a backend connection."),
     "rproxyd_pending_timeouts_total": (COUNTER, "Requests answered 503 after pending_timeout."),
     "rproxyd_client_connections": (GAUGE, "Open client connections."),
+    "rproxyd_client_connections_waiting": (
+        GAUGE, "Open HTTP/1 client connections idle between requests for longer than 0.1 s, kept compacted."),
     "rproxyd_tls_handshakes_total": (COUNTER, "Completed TLS handshakes, full or resumed."),
     "rproxyd_client_timeouts_total": (
         COUNTER, "Client connections ended by a timeout, by phase: header or body (408), send (cut)."),
@@ -181,6 +183,9 @@ PHASE_ERRORS_BLOCK: list[Entry] = [
 PROXY_REFUSED_BLOCK: list[Entry] = [
     ("rproxyd_proxy_headers_refused_total", labels(reason=reason), "") for reason in PROXY_REFUSALS
 ]
+# Idle keep-alive client connections held compacted, per worker (appliance/http/idle.py): nginx's
+# stub_status "Waiting", less the ones idle for under 0.1 s.
+WAITING_BLOCK: list[Entry] = [("rproxyd_client_connections_waiting", "", "")]
 # Upgrade tunnels, per worker: the gauge, bytes both ways, closes by reason (CLOSE_REASONS order).
 TUNNELS_BLOCK: list[Entry] = [
     ("rproxyd_tunnels_open", "", ""),
@@ -222,6 +227,7 @@ class Layout:
     proxy_refused: int = 0
     tunnels: int = 0
     h2: int = 0
+    waiting: int = 0
     supervisor: int = 0
 
 
@@ -267,6 +273,7 @@ class Directory:
         layout.proxy_refused = self.block(PROXY_REFUSED_BLOCK)
         layout.tunnels = self.block(TUNNELS_BLOCK)
         layout.h2 = self.block(H2_BLOCK)
+        layout.waiting = self.block(WAITING_BLOCK)
         layout.no_route = self.block(route_block(*NO_ROUTE))
         for vhost in config.vhost:
             for index in range(len(vhost.route)):

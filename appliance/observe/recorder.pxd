@@ -18,9 +18,11 @@ cdef class Recorder(Observer):
     cdef public object _timer
     cdef public Py_ssize_t _tunnels
     cdef public Py_ssize_t _used
+    cdef public Py_ssize_t _waiting
     cdef public Py_ssize_t _worker
     cdef public object access
     cdef public object clients
+    cdef public object idle
     cdef public object tunnels
 
     cpdef start(self)

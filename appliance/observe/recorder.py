@@ -23,6 +23,8 @@ from appliance.observe.accesslog import AccessLog
 from appliance.observe.observer import Observer
 
 if TYPE_CHECKING:
+    from collections.abc import Sized
+
     from appliance.http.exchange import Exchange
     from appliance.http.tunnel import TunnelRegistry
     from appliance.upstream.pool import BackendPool, Server
@@ -43,10 +45,10 @@ class Recorder(Observer):
 
     __slots__ = ("_backends", "_cells", "_counts", "_h2", "_loop", "_no_route", "_phase_errors",
                  "_proxy_refused", "_routes", "_servers", "_timeouts", "_timer", "_tunnels", "_used",
-                 "_worker", "access", "clients", "tunnels")
+                 "_waiting", "_worker", "access", "clients", "idle", "tunnels")
 
     def __init__(self, cells: memoryview, layout: m.Layout, pools: dict[str, BackendPool],
-                 loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set,
+                 loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set, idle: Sized,
                  tunnels: TunnelRegistry | None = None) -> None:
         self._cells = cells  # the shared slot; written only by sync()
         self._counts = [0] * len(cells)
@@ -61,8 +63,10 @@ class Recorder(Observer):
         self._proxy_refused = layout.proxy_refused
         self._tunnels = layout.tunnels
         self._h2 = layout.h2
+        self._waiting = layout.waiting
         self.tunnels = tunnels  # the worker's open upgrade tunnels, for the gauge
-        self.clients = clients  # the worker's open client connections, for the gauge
+        self.clients = clients  # the worker's open client connections, for the gauge,
+        self.idle = idle  # with its compacted idle ones (appliance/http/idle.py)
         # Keyed by the worker's own objects: one dict lookup per exchange, no label text.
         self._servers: dict[Server, int] = {
             server: layout.servers.get((name, str(server.address)), m.CAPACITY)
@@ -151,7 +155,9 @@ class Recorder(Observer):
         """Take the gauges from the pools, then publish everything to the shared slot."""
         cells = self._counts
         now = self._loop.time()
-        cells[self._worker + m.W_CONNECTIONS] = len(self.clients)
+        waiting = len(self.idle)
+        cells[self._worker + m.W_CONNECTIONS] = len(self.clients) + waiting
+        cells[self._waiting] = waiting
         if self.tunnels is not None:
             cells[self._tunnels + m.TUN_OPEN] = len(self.tunnels.open)
         for server, base in self._servers.items():
@@ -183,6 +189,6 @@ class Recorder(Observer):
 
 def _bases(layout: m.Layout) -> list[int]:
     return [layout.no_route, layout.worker, layout.timeouts, layout.phase_errors, layout.proxy_refused,
-            layout.tunnels, layout.h2,
+            layout.tunnels, layout.h2, layout.waiting,
             *layout.routes.values(),
             *layout.servers.values(), *layout.backends.values()]
