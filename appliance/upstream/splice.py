@@ -13,10 +13,6 @@ holds, and pauses the source's transport for as long as it runs.
 While splicing, both transports stay open: this module watches duplicates of the two
 sockets' descriptors (uvloop refuses a reader on a descriptor a transport owns), so a
 transport closing its socket can never leave a watcher on a reused descriptor number.
-It watches them in an epoll set of its own, one per event loop, which the loop watches as
-one descriptor: registering a socket there is one epoll_ctl, where a reader of uvloop's
-costs a new libuv poll handle every time (a probe ADD and DEL, an ioctl, the ADD, and
-three DELs when it goes; about 5% of a 1 MiB response's CPU).
 """
 
 from __future__ import annotations
@@ -25,8 +21,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import select
-from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
 
@@ -35,7 +29,6 @@ from appliance.statemachine import Transitions
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 PIPE_BYTES = 1024 * 1024  # pipe capacity (pipe-max-size by default): bytes moved per pair of splice calls
 _IDLE_PIPES = 64  # empty pipes a pool keeps: one per concurrent large body, reused
-_BATCH = 64  # ready sockets taken per wake-up (level-triggered: the rest come at the next)
 
 
 class PipePool:
@@ -67,47 +60,6 @@ class PipePool:
         else:
             os.close(pipe[0])
             os.close(pipe[1])
-
-
-class SpliceWatch:
-    """The readiness of the splices' sockets: an epoll set the event loop watches as one descriptor."""
-
-    __slots__ = ("_callbacks", "_epoll")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._epoll = select.epoll()
-        self._callbacks: dict[int, Callable[[], None]] = {}
-        loop.add_reader(self._epoll.fileno(), self._ready)  # for the worker's life
-
-    def watch(self, fd: int, events: int, callback: Callable[[], None]) -> None:
-        """Call `callback` while `fd` is ready for `events` (level-triggered), instead of what it had."""
-        if fd in self._callbacks:
-            self._epoll.modify(fd, events)
-        else:
-            self._epoll.register(fd, events)
-        self._callbacks[fd] = callback
-
-    def unwatch(self, fd: int) -> None:
-        del self._callbacks[fd]
-        self._epoll.unregister(fd)
-
-    def _ready(self) -> None:
-        for fd, _ in self._epoll.poll(0, _BATCH):
-            # An earlier callback of this batch may have unwatched it (a stale event of a
-            # descriptor number watched again calls a callback that tolerates EAGAIN).
-            callback = self._callbacks.get(fd)
-            if callback is not None:
-                callback()
-
-
-_WATCHES: dict[asyncio.AbstractEventLoop, SpliceWatch] = {}  # one per event loop, made at its first splice
-
-
-def watch_of(loop: asyncio.AbstractEventLoop) -> SpliceWatch:
-    watch = _WATCHES.get(loop)
-    if watch is None:
-        watch = _WATCHES[loop] = SpliceWatch(loop)
-    return watch
 
 
 class SpliceState(IntEnum):
@@ -144,7 +96,7 @@ class BodySplice:
     must not read what the splice moves.
     """
 
-    __slots__ = ("_destination_fd", "_in_pipe", "_owner", "_pipe", "_pipes", "_source_fd", "_watch",
+    __slots__ = ("_destination_fd", "_in_pipe", "_loop", "_owner", "_pipe", "_pipes", "_source_fd",
                  "remaining", "state")
 
     def __init__(
@@ -156,7 +108,7 @@ class BodySplice:
         remaining: int,
         owner: SpliceOwner,
     ) -> None:
-        self._watch = watch_of(loop)
+        self._loop = loop
         self._pipes = pipes
         self.remaining = remaining
         self._owner = owner
@@ -165,7 +117,7 @@ class BodySplice:
         self._destination_fd = os.dup(destination.get_extra_info("socket").fileno())
         self._pipe = pipes.acquire()
         self.state = SpliceState.FILLING
-        self._watch.watch(self._source_fd, select.EPOLLIN, self._fill)
+        loop.add_reader(self._source_fd, self._fill)
 
     def _fill(self) -> None:
         """The source socket is readable: move what it has into the pipe, then on."""
@@ -195,8 +147,8 @@ class BodySplice:
             except BlockingIOError:
                 if self.state is SpliceState.FILLING:
                     self._transition(SpliceState.DRAINING)
-                    self._watch.unwatch(self._source_fd)
-                    self._watch.watch(self._destination_fd, select.EPOLLOUT, self._drain)
+                    self._loop.remove_reader(self._source_fd)
+                    self._loop.add_writer(self._destination_fd, self._drain)
                     self._owner.splice_waiting(for_destination=True)
                 return
             except OSError:  # EPIPE, ECONNRESET: the destination is gone
@@ -208,8 +160,8 @@ class BodySplice:
             self._end(SPLICE_DONE)
         elif self.state is SpliceState.DRAINING:
             self._transition(SpliceState.FILLING)
-            self._watch.unwatch(self._destination_fd)
-            self._watch.watch(self._source_fd, select.EPOLLIN, self._fill)
+            self._loop.remove_writer(self._destination_fd)
+            self._loop.add_reader(self._source_fd, self._fill)
             self._owner.splice_waiting(for_destination=False)
 
     def _transition(self, new: SpliceState) -> None:
@@ -226,9 +178,9 @@ class BodySplice:
 
     def _release(self) -> None:
         if self.state is SpliceState.FILLING:
-            self._watch.unwatch(self._source_fd)
+            self._loop.remove_reader(self._source_fd)
         elif self.state is SpliceState.DRAINING:
-            self._watch.unwatch(self._destination_fd)
+            self._loop.remove_writer(self._destination_fd)
         self._transition(SpliceState.ENDED)
         os.close(self._source_fd)
         os.close(self._destination_fd)
