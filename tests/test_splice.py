@@ -154,9 +154,9 @@ def test_spliced_body_goes_through_a_pipe_and_a_small_one_does_not(make_proxy):
 
 
 def test_concurrent_splices_share_the_worker_and_a_stalled_reader_holds_up_no_other(make_proxy):
-    """The worker watches every splice's sockets in one epoll set: while one client does not
-    read (its splice waits for the socket to take bytes), the others' bodies go through
-    whole, and the stalled one completes exact once its client reads again."""
+    """While one client does not read (its splice waits for the socket to take bytes), the
+    others' spliced bodies go through whole on the same worker, and the stalled one
+    completes exact once its client reads again."""
     body = os.urandom(64 * MIB)  # more than the socket buffers hold: the stalled splice must wait
     with running(backend := _serve_body(body)):
         proxy = make_proxy(backends={"app": [backend.address]})
