@@ -143,9 +143,7 @@ class BodySplice:
         """Move the pipe's bytes to the destination; wait for it to be writable if full."""
         while self._in_pipe:
             try:
-                # More body to come: the last part-full segment may wait for it (MSG_MORE).
-                moved = os.splice(self._pipe[0], self._destination_fd, self._in_pipe,
-                                  flags=_FLAGS | os.SPLICE_F_MORE if self.remaining else _FLAGS)
+                moved = os.splice(self._pipe[0], self._destination_fd, self._in_pipe, flags=_FLAGS)
             except BlockingIOError:
                 if self.state is SpliceState.FILLING:
                     self._transition(SpliceState.DRAINING)
