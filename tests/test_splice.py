@@ -153,6 +153,35 @@ def test_spliced_body_goes_through_a_pipe_and_a_small_one_does_not(make_proxy):
             assert proxy.rss_kib() - rss_before < 16 * 1024
 
 
+def test_concurrent_splices_share_the_worker_and_a_stalled_reader_holds_up_no_other(make_proxy):
+    """While one client does not read (its splice waits for the socket to take bytes), the
+    others' spliced bodies go through whole on the same worker, and the stalled one
+    completes exact once its client reads again."""
+    body = os.urandom(64 * MIB)  # more than the socket buffers hold: the stalled splice must wait
+    with running(backend := _serve_body(body)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        with socket.create_connection(("127.0.0.1", proxy.port)) as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            stalled.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            received = stalled.recv(4096)
+            with httpx.Client(base_url=proxy.url, timeout=30) as a, httpx.Client(base_url=proxy.url,
+                                                                                   timeout=30) as b:
+                for _ in range(2):
+                    assert a.get("/big").content == body
+                    assert b.get("/big").content == body
+            while b"\r\n\r\n" not in received:
+                received += stalled.recv(4096)
+            head, _, rest = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            parts, size = [rest], len(rest)
+            while size < len(body):
+                chunk = stalled.recv(1 << 20)
+                assert chunk, "the stalled response was cut"
+                parts.append(chunk)
+                size += len(chunk)
+            assert b"".join(parts) == body
+
+
 def test_splice_off_relays_the_same_bytes(make_proxy):
     with running(backend := _serve_body(BODY)):
         proxy = make_proxy(backends={"app": [backend.address]}, extra="[proxy]\nsplice_min_bytes = 0\n")
