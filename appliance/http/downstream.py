@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import IntEnum
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httptools
@@ -125,6 +126,8 @@ class ClientListener:
         # or a plaintext h2c listener got the preface): it then hands its transport to an
         # H2Connection (appliance/http/h2_downstream.py). None: HTTP/1.x only.
         self.h2 = h2
+        if ctx.compact_after < ctx.keepalive_timeout:
+            ctx.idle.sweep_every(ctx.compact_after, partial(compact_idle, ctx))
 
     def wake(self, idle: IdleClient) -> ClientConnection:
         """A compacted idle connection (appliance/http/idle.py) is a ClientConnection again, with
@@ -140,8 +143,8 @@ class ClientListener:
             client.forwarded_tail += tls.lines
         transport.set_protocol(client)
         ctx.clients.add(client)
-        client.compact_due = True
-        ctx.wheel.set(client, ctx.compact_after)
+        # What the client sends next is a request head (a woken connection reads it at once).
+        ctx.wheel.set(client, ctx.header_timeout)
         return client
 
 
@@ -207,8 +210,9 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         # not a Deadline object with a bound method, 144 bytes less per idle connection.
         self.when: float | None = None  # loop time the read deadline passes; None: not set
         self.slot = UNFILED  # its wheel slot (the wheel's to set)
-        # Set when a response leaves the connection idle: its read deadline is then the point
-        # where it compacts into an IdleClient (`on_expiry`), not a new connection's header timeout.
+        # Set when a response leaves the connection idle: its read deadline is then the
+        # keep-alive deadline, from which the compaction sweep (compact_idle) tells how long it
+        # has been idle; a new connection's header timeout is not.
         self.compact_due = False
         # Made the first time the client stops reading our output (most connections never do).
         self.send_deadline: Deadline | None = None
@@ -939,9 +943,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             self.close()
         else:
             self._transition(IDLE)
-            # First the compaction point (`on_expiry`); the keep-alive timeout runs on from there.
             self.compact_due = True
-            self.ctx.wheel.set(self, self.ctx.compact_after)
+            self.ctx.wheel.set(self, self.ctx.keepalive_timeout)
             # Every request so far is parsed and answered, so the parser holds nothing: the
             # next request gets a fresh one (requests start after feed_data returns, so no
             # feed_data is running on this one now), and a fresh queue.
@@ -998,12 +1001,6 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             return
         exchange = self.parsing
         if exchange is None:
-            ctx = self.ctx
-            if self.compact_due and self.state is IDLE and ctx.keepalive_timeout > ctx.compact_after:
-                self.compact_due = False  # the next expiry is the keep-alive timeout's
-                if not self._compact():
-                    ctx.wheel.set(self, ctx.keepalive_timeout - ctx.compact_after)
-                return
             self.close()  # idle keep-alive or silent new connection: close quietly, like nginx
         elif exchange.state is HEAD:
             self._note_timeout(metrics.T_HEADER, "408 request head timed out", exchange)
@@ -1027,8 +1024,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         listener = self.listener
         # The peer facts come back as the tuple every connection from this address shares.
         idle = IdleClient(listener, transport, ctx.peers.facts(self.peer_ip.decode(), listener.proto),
-                          self.peer_port, self.tls,
-                          ctx.loop.time() + ctx.keepalive_timeout - ctx.compact_after)
+                          self.peer_port, self.tls, self.when)  # the keep-alive deadline goes along
+        ctx.wheel.cancel(self)
         transport.set_protocol(idle)
         if self.send_deadline is not None:
             self.send_deadline.release()
@@ -1104,3 +1101,15 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             self.ctx.wheel.set(self, LINGER_SECONDS)
         else:
             transport.close()
+
+
+def compact_idle(ctx: WorkerContext) -> None:
+    """Compact every keep-alive connection of the worker idle for `compact_after` or longer
+    (ClientConnection._compact); called by the worker's sweep every `compact_after`, so a
+    connection compacts between one and two spells after its last response."""
+    # An idle connection's read deadline is its keep-alive deadline, set when it went idle.
+    idle_since_before = ctx.loop.time() - ctx.compact_after + ctx.keepalive_timeout
+    for client in [c for c in ctx.clients if type(c) is ClientConnection]:
+        if client.compact_due and client.state is IDLE and client.when is not None \
+                and client.when <= idle_since_before:
+            client._compact()

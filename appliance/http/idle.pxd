@@ -21,6 +21,7 @@ cdef class IdleClients:
     cdef public TimerWheel _wheel
     cdef public Py_ssize_t count
     cdef public IdleClient head
+    cdef public object _sweep
     cdef public Py_ssize_t slot
     cdef public IdleClient tail
     cdef public object when

@@ -21,6 +21,7 @@ entry and no float object per idle connection.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.timerwheel import BATCH, UNFILED, TimerWheel
@@ -90,7 +91,7 @@ class IdleClient:  # uvloop calls protocol methods by name: no asyncio.Protocol 
 class IdleClients:
     """The worker's compacted idle connections, oldest first: their registry and their timer."""
 
-    __slots__ = ("_loop", "_wheel", "count", "head", "slot", "tail", "when")
+    __slots__ = ("_loop", "_sweep", "_wheel", "count", "head", "slot", "tail", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wheel: TimerWheel) -> None:
         self._loop = loop
@@ -101,6 +102,22 @@ class IdleClients:
         # The queue's own entry in the timer wheel (appliance/timerwheel.py), for its head.
         self.when: float | None = None
         self.slot = UNFILED
+        self._sweep: Callable[[], None] | None = None
+
+    def sweep_every(self, every: float, compact: Callable[[], None]) -> None:
+        """Call `compact` every `every` seconds from now on, to compact the connections idle that
+        long (once per worker: the first listener starts it). A sweep, not a deadline per idle
+        connection: a busy keep-alive connection then files its keep-alive timeout as it did
+        before compaction existed, and pays nothing for it."""
+        if self._sweep is not None:
+            return
+
+        def sweep() -> None:
+            compact()
+            self._loop.call_later(every, sweep)
+
+        self._sweep = sweep
+        self._loop.call_later(every, sweep)
 
     def __len__(self) -> int:
         return self.count
