@@ -27,12 +27,13 @@ from appliance.routing.router import Router
 from appliance.routing.trust import TrustedProxies
 from appliance.timerwheel import TICK, TimerWheel
 
-# How long a keep-alive connection stays a whole ClientConnection once idle, before it is
-# compacted into an IdleClient (appliance/http/idle.py): two wheel ticks. A client that sends
-# its next request within it (a busy keep-alive client, whose next request comes microseconds
-# later) never pays the compaction; one that idles longer holds ~100 bytes, not ~400, and
-# since the allocator keeps the high-water mark, only connections active in the last spell
-# hold a ClientConnection at any time.
+# How long a keep-alive connection stays a whole ClientConnection once idle, at least, before
+# it is compacted into an IdleClient (appliance/http/idle.py), and how often the sweep that
+# compacts them runs (appliance/http/downstream.py, compact_idle): two wheel ticks. A client
+# that sends its next request within it (a busy keep-alive client, whose next request comes
+# microseconds later) never pays the compaction; one that idles longer holds ~100 bytes, not
+# ~400, and since the allocator keeps the high-water mark, only connections active in the
+# last spell or two hold a ClientConnection at any time.
 COMPACT_AFTER = 2 * TICK
 
 if TYPE_CHECKING:

@@ -1,9 +1,10 @@
 """Idle keep-alive client connections, compacted: what a connection keeps between requests.
 
 A keep-alive connection that has been idle for a short spell (the worker's `compact_after`,
-two timer-wheel ticks) hands its transport to an IdleClient and lets its ClientConnection go
-(appliance/http/downstream.py, `on_expiry`): the transport, the listener's shared facts, the
-peer's, the TLS session's, and the keep-alive deadline, about 100 bytes instead of the
+two timer-wheel ticks; a sweep runs that often, `IdleClients.sweep_every`) hands its
+transport to an IdleClient and lets its ClientConnection go (appliance/http/downstream.py,
+`compact_idle`): the transport, the listener's shared facts, the peer's, the TLS
+session's, and the keep-alive deadline, about 100 bytes instead of the
 ClientConnection's 264 and its entries in the wheel and in `ctx.clients` (issue 15: idle
 RSS per connection). nginx does the same: ngx_http_set_keepalive frees a keep-alive
 connection's request state and keeps a small connection struct. The first bytes the client
