@@ -69,7 +69,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rproxyd_pending_timeouts_total": (COUNTER, "Requests answered 503 after pending_timeout."),
     "rproxyd_client_connections": (GAUGE, "Open client connections."),
     "rproxyd_client_connections_waiting": (
-        GAUGE, "Open HTTP/1 client connections idle between requests for longer than 0.1 s, kept compacted."),
+        GAUGE, "Open HTTP/1 client connections idle between requests, compacted (after 0.1-0.2 s idle)."),
     "rproxyd_tls_handshakes_total": (COUNTER, "Completed TLS handshakes, full or resumed."),
     "rproxyd_client_timeouts_total": (
         COUNTER, "Client connections ended by a timeout, by phase: header or body (408), send (cut)."),
@@ -184,7 +184,7 @@ PROXY_REFUSED_BLOCK: list[Entry] = [
     ("rproxyd_proxy_headers_refused_total", labels(reason=reason), "") for reason in PROXY_REFUSALS
 ]
 # Idle keep-alive client connections held compacted, per worker (appliance/http/idle.py): nginx's
-# stub_status "Waiting", less the ones idle for under 0.1 s.
+# stub_status "Waiting", less the ones idle for under 0.1 to 0.2 s.
 WAITING_BLOCK: list[Entry] = [("rproxyd_client_connections_waiting", "", "")]
 # Upgrade tunnels, per worker: the gauge, bytes both ways, closes by reason (CLOSE_REASONS order).
 TUNNELS_BLOCK: list[Entry] = [
