@@ -165,18 +165,29 @@ def test_a_pending_queue_expires_in_bounded_batches_per_loop_turn() -> None:
     run(main)
 
 
+def _worker(tmp_path, origin) -> Worker:
+    """A worker for an origin, not started: the tests below build its context on their own loop."""
+    config_file = tmp_path / "rproxyd.toml"
+    config_file.write_text(proxy_config(0, {"app": [origin.address]}))
+    return Worker(load(config_file), {})
+
+
+def _context(worker: Worker):
+    """The worker's context on the running loop, with its metrics recorder."""
+    ctx = worker.build_context(asyncio.get_running_loop())
+    ctx.observer = worker.build_recorder(ctx)
+    return ctx
+
+
 def test_an_idle_client_connection_holds_no_timer_object_and_no_queue(tmp_path, origin) -> None:
     """An idle keep-alive client connection files itself in the wheel for its keep-alive
     timeout, with no Deadline object, no bound method and no exchange list of its own
     (issue 15, RSS per idle connection); closing it takes it out of the wheel again."""
-    config_file = tmp_path / "rproxyd.toml"
-    config_file.write_text(proxy_config(0, {"app": [origin.address]}))
-    worker = Worker(load(config_file), {})
+    worker = _worker(tmp_path, origin)
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        ctx = worker.build_context(loop)
-        ctx.observer = worker.build_recorder(ctx)
+        ctx = _context(worker)
+        loop = ctx.loop
         ctx.compact_after = ctx.keepalive_timeout  # never compacted: the idle ClientConnection is the subject
         server = await loop.create_server(lambda: ClientConnection(ClientListener(ctx)), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -201,14 +212,11 @@ def test_a_compacted_idle_connection_is_in_no_set_and_no_wheel_slot(tmp_path, or
     """Idle past `compact_after`, a keep-alive connection is an IdleClient in the worker's idle
     queue only: no ClientConnection, no `ctx.clients` member, no wheel entry of its own (the
     queue has one for all); its next request makes a ClientConnection again (issue 15, idle RSS)."""
-    config_file = tmp_path / "rproxyd.toml"
-    config_file.write_text(proxy_config(0, {"app": [origin.address]}))
-    worker = Worker(load(config_file), {})
+    worker = _worker(tmp_path, origin)
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        ctx = worker.build_context(loop)
-        ctx.observer = worker.build_recorder(ctx)
+        ctx = _context(worker)
+        loop = ctx.loop
         server = await loop.create_server(lambda: ClientConnection(ClientListener(ctx)), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
