@@ -192,6 +192,11 @@ class Worker:
         await self._stopping.wait()
         if self.beat is not None:
             self.beat.set_phase(heartbeat.DRAINING)
+        # Each ends when no connection its listener accepted is left (open tunnels keep it
+        # pending; the drain waits for them anyway). Started before the servers close:
+        # uvloop's Server.wait_closed returns at once when called after close().
+        closing = [loop.create_task(server.wait_closed()) for server in servers]
+        await asyncio.sleep(0)
         # Closing our fd of a listening socket stops this process accepting; the queue
         # lives on in the supervisor's fd and the slot's next worker keeps serving it.
         for server in servers:
@@ -201,7 +206,12 @@ class Worker:
             # they are answered (with Connection: close) rather than cut by the idle close.
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-            await self._drain(ctx)
+            await self._drain(ctx, closing)
+        for task in closing:
+            task.cancel()  # still pending if the drain ended first
+        for server in servers:
+            if isinstance(server, ProxyAcceptor):
+                server.abort()
         ctx.idle.close_all(True)
         for client in list(ctx.clients):
             client.close(force=True)
@@ -221,7 +231,7 @@ class Worker:
         if self._stopping is not None:
             self._stopping.set()
 
-    async def _drain(self, ctx: WorkerContext) -> None:
+    async def _drain(self, ctx: WorkerContext, closing: list[asyncio.Task]) -> None:
         """Finish in-flight requests (answered with Connection: close), then close.
 
         For DRAIN_IDLE_GRACE nothing is closed: a connection accepted just before we
@@ -234,6 +244,11 @@ class Worker:
         `ctx.idle` meanwhile: one that sends a request during the grace is a ClientConnection
         again, and is answered as the others are; after the grace the rest close.
 
+        A connection the listeners accepted is not a client yet while its TLS handshake runs
+        (uvloop calls connection_made when it completes) or its PROXY header is read, so
+        during the grace the drain also waits for `closing` (the servers' `wait_closed`): the
+        worker must not exit under a handshake as if it had nothing left to serve.
+
         Open upgrade tunnels (WebSockets) are kept for `tunnel_drain_timeout`, each closing
         on its own when it ends or at that deadline (appliance/http/tunnel.py); the worker
         exits once nothing is left.
@@ -243,7 +258,8 @@ class Worker:
         ctx.tunnels.drain(self.config.proxy.tunnel_drain_timeout)
         deadline = loop.time() + self.config.proxy.drain_timeout
         grace_end = loop.time() + min(DRAIN_IDLE_GRACE, self.config.proxy.drain_timeout)
-        while (ctx.clients or ctx.idle) and loop.time() < deadline and self._graceful:
+        while ((ctx.clients or ctx.idle or (loop.time() < grace_end and not all(t.done() for t in closing)))
+               and loop.time() < deadline and self._graceful):
             in_grace = loop.time() < grace_end
             if not in_grace:
                 ctx.idle.close_all(False)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a demo origin per test session and a factory for rproxyd instances."""
+"""Shared fixtures: demo origins, test certificates and a factory for rproxyd instances."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import Origin, Proxy, free_port, proxy_config
+from tests.support.tls import Certs, make_certs
+from tests.support_proc import demo_origin
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +17,19 @@ def origin() -> Iterator[Origin]:
     server = Origin()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def origin_port() -> Iterator[int]:
+    """The port of a bundled demo origin (appliance/demo_origin.py) in its own process, one per module."""
+    with demo_origin() as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A test CA and the certificates it signed (tests/support/tls.py), made once per module."""
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support import wait_for
+from tests.support import accepted_by, listens_on, wait_for
 
 GREETING = b"Hello from the rproxyd demo origin\n"
 
@@ -174,6 +174,18 @@ class Rproxyd:
                 self.proc.kill()
                 self.proc.wait()
             self.stderr.close()
+
+
+def accepted_when_draining(proxy: Rproxyd, port: int) -> socket.socket:
+    """A connection to `port`, nothing sent on it yet, that a worker has accepted and that the
+    worker still holds when a reload has made it drain (it stopped listening)."""
+    sock = socket.create_connection(("127.0.0.1", port), 5)
+    pids = [worker["pid"] for worker in proxy.current_workers()]
+    holder = wait_for(lambda: accepted_by(pids, sock.getsockname()[1]), 5, "a worker to accept")
+    result = proxy.reload()
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: not listens_on(holder, port), 5, "the old worker to stop listening")
+    return sock
 
 
 def get(address: tuple[str, int], path: str = "/", timeout: float = 10.0) -> tuple[int, bytes, bytes]:

@@ -12,12 +12,7 @@ import pytest
 
 from tests.support import free_port, wait_for
 from tests.support.grpc_origin import FAIL_MESSAGE, METHODS, GrpcClient, GrpcOrigin
-from tests.support.tls import Certs, make_certs
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
+from tests.support.tls import Certs
 
 
 @pytest.fixture(scope="module", params=["plaintext", "tls"])

@@ -30,7 +30,7 @@ from tests.support import Proxy, ScriptedBackend, curl, free_port, wait_for
 from tests.support.grpc_origin import FAIL_MESSAGE, METHODS, SERVICE, GrpcClient, GrpcOrigin
 from tests.support.h2 import H2Client, StreamReply
 from tests.support.phases import phase_module
-from tests.support.tls import Certs, make_certs
+from tests.support.tls import Certs
 
 # The h2 keys these tests use, as rproxyd's configuration loader (what `rproxyd -t` runs) sees
 # them: a refusal of any of them means this rproxyd does not speak h2. Other problems (the
@@ -91,11 +91,6 @@ enabled = true
 certificate = "{certificate}"
 alpn = ["h2", "http/1.1"]
 """
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

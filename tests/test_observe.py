@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,15 +18,9 @@ import pytest
 from appliance.http.downstream import LINGER_SECONDS
 from tests.support import curl, read_all, wait_connected_to, wait_for
 from tests.support.tls import Certs, client_context, https_get, make_certs
-from tests.support_proc import Rproxyd, config_text, demo_origin, get
+from tests.support_proc import Rproxyd, config_text, get
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def origin_port() -> Iterator[int]:
-    with demo_origin() as port:
-        yield port
 
 
 def start(tmp_path: Path, origin_port: int, workers: int = 1, log: str = "",

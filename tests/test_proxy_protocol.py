@@ -23,8 +23,8 @@ import pytest
 from appliance.http.proxy_protocol import V2_SIGNATURE
 from tests.support import free_port, read_all, wait_for, wait_port
 from tests.support.phases import phase_module
-from tests.support.tls import Certs, client_context, make_certs
-from tests.support_proc import Rproxyd, config_text, demo_origin
+from tests.support.tls import Certs, client_context
+from tests.support_proc import Rproxyd, accepted_when_draining, config_text
 from tests.test_observe import admin, metric_sum, records, until_metrics
 
 pytestmark = pytest.mark.timeout(90)
@@ -39,17 +39,6 @@ def v2_inet(src: str, sport: int, tlvs: bytes = b"", command: int = 0x21) -> byt
 
 def tlv(kind: int, value: bytes) -> bytes:
     return bytes((kind,)) + struct.pack("!H", len(value)) + value
-
-
-@pytest.fixture(scope="module")
-def origin_port() -> Iterator[int]:
-    with demo_origin() as port:
-        yield port
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def proxy_protocol_config(origin_port: int, run_dir: Path, certs: Certs, access_log: Path,
@@ -220,6 +209,27 @@ def test_tls_listener_reads_the_header_before_the_handshake(proxy: Rproxyd, cert
                 session = sock.session
         assert (seen["x-forwarded-for"], seen["x-forwarded-proto"]) == (ip, "https")
     assert reused  # the second connection resumed the first one's session
+
+
+@pytest.mark.parametrize("listener", ["l0", "pptls"])
+def test_a_connection_inside_its_header_when_its_worker_drains_is_served(
+        tmp_path: Path, origin_port: int, certs: Certs, listener: str) -> None:
+    # The header (and on pptls the TLS handshake after it) comes after the reload: the old
+    # worker used to drop connections still inside their header when it stopped accepting.
+    (tmp_path / "run").mkdir()
+    config = proxy_protocol_config(origin_port, tmp_path / "run", certs, tmp_path / "access.log")
+    proxy = Rproxyd(tmp_path, config)
+    try:
+        sock = accepted_when_draining(proxy, port_of(proxy, listener))
+        sock.sendall(b"PROXY TCP4 203.0.113.21 192.0.2.1 5000 443\r\n")
+        if listener == "pptls":
+            sock = client_context(certs).wrap_socket(sock, server_hostname="a.test")
+        with sock:
+            sock.sendall(GET_HEADERS.replace(b"Host: x", b"Host: a.test"))
+            assert forwarded(read_all(sock, 10))["x-forwarded-for"] == "203.0.113.21"
+    finally:
+        proxy.stop()
+    assert "Traceback" not in proxy.log(), proxy.log()
 
 
 def test_haproxy_in_front_sends_v2_with_tlvs(proxy: Rproxyd, tmp_path: Path) -> None:

@@ -32,12 +32,11 @@ from tests.support.tls import (
     Certs,
     client_context,
     https_get,
-    make_certs,
     s_client,
     s_client_handshake,
     write_crl,
 )
-from tests.support_proc import Rproxyd, config_text, demo_origin
+from tests.support_proc import Rproxyd, accepted_when_draining, config_text, demo_origin
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,11 +91,6 @@ subject = true
 [[vhost.route]]
 backend = "demo"
 """
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")
@@ -584,6 +578,24 @@ def test_proxy_headers_cannot_be_spoofed_in_trailers_or_underscore_spellings(
 def _tls_config(tmp_path: Path, certs: Certs, origin: int, tls: str) -> str:
     return config_text(origin, tmp_path / "run", f'[listener.tls]\nenabled = true\n'
                        f'certificate = "{certs.dir}/a.test.pem"\n{tls}\n')
+
+
+def test_a_connection_in_its_handshake_when_its_worker_drains_is_served(
+        tmp_path: Path, certs: Certs, origin: int) -> None:
+    # uvloop makes a TLS connection's protocol only when the handshake completes, so a
+    # draining worker saw no client in it and exited under the handshake (a reload dropped it).
+    proxy = Rproxyd(tmp_path, _tls_config(tmp_path, certs, origin, ""))
+    try:
+        raw = accepted_when_draining(proxy, _port(proxy))
+        with client_context(certs).wrap_socket(raw, server_hostname="a.test") as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+        assert b"connection: close" in data.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    finally:
+        proxy.stop()
 
 
 def test_bad_ciphers_and_cipher_suites_rejected_at_check_and_reload(

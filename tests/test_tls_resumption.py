@@ -18,16 +18,11 @@ import httpx
 import pytest
 
 from tests.support import wait_for
-from tests.support.tls import Certs, client_context, https_get, make_certs, s_client
+from tests.support.tls import Certs, client_context, https_get, s_client
 from tests.support_proc import Rproxyd, config_text, demo_origin
 
 pytestmark = pytest.mark.timeout(120)
 RESUMPTIONS = 8
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from tests.support import (
     wait_for,
 )
 from tests.support.phases import phase_module
-from tests.support.tls import Certs, make_certs
+from tests.support.tls import Certs
 from tests.support_proc import Rproxyd, config_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,11 +62,6 @@ class WsOrigin:
 
     def stop(self) -> None:
         self.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def _exercise(ws: ClientConnection, origin: WsOrigin) -> None:

@@ -37,8 +37,8 @@ ProtocolFactory = Callable[[], Any]
 class ProxyAcceptor:
     """Accepts on one listening socket of a proxy_protocol listener; the loop's own server for it."""
 
-    __slots__ = ("_make_factory", "_pending", "_refusals", "_sock", "_ssl", "_trusted", "header_timeout",
-                 "loop", "observer")
+    __slots__ = ("_closed", "_handshakes", "_make_factory", "_pending", "_refusals", "_settled", "_sock",
+                 "_ssl", "_trusted", "header_timeout", "loop", "observer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  make_factory: Callable[[Address | None], ProtocolFactory], tls: ssl.SSLContext | None,
@@ -55,15 +55,36 @@ class ProxyAcceptor:
         self._refusals = refusals
         self.observer = observer
         self._pending: set[_HeaderReader] = set()
+        # Connections handed over whose TLS handshake is still running (connect_accepted_socket
+        # ends when it does): like the headers being read, accepted but not yet clients.
+        self._handshakes: set[asyncio.Task] = set()
+        self._settled: asyncio.Future | None = None  # wait_closed's, made when it must wait
+        self._closed = False
 
     def start(self) -> None:
         self._sock.setblocking(False)
         self.loop.add_reader(self._sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting (as Server.close does) and drop connections still inside their header."""
+        """Stop accepting, as Server.close does. Connections already accepted go on: their
+        header and handshake are bounded by header_timeout, and a draining worker waits for
+        them (`wait_closed`) as for a uvloop server's."""
         self.loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        self._closed = True
+        self._settle()
+
+    async def wait_closed(self) -> None:
+        """Until this acceptor is closed and every connection it accepted is a client
+        connection or gone: what asyncio.Server.wait_closed tells a draining worker about
+        connections it cannot see yet (after the hand-over, it sees the client connection)."""
+        if not self._closed or self._pending or self._handshakes:
+            if self._settled is None:
+                self._settled = self.loop.create_future()
+            await self._settled
+
+    def abort(self) -> None:
+        """Drop connections still inside their header (the worker stops)."""
         for reader in list(self._pending):
             reader.close()
 
@@ -97,16 +118,24 @@ class ProxyAcceptor:
         task = loop.create_task(loop.connect_accepted_socket(
             factory, reader.sock, ssl=self._ssl,
             ssl_handshake_timeout=self.header_timeout if self._ssl is not None else None))
-        task.add_done_callback(_handed_over)
+        self._handshakes.add(task)
+        task.add_done_callback(self._handed_over)
+
+    def _handed_over(self, task: asyncio.Task) -> None:
+        self._handshakes.discard(task)
+        # A failed TLS handshake ends here, as it does silently on a uvloop TLS server.
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("PROXY protocol listener: connection failed after its header: %s", task.exception())
+        self._settle()
 
     def forget(self, reader: _HeaderReader) -> None:
         self._pending.discard(reader)
+        self._settle()
 
-
-def _handed_over(task: asyncio.Task) -> None:
-    # A failed TLS handshake ends here, as it does silently on a uvloop TLS server.
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("PROXY protocol listener: connection failed after its header: %s", task.exception())
+    def _settle(self) -> None:
+        if (self._settled is not None and self._closed and not self._pending and not self._handshakes
+                and not self._settled.done()):
+            self._settled.set_result(None)
 
 
 class _HeaderReader:

@@ -61,6 +61,37 @@ def _tcp_sockets() -> list[tuple[int, int, str]]:
 ESTABLISHED, CLOSE_WAIT, LISTEN = "01", "08", "0A"
 
 
+def _socket_holder(pids: list[int], matches: Callable[[int, int, str], bool]) -> int | None:
+    """Which of `pids` holds an fd of an IPv4 TCP socket for which matches(local port, remote
+    port, state) holds (from /proc: a connection still queued on a listening socket has no
+    holder)."""
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, remote = (int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
+            if matches(local, remote, fields[3]):
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):  # the process or the fd went away
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return pid
+    return None
+
+
+def accepted_by(pids: list[int], client_port: int) -> int | None:
+    """Which of `pids` has accepted the connection from loopback port `client_port`."""
+    return _socket_holder(pids, lambda _, remote, state: remote == client_port and state == ESTABLISHED)
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on `port` (a draining worker closed its own)."""
+    return _socket_holder([pid], lambda local, _, state: local == port and state == LISTEN) is not None
+
+
 def wait_connected_to(ports: list[int], timeout: float = 10.0) -> None:
     """Until every port in `ports` that something listens on has an established connection to it.
 
