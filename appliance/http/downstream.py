@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from socket import IPPROTO_TCP, TCP_CORK
 from enum import IntEnum
 from functools import partial
+from socket import IPPROTO_TCP, TCP_CORK
 from typing import TYPE_CHECKING
 
 import httptools
