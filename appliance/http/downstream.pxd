@@ -26,6 +26,7 @@ cdef class ClientConnection(DownstreamBase):
     cdef public Py_ssize_t bypass_remaining
     cdef public bint client_done
     cdef public bint compact_due
+    cdef public bint corked
     cdef public list exchanges
     cdef public Py_ssize_t head_raw
     cdef public object held_head

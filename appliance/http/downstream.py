@@ -15,6 +15,7 @@ import asyncio
 import logging
 from enum import IntEnum
 from functools import partial
+from socket import IPPROTO_TCP, TCP_CORK
 from typing import TYPE_CHECKING
 
 import httptools
@@ -155,6 +156,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         "bypass_remaining",
         "client_done",
         "compact_due",
+        "corked",
         "exchanges",
         "head_raw",
         "held_head",
@@ -199,6 +201,9 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         # The client sends nothing more, so closing needs no lingering close: it sent FIN, or
         # its last request said it would close (see _finish).
         self.client_done = False
+        # TCP_CORK is set on the socket: a response the connection closes after is being
+        # written (see _cork_last_response).
+        self.corked = False
         self._read_pauses = 0
         if peer is not None:
             # The client address a PROXY header sent (appliance/http/proxy_accept.py): the
@@ -811,6 +816,23 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         if head is not None:
             self.held_head = None
             self.transport.write(head)
+        if self.corked:
+            # The backend read ended before the response did: what it brought goes out now,
+            # not with the FIN (cork holds a part-full segment for up to 200 ms).
+            self.corked = False
+            self.transport.get_extra_info("socket").setsockopt(IPPROTO_TCP, TCP_CORK, 0)
+
+    def _cork_last_response(self) -> None:
+        """The response about to be written is the connection's last (it closes after it):
+        cork the socket, so that if the backend read that brought it also ends it, the close's
+        FIN leaves in the same segment as its last bytes: one packet and one wake-up of the
+        client instead of two. Linux tacks the FIN onto an unsent segment (tcp_send_fin); the
+        close or shutdown pushes it. flush() uncorks when the read ends with the response
+        unfinished, so no bytes wait past the read that brought them. Plain TCP only: a TLS
+        close sends its close_notify record first."""
+        if self.tls is None and not self.corked:
+            self.corked = True
+            self.transport.get_extra_info("socket").setsockopt(IPPROTO_TCP, TCP_CORK, 1)
 
     def response_keep_alive(self, exchange: Exchange) -> bool:
         """Decide, at response-head time, whether the connection survives this exchange."""
@@ -839,6 +861,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
                 self.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
             return
         self.held_head = None
+        if not self.answer_keep_alive:
+            self._cork_last_response()
         if framing == FRAME_RAW:
             self.transport.writelines((head, data))
         elif framing == FRAME_CHUNKED:
@@ -858,6 +882,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
                 self.send_body(tail)
         head = self.held_head
         self.held_head = None
+        if not self.answer_keep_alive and (head is not None or self.response_framing == FRAME_CHUNKED):
+            self._cork_last_response()  # the close follows at once (_finish)
         if self.response_framing == FRAME_CHUNKED:
             ending = last_chunk(trailers)
             self.transport.write(ending if head is None else head + ending)
