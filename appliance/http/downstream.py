@@ -1028,10 +1028,9 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         idle = IdleClient(listener, transport, ctx.peers.facts(self.peer_ip.decode(), listener.proto),
                           self.peer_port, self.tls, self.when)  # the keep-alive deadline goes along
         ctx.wheel.cancel(self)
-        if listener.site is None:
+        transport.set_protocol(idle)
+        if listener.site is None:  # TLS: the session lives in the transport, which stays
             ctx.idle.detach(idle)  # a plain connection leaves uvloop: its fd waits in the idle epoll set
-        else:
-            transport.set_protocol(idle)  # TLS: the session lives in the transport
         if self.send_deadline is not None:
             self.send_deadline.release()
         ctx.clients.discard(self)

@@ -172,9 +172,13 @@ class IdleClients:
     def detach(self, client: IdleClient) -> None:
         """Take a plain client's socket away from uvloop: watch a duplicate of its fd in the
         idle epoll set and close its transport (no FIN, no reset: the duplicate keeps the
-        connection open; uvloop only shuts a socket down on write_eof)."""
+        connection open; uvloop only shuts a socket down on write_eof). Out of fds, the
+        client keeps its transport, as a TLS one does."""
         transport = client.transport
-        fd = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+        except OSError:  # EMFILE: the process's fd limit (the duplicate needs one for a moment)
+            return
         transport.set_protocol(_GONE)  # its connection_lost is not the client leaving
         transport.close()
         client.transport = None
