@@ -3,6 +3,7 @@
     python -m perf.conn_cost rproxyd [N]             # RSS KiB per idle connection, one worker in-process
     python -m perf.conn_cost rproxyd [N] --trace     # ... and what Python allocated for them, by line
     python -m perf.conn_cost floor [N]               # the same for a bare uvloop server
+    python -m perf.conn_cost rproxyd [N] --wake 3    # ... then CPU per request on a connection idle 1 s
 
 Each mode holds N (default 10,000) idle keep-alive connections that have had one GET each
 (perf/idle_client.py, as the harness's idle_10k scenario does) and reports the growth of this
@@ -10,8 +11,11 @@ process's RSS per connection. `floor` answers every request with a fixed 128-byt
 from a Protocol that keeps nothing but its transport: what uvloop itself costs per
 connection, below which no proxy on this runtime can go. `--trace` runs under tracemalloc
 (which inflates RSS itself: read RSS from a run without it) and lists the allocations that
-the idle connections still hold, per source line and per connection. The origin is
-appliance/demo_origin.py on a free port.
+the idle connections still hold, per source line and per connection. `--wake K` then makes K
+rounds of one more request on every connection, each after the connections have been idle a
+second (compacted, and detached from uvloop where that applies), and reports this process's CPU
+time per request in each round: what a request that wakes an idle connection costs. The origin
+is appliance/demo_origin.py on a free port.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ IDLE_CLIENT = Path(__file__).with_name("idle_client.py")
 FIXED = b"HTTP/1.1 200 OK\r\nContent-Length: 128\r\n\r\n" + b"x" * 128
 
 
-def _hold_idle(port: int, count: int, measure) -> None:
-    """Open `count` idle connections to `port`, call measure() while they are held, then close them."""
+def _hold_idle(port: int, count: int, measure, wake_rounds: int = 0) -> None:
+    """Open `count` idle connections to `port`, call measure() while they are held, make
+    `wake_rounds` rounds of one request on each after a second idle, then close them."""
     before = rss_kib([os.getpid()])
     snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
     # "/": a path the demo origin answers 200 (the harness's nginx origin serves /small).
@@ -51,6 +56,14 @@ def _hold_idle(port: int, count: int, measure) -> None:
         print(f"RSS {before} -> {after} KiB: {(after - before) / count:.3f} KiB per idle connection")
         if snapshot is not None:
             measure(snapshot, count)
+        for _ in range(wake_rounds):
+            time.sleep(1.0)
+            cpu = time.process_time()
+            proc.stdin.write("again\n")
+            proc.stdin.flush()
+            done = proc.stdout.readline().strip()
+            print(f"wake round {done}: {(time.process_time() - cpu) / count * 1e6:.1f} µs CPU per request",
+                  flush=True)
     finally:
         proc.stdin.close()
         proc.wait(30)
@@ -89,7 +102,7 @@ def floor(count: int) -> None:
     uvloop.run(serve())
 
 
-def rproxyd(count: int) -> None:
+def rproxyd(count: int, wake_rounds: int = 0) -> None:
     from appliance.config.loader import load
     from appliance.listeners import open_listener
     from appliance.worker import Worker
@@ -108,7 +121,7 @@ def rproxyd(count: int) -> None:
         def drive() -> None:
             wait_port(port)
             try:
-                _hold_idle(port, count, _traced)
+                _hold_idle(port, count, _traced, wake_rounds)
             finally:
                 os.kill(os.getpid(), signal.SIGINT)  # the worker's own way to stop
 
@@ -124,10 +137,15 @@ def main() -> None:
     p.add_argument("mode", choices=("rproxyd", "floor"))
     p.add_argument("count", type=int, nargs="?", default=10_000)
     p.add_argument("--trace", action="store_true", help="also list traced allocations per connection")
+    p.add_argument("--wake", type=int, default=0, metavar="K",
+                   help="rproxyd: then K rounds of a request on every connection idle 1 s, CPU per request")
     a = p.parse_args()
     if a.trace:
         tracemalloc.start(1)
-    (rproxyd if a.mode == "rproxyd" else floor)(a.count)
+    if a.mode == "rproxyd":
+        rproxyd(a.count, a.wake)
+    else:
+        floor(a.count)
 
 
 if __name__ == "__main__":

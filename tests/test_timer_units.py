@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import resource
 import types
 import weakref
 from collections import Counter
@@ -211,7 +213,8 @@ def test_an_idle_client_connection_holds_no_timer_object_and_no_queue(tmp_path, 
 def test_a_compacted_idle_connection_is_in_no_set_and_no_wheel_slot(tmp_path, origin) -> None:
     """Idle past `compact_after`, a keep-alive connection is an IdleClient in the worker's idle
     queue only: no ClientConnection, no `ctx.clients` member, no wheel entry of its own (the
-    queue has one for all); its next request makes a ClientConnection again (issue 15, idle RSS)."""
+    queue has one for all) and no uvloop transport; its next request makes a ClientConnection
+    again (issue 15, idle RSS)."""
     worker = _worker(tmp_path, origin)
 
     async def main() -> None:
@@ -229,9 +232,47 @@ def test_a_compacted_idle_connection_is_in_no_set_and_no_wheel_slot(tmp_path, or
             await reader.readexactly(length)
             await until(lambda: not ctx.clients and len(ctx.idle) == 1, "the idle connection compacted")
             idle = ctx.idle.head
-            assert isinstance(idle, IdleClient) and idle.transport.get_protocol() is idle
+            # A plain connection's socket left uvloop: it waits in the idle epoll set, by fd.
+            assert isinstance(idle, IdleClient) and idle.transport is None and ctx.idle._fds[idle.fd] is idle
             assert not any(idle in entries for entries in ctx.wheel._slots.values())
             assert ctx.idle.when is not None  # the queue's one wheel entry, for its head
+        writer.close()
+        await until(lambda: not ctx.idle, "the closed idle connection gone from the queue")
+        server.close()
+
+    run(main)
+
+
+def test_a_worker_out_of_fds_keeps_a_plain_idle_connections_transport(tmp_path, origin) -> None:
+    """Detaching a plain idle connection from uvloop needs one more fd for a moment (its socket's
+    duplicate): at the fd limit it stays compacted with its transport, as a TLS one does, and
+    the compaction sweep goes on (the next idle spell, with fds to spare, detaches it)."""
+    worker = _worker(tmp_path, origin)
+
+    async def main() -> None:
+        ctx = _context(worker)
+        server = await ctx.loop.create_server(lambda: ClientConnection(ClientListener(ctx)), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+
+        async def request_then_compacted() -> IdleClient:
+            writer.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                          if line.lower().startswith(b"content-length:")))
+            await until(lambda: not ctx.clients and len(ctx.idle) == 1, "the idle connection compacted")
+            return ctx.idle.head
+
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, limits[1]))  # no fd to spare
+        try:
+            kept = await request_then_compacted()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        assert kept.transport is not None and kept.transport.get_protocol() is kept and kept.fd == -1
+        detached = await request_then_compacted()
+        assert detached.transport is None and ctx.idle._fds[detached.fd] is detached
         writer.close()
         await until(lambda: not ctx.idle, "the closed idle connection gone from the queue")
         server.close()

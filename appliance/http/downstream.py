@@ -132,7 +132,8 @@ class ClientListener:
 
     def wake(self, idle: IdleClient) -> ClientConnection:
         """A compacted idle connection (appliance/http/idle.py) is a ClientConnection again, with
-        what it kept across requests, its transport handed back; idle again, it compacts again."""
+        what it kept across requests, its transport handed back (a detached plain connection's
+        is a new one, made by uvloop from its socket); idle again, it compacts again."""
         client = ClientConnection(self)
         ctx = self.ctx
         transport = client.transport = idle.transport
@@ -1038,7 +1039,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
 
     def _compact(self) -> bool:
         """Idle since `compact_after`: hand the transport to an IdleClient (appliance/http/idle.py),
-        which keeps what the next request needs, and let this connection go. False (nothing
+        which keeps what the next request needs, and let this connection go; a plain
+        connection's socket then leaves uvloop for the idle epoll set. False (nothing
         done) while anything is still under way on it: output not yet sent, reading paused."""
         transport = self.transport
         if (self._read_pauses or self.write_paused or self.client_done or self.splice is not None
@@ -1053,6 +1055,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
                           self.peer_port, self.tls, self.when)  # the keep-alive deadline goes along
         ctx.wheel.cancel(self)
         transport.set_protocol(idle)
+        if listener.site is None:  # TLS: the session lives in the transport, which stays
+            ctx.idle.detach(idle)  # a plain connection leaves uvloop: its fd waits in the idle epoll set
         if self.send_deadline is not None:
             self.send_deadline.release()
         ctx.clients.discard(self)
