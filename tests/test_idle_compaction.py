@@ -13,29 +13,17 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
 from tests.support import wait_for
-from tests.support.tls import Certs, client_context, make_certs
-from tests.support_proc import Rproxyd, config_text, demo_origin
+from tests.support.tls import Certs, client_context
+from tests.support_proc import Rproxyd, config_text
 from tests.test_observe import admin, metric_sum
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def origin_port() -> Iterator[int]:
-    with demo_origin() as port:
-        yield port
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def start(tmp_path: Path, origin_port: int, certs: Certs, limits: str = "") -> Rproxyd:
