@@ -21,10 +21,12 @@ HAS_COMPILER := command -v cc >/dev/null && test -e /usr/include/nghttp2/nghttp2
     2>/dev/null
 # The suite's core files, which CI also runs on the pure-Python build (RPROXYD_PURE=1): the
 # request path, pipelining, request smuggling, stale backend connections, phases, configuration,
-# tunnels, the PROXY protocol and HTTP/2 from clients.
+# tunnels, the PROXY protocol, HTTP/2 from clients, idle connections (compacted, detached) and
+# the corked last response.
 PURE_CORE_TESTS := tests/test_proxy_basics.py tests/test_proxy_errors.py tests/test_routing.py \
     tests/test_stale_connections.py tests/test_phases_wiring.py tests/test_config.py tests/test_build.py \
-    tests/test_tunnels.py tests/test_proxy_protocol.py tests/test_h2_clients.py tests/test_h2_attacks.py
+    tests/test_tunnels.py tests/test_proxy_protocol.py tests/test_h2_clients.py tests/test_h2_attacks.py \
+    tests/test_idle_compaction.py tests/test_close_units.py
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
 
 .PHONY: run test test-pure lint docs venv compiled clean system-deps
