@@ -48,7 +48,9 @@ def _target_row(sc, rows: list[dict]) -> tuple[str, str, str, str, str]:
         v = r.get("rss_per_conn_kib")
         nginx = next((x.get("rss_per_conn_kib") for x in rows if x["proxy"] == "nginx"), None)
         met = v is not None and v <= sc.target
-        return (sc.target_text, _num(v, "{:.2f} KiB"), _num(nginx, "{:.2f} KiB"), _ratio(r.get("vs_nginx")),
+        got = _num(v, "{:.2f} KiB") + ("" if nginx is None else f" ({_ratio(r.get('vs_nginx'))} nginx's "
+                                                            f"{nginx:.2f} KiB)")
+        return (sc.target_text, got, f"<= {sc.target:.1f} KiB", _ratio(r.get("vs_haproxy")),
                 "yes" if met else "**no**")
     v = r.get("vs_nginx")
     if v is None:
