@@ -214,6 +214,8 @@ class IdleClients:
             self._reattach(client, socket.socket(fileno=fd))
 
     def _reattach(self, client: IdleClient, sock: socket.socket) -> None:
+        # A method of its own so that each factory binds its own client (a lambda in
+        # _on_ready's loop would see the loop's last one).
         self._loop.create_task(self._loop.connect_accepted_socket(lambda: client, sock))
 
     def push(self, client: IdleClient) -> None:

@@ -47,14 +47,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def _tcp_sockets() -> list[tuple[int, int, str]]:
-    """(local port, remote port, state) of this network namespace's IPv4 TCP sockets."""
+def _tcp_sockets() -> list[tuple[int, int, str, str]]:
+    """(local port, remote port, state, inode) of this network namespace's IPv4 TCP sockets."""
     sockets = []
     with open("/proc/net/tcp") as table:
         next(table)
         for line in table:
-            local, remote, state = line.split()[1:4]
-            sockets.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state))
+            fields = line.split()
+            local, remote = (int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
+            sockets.append((local, remote, fields[3], fields[9]))
     return sockets
 
 
@@ -65,14 +66,8 @@ def _socket_holder(pids: list[int], matches: Callable[[int, int, str], bool]) ->
     """Which of `pids` holds an fd of an IPv4 TCP socket for which matches(local port, remote
     port, state) holds (from /proc: a connection still queued on a listening socket has no
     holder)."""
-    inodes = set()
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            local, remote = (int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
-            if matches(local, remote, fields[3]):
-                inodes.add(f"socket:[{fields[9]}]")
+    inodes = {f"socket:[{inode}]" for local, remote, state, inode in _tcp_sockets()
+              if matches(local, remote, state)}
     for pid in pids:
         with contextlib.suppress(FileNotFoundError):  # the process or the fd went away
             for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -102,8 +97,8 @@ def wait_connected_to(ports: list[int], timeout: float = 10.0) -> None:
     """
     def all_connected() -> bool:
         sockets = _tcp_sockets()
-        listening = {local for local, _, state in sockets if state == LISTEN}
-        connected = {remote for _, remote, state in sockets if state == ESTABLISHED}
+        listening = {local for local, _, state, _ in sockets if state == LISTEN}
+        connected = {remote for _, remote, state, _ in sockets if state == ESTABLISHED}
         return all(port in connected for port in ports if port in listening)
 
     wait_for(all_connected, timeout, f"connections to ports {ports}")
@@ -118,7 +113,7 @@ def wait_dropped(backend: ScriptedBackend, timeout: float = 10.0) -> None:
     def dropped() -> bool:
         open_states = (ESTABLISHED, CLOSE_WAIT)
         return backend.connections > 0 and not any(
-            remote == backend.port and state in open_states for _, remote, state in _tcp_sockets())
+            remote == backend.port and state in open_states for _, remote, state, _ in _tcp_sockets())
 
     wait_for(dropped, timeout, f"the proxy to close its connection to port {backend.port}")
 
