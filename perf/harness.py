@@ -29,7 +29,8 @@ from .tools import (
 
 PERF = Path(__file__).resolve().parent
 ROOT = PERF.parent
-PROXIES = ("direct", "nginx", "haproxy", "rproxyd", "tls_floor", "rproxyd_phases", "rproxyd_pure")
+PROXIES = ("direct", "nginx", "haproxy", "rproxyd", "tls_floor", "tls_relay_floor", "rproxyd_phases",
+           "rproxyd_pure")
 COMPETITORS = ("nginx", "haproxy")
 # rproxyd run another way, measured against plain rproxyd in the same run: what rproxyd_service
 # gets for each (an operator phases module; variables added to rproxyd's environment).
@@ -38,9 +39,12 @@ RPROXYD_VARIANTS = {
     # The pure-Python build of the same code (appliance/build.py), beside the compiled one.
     "rproxyd_pure": {"env": {"RPROXYD_PURE": "1"}},
 }
-# Not in every scenario: the TLS calibration runs in the TLS scenarios, a variant in the
+# The TLS calibrations (perf/tls_floor.py): the floor, and the floor plus a pooled backend
+# round trip (the relay floor). They run in the TLS scenarios only.
+TLS_CALIBRATIONS = ("tls_floor", "tls_relay_floor")
+# Not in every scenario: the TLS calibrations run in the TLS scenarios, a variant in the
 # scenarios that name it.
-ONLY_IN_OWN_SCENARIOS = ("tls_floor", *RPROXYD_VARIANTS)
+ONLY_IN_OWN_SCENARIOS = (*TLS_CALIBRATIONS, *RPROXYD_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -153,9 +157,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated scenarios or 'all' (default); known: {', '.join(BY_NAME)}")
     p.add_argument("--proxies", default=",".join(PROXIES),
                    help="comma-separated proxies to drive (default: all of direct,nginx,haproxy,rproxyd,"
-                   "tls_floor,rproxyd_phases,rproxyd_pure; tls_floor, the TLS calibration, runs in the TLS "
-                   "scenarios only, rproxyd_phases in the *_phases scenarios only, which run rproxyd and it "
-                   "alone, rproxyd_pure (the pure-Python build, RPROXYD_PURE=1) in small_get and new_conn)")
+                   "tls_floor,tls_relay_floor,rproxyd_phases,rproxyd_pure; tls_floor and tls_relay_floor, "
+                   "the TLS calibrations, run in the TLS scenarios only, rproxyd_phases in the *_phases "
+                   "scenarios only, which run rproxyd and it alone, rproxyd_pure (the pure-Python build, "
+                   "RPROXYD_PURE=1) in small_get and new_conn)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="measured runs per scenario per proxy; the median "
                    "is reported (default 3)")
@@ -237,7 +242,7 @@ class Bench:
         self.rproxyd = [str(rp)] if rp.exists() else [sys.executable, "-m", "appliance"]
         self.rproxyd_env: dict | None = None
         if args.rproxyd_ref:
-            src = _export_ref(args.rproxyd_ref, args.work)
+            src = export_ref(args.rproxyd_ref, args.work)
             self.rproxyd = [sys.executable, "-m", "appliance"]
             self.rproxyd_env = dict(os.environ, PYTHONPATH=str(src), PYTHONSAFEPATH="1")
             self.notes["rproxyd_source"] = f"appliance/ from git ref {args.rproxyd_ref}"
@@ -290,6 +295,8 @@ class Bench:
                                                            name=variant, phases=options.get("phases"))
         if "tls_floor" in wanted:
             svcs["tls_floor"] = proxies.tls_floor_service(w, c, self.cpus, n)
+        if "tls_relay_floor" in wanted:
+            svcs["tls_relay_floor"] = proxies.tls_floor_service(w, c, self.cpus, n, relay_to=o)
         for name, svc in list(svcs.items()):
             try:
                 svc.start()
@@ -492,16 +499,16 @@ class Bench:
 
 
 def _proxies_of(sc: Scenario, chosen: list[str]) -> list[str]:
-    """The proxies a scenario runs, of those chosen: the TLS calibration only in TLS scenarios;
+    """The proxies a scenario runs, of those chosen: the TLS calibrations only in TLS scenarios;
     an rproxyd-only scenario runs plain rproxyd and its variant, nothing else; a variant runs
     beside the others where the scenario names it."""
     if sc.variant:
         return [p for p in chosen if p in ("rproxyd", sc.variant)]
-    return [p for p in chosen
-            if p not in ONLY_IN_OWN_SCENARIOS or (p == "tls_floor" and sc.kind == "tls") or p in sc.beside]
+    return [p for p in chosen if p not in ONLY_IN_OWN_SCENARIOS or p in sc.beside
+            or (p in TLS_CALIBRATIONS and sc.kind == "tls")]
 
 
-def _export_ref(ref: str, work: Path) -> Path:
+def export_ref(ref: str, work: Path) -> Path:
     """appliance/ as of a git ref, in the scratch directory, built as `make` builds the working
     tree: its C ticket callback and, if the ref has a build list, its compiled request path
     (setup.py), so before/after figures compare compiled builds. Kept per commit, so alternating
@@ -660,7 +667,8 @@ def summarise(sc: Scenario, runs: dict[str, list[dict]], status: dict[str, str],
            "stall": "stall_ms"}[sc.metric]
     ref = {r["proxy"]: r.get(key) for r in rows if r["status"] == "ok"}
     for r in rows:
-        for comp in dict.fromkeys((*COMPETITORS, sc.baseline, *(("rproxyd",) if sc.beside else ()))):
+        also = (("rproxyd",) if sc.beside else ()) + (("tls_relay_floor",) if sc.kind == "tls" else ())
+        for comp in dict.fromkeys((*COMPETITORS, sc.baseline, *also)):
             mine, theirs = r.get(key), ref.get(comp)
             ok = r["status"] == "ok" and r["proxy"] not in ("direct", comp) and mine is not None and theirs
             r[f"vs_{comp}"] = round(mine / theirs, 3) if ok else None

@@ -513,12 +513,17 @@ def _first_problem(out: str) -> str:
     return problems[0].split(": ", 2)[-1] if problems else "rejected"
 
 
-def tls_floor_service(work: Path, certs: Certs, cpus: CpuPlan, workers: int) -> Service:
-    """The TLS calibration (perf/tls_floor.py): uvloop + ssl answering without proxying, on both TLS ports."""
+def tls_floor_service(work: Path, certs: Certs, cpus: CpuPlan, workers: int,
+                      relay_to: int | None = None) -> Service:
+    """A TLS calibration (perf/tls_floor.py) on both TLS ports: uvloop + ssl answering without
+    proxying, or with `relay_to` (the origin's port) the relay floor, which fetches each answer
+    from the origin over a pooled keep-alive connection."""
     ec_port, rsa_port = free_port(), free_port()
-    argv = [sys.executable, str(Path(__file__).with_name("tls_floor.py")), "--workers", str(workers),
+    name = "tls_floor" if relay_to is None else "tls_relay_floor"
+    relay = [] if relay_to is None else ["--relay", str(relay_to)]
+    argv = [sys.executable, str(Path(__file__).with_name("tls_floor.py")), "--workers", str(workers), *relay,
             f"{ec_port}:{certs.ec_cert}:{certs.ec_key}", f"{rsa_port}:{certs.rsa_cert}:{certs.rsa_key}"]
-    return Service("tls_floor", cpus.wrap_proxy(argv), ec_port, work / "logs" / "tls_floor.log",
+    return Service(name, cpus.wrap_proxy(argv), ec_port, work / "logs" / f"{name}.log",
                    extra_ports={"tls_ecdsa": ec_port, "tls_rsa": rsa_port})
 
 

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 PROXY_NAMES = {"direct": "direct (no proxy)", "nginx": "nginx", "haproxy": "HAProxy", "rproxyd": "rproxyd",
-               "tls_floor": "uvloop TLS floor (no proxying)", "rproxyd_phases": "rproxyd + phases",
+               "tls_floor": "uvloop TLS floor (no proxying)",
+               "tls_relay_floor": "uvloop TLS relay floor (the floor + a pooled backend round trip)",
+               "rproxyd_phases": "rproxyd + phases",
                "rproxyd_pure": "rproxyd, pure Python build"}
 # A scenario's baseline other than nginx, as its ratios are written ("0.80x of the TLS floor").
 BASELINE_NAMES = {"rproxyd": "plain rproxyd", "tls_floor": "the TLS floor"}
@@ -161,6 +163,8 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
                                 "scheduling is in the figure)"))
             if sc.baseline in BASELINE_NAMES and r.get(f"vs_{sc.baseline}") is not None:
                 notes.append(f"{r[f'vs_{sc.baseline}']:.2f}x {BASELINE_NAMES[sc.baseline]}")
+            if r.get("vs_tls_relay_floor") is not None:
+                notes.append(f"{r['vs_tls_relay_floor']:.2f}x the relay floor")
             if r["proxy"] in sc.beside and r.get("vs_rproxyd") is not None:  # e.g. the pure build's
                 notes.append(f"{r['vs_rproxyd']:.2f}x rproxyd")
             if r.get("offered_rps"):
