@@ -32,7 +32,7 @@ LENGTH = b"\r\ncontent-length:"
 
 
 class FixedResponse(asyncio.Protocol):
-    """Answers the first complete request head and closes the connection."""
+    """Answers the first complete request head (`answer`) and closes the connection."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -41,8 +41,11 @@ class FixedResponse(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.head += data
         if b"\r\n\r\n" in self.head:
-            self.transport.write(RESPONSE)
-            self.transport.close()
+            self.answer()
+
+    def answer(self) -> None:
+        self.transport.write(RESPONSE)
+        self.transport.close()
 
 
 class OriginPool:
@@ -110,21 +113,15 @@ class OriginConnection(asyncio.Protocol):
             self.client.transport.close()
 
 
-class RelayedResponse(asyncio.Protocol):
+class RelayedResponse(FixedResponse):
     """Sends the request's path to the origin and closes after relaying its response."""
 
     def __init__(self, pool: OriginPool) -> None:
         self.pool = pool
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.head = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.head += data
-        if b"\r\n\r\n" in self.head:
-            path = self.head.split(b" ", 2)[1]
-            self.pool.send(self, b"GET " + path + b" HTTP/1.1\r\nHost: origin\r\n\r\n")
+    def answer(self) -> None:
+        path = self.head.split(b" ", 2)[1]
+        self.pool.send(self, b"GET " + path + b" HTTP/1.1\r\nHost: origin\r\n\r\n")
 
 
 async def serve(listeners: list[tuple[int, str, str]], relay: int | None) -> None:
