@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from perf import load, proxies
-from perf.harness import BY_NAME, PERF, export_ref
-from perf.tools import Service, cpu_seconds_between, cpu_ticks, ensure_tools, log, plan_cpus
+from perf.harness import BY_NAME, PERF, Scenario, export_ref
+from perf.tools import CpuPlan, Service, cpu_seconds_between, cpu_ticks, ensure_tools, log, plan_cpus
 
 KINDS = ("wrk", "tls")  # the load generators a round can run twice at once
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(a, sc)
 
 
-def _run(a: argparse.Namespace, sc) -> int:
+def _run(a: argparse.Namespace, sc: Scenario) -> int:
     work = a.work / "ab"
     if work.exists():
         shutil.rmtree(work)
@@ -112,7 +112,7 @@ def _run(a: argparse.Namespace, sc) -> int:
     return 0
 
 
-def _load(sc, cpus, svc: Service, seconds: float, script: Path) -> dict:
+def _load(sc: Scenario, cpus: CpuPlan, svc: Service, seconds: float, script: Path) -> dict:
     """One round of the scenario's load on one build (run in a thread, beside the other's)."""
     if sc.kind == "tls":
         return load.run_s_time(cpus, svc.extra_ports[sc.tls_key], seconds, sc.resumed, 2, sc.path)
