@@ -134,7 +134,9 @@ def markdown(meta: dict, rows: list[dict], titles: dict, chart: bool) -> str:
     out += [
         "",
         "TLS targets are ratios to the TLS floor in the same run (issue 15); resumption must be "
-        "100% across workers.",
+        "100% across workers. The relay floor (the floor plus one pooled backend round trip, "
+        "perf/tls_floor.py --relay) shows what a bare round trip costs on the same runtime: the "
+        "results give every proxy's ratio to both.",
         "",
         "## Results",
         "",
