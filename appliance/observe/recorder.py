@@ -1,13 +1,15 @@
 """The worker's observer: counts each exchange into its metrics slot, hands it to the access log.
 
 Per exchange (the hot path) this does a handful of integer additions into a
-private array of 64-bit counts at offsets resolved when the worker started, and
-one list append for the access log; no string is built. Every SYNC_INTERVAL a
-timer writes the gauges (connections by state, health, pending depth) into the
-array and copies it into the worker's shared-memory slot in one slice
-assignment. Compiled, the array is a typed memoryview (recorder.pxd) and each
-addition a C one: per-request metrics as a Python list cost 3-4% of a request
-(perf/README.md, the ablation row of 2026-12-07). A scrape sees counts at most
+private table of counts at offsets resolved when the worker started, and one
+list append for the access log; no string is built. Every SYNC_INTERVAL a timer
+writes the gauges (connections by state, health, pending depth) into the table
+and copies it into the worker's shared-memory slot in one slice assignment.
+Compiled, the table is a 64-bit array typed as a memoryview (recorder.pxd), so
+each addition is a C one: as a Python list the per-request metrics cost 3-4% of
+a request (perf/README.md, the ablation row of 2026-12-07). Interpreted, it is a
+list: adding to a list item costs less than to an array's or to a memoryview
+cell of the mmap (perf/observe_cost.py). A scrape sees counts at most
 SYNC_INTERVAL old. The price: a worker killed by SIGKILL loses its last
 SYNC_INTERVAL of counts (a graceful exit syncs in close()).
 """
@@ -39,6 +41,16 @@ _R_DUR_SUM = m.R_DURATION + m.BUCKETS
 _S_SUM = m.BUCKETS
 _B_WAIT, _B_WAIT_SUM = m.B_WAIT, m.B_WAIT + m.BUCKETS
 _SCALE = m.SUM_SCALE
+# Whether this module runs compiled (its file is then the extension's), without importing
+# Cython, which the interpreted build does not need.
+_COMPILED = not __file__.endswith(".py")
+
+
+def _zero_counts(size: int) -> array | list[int]:
+    """The worker's table of counts: compiled, a 64-bit array that recorder.pxd types as a
+    memoryview (C additions); interpreted, a list, whose item additions cost less than an
+    array's."""
+    return array("q", bytes(8 * size)) if _COMPILED else [0] * size
 
 
 class Recorder(Observer):
@@ -52,7 +64,7 @@ class Recorder(Observer):
                  loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set, idle: Sized,
                  tunnels: TunnelRegistry | None = None) -> None:
         self._cells = cells  # the shared slot; written only by sync()
-        self._counts = array("q", bytes(8 * len(cells)))
+        self._counts = _zero_counts(len(cells))
         # Only the cells this layout reaches are copied on sync (every block is < DISCARD cells).
         self._used = min(len(cells), max(_bases(layout)) + m.DISCARD)
         self._loop = loop
