@@ -50,7 +50,7 @@ ROUNDS = 200_000
 
 
 def _exchange(ctx: SimpleNamespace, route: object, pool: BackendPool) -> Exchange:
-    client = SimpleNamespace(ctx=ctx, transport=None)
+    client = SimpleNamespace(ctx=ctx, transport=None, peer_ip=b"127.0.0.1", peer_port=40000)
     exchange = Exchange(client)  # type: ignore[arg-type]
     exchange.method, exchange.url, exchange.host = b"GET", b"/small", b"example.com"
     exchange.route, exchange.backend, exchange.server = route, pool, pool.servers[0]

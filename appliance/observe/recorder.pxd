@@ -1,13 +1,20 @@
 # Cython declarations for recorder.py (compiled build): exchange_done runs once per request,
 # its offsets and tables in typed fields.
 
+cimport cython
+
+from appliance.http.exchange cimport Exchange
 from appliance.observe.observer cimport Observer
+
+# Offsets inside a route's, server's or backend's block of cells, as C integers.
+cdef Py_ssize_t _R_IN, _R_OUT, _R_DUR, _R_DUR_SUM, _S_SUM, _B_WAIT, _B_WAIT_SUM, _SCALE
 
 cdef class Recorder(Observer):
     cdef public dict _backends
     cdef public object _cells
     cdef public Py_ssize_t _h2
-    cdef public list _counts
+    # The counts, 64-bit: each addition of exchange_done a C one (a list costs 3-4% of a request).
+    cdef long long[::1] _counts
     cdef public object _loop
     cdef public Py_ssize_t _no_route
     cdef public Py_ssize_t _phase_errors
@@ -25,6 +32,9 @@ cdef class Recorder(Observer):
     cdef public object idle
     cdef public object tunnels
 
+    @cython.locals(base=Py_ssize_t, status_class=Py_ssize_t, bucket=Py_ssize_t, ended=double,
+                   duration=double, spent=double, waited=double)
+    cpdef exchange_done(self, Exchange exchange)
     cpdef start(self)
     cpdef _tick(self)
     cpdef sync(self)

@@ -1,12 +1,15 @@
 """The worker's observer: counts each exchange into its metrics slot, hands it to the access log.
 
 Per exchange (the hot path) this does a handful of integer additions into a
-private list at offsets resolved when the worker started, and one list append
-for the access log; no string is built. Every SYNC_INTERVAL a timer writes the
-gauges (connections by state, health, pending depth) into the list and copies
-the whole list into the worker's shared-memory slot in one slice assignment.
-Adding to a list item costs about half of adding to a memoryview cell of the
-mmap (measured: perf/observe_cost.py), and a scrape sees counts at most
+private table of counts at offsets resolved when the worker started, and one
+list append for the access log; no string is built. Every SYNC_INTERVAL a timer
+writes the gauges (connections by state, health, pending depth) into the table
+and copies it into the worker's shared-memory slot in one slice assignment.
+Compiled, the table is a 64-bit array typed as a memoryview (recorder.pxd), so
+each addition is a C one: as a Python list the per-request metrics cost 3-4% of
+a request (perf/README.md, the ablation row of 2026-12-07). Interpreted, it is a
+list: adding to a list item costs less than to an array's or to a memoryview
+cell of the mmap (perf/observe_cost.py). A scrape sees counts at most
 SYNC_INTERVAL old. The price: a worker killed by SIGKILL loses its last
 SYNC_INTERVAL of counts (a graceful exit syncs in close()).
 """
@@ -38,6 +41,16 @@ _R_DUR_SUM = m.R_DURATION + m.BUCKETS
 _S_SUM = m.BUCKETS
 _B_WAIT, _B_WAIT_SUM = m.B_WAIT, m.B_WAIT + m.BUCKETS
 _SCALE = m.SUM_SCALE
+# Whether this module runs compiled (its file is then the extension's), without importing
+# Cython, which the interpreted build does not need.
+_COMPILED = not __file__.endswith(".py")
+
+
+def _zero_counts(size: int) -> array | list[int]:
+    """The worker's table of counts: compiled, a 64-bit array that recorder.pxd types as a
+    memoryview (C additions); interpreted, a list, whose item additions cost less than an
+    array's."""
+    return array("q", bytes(8 * size)) if _COMPILED else [0] * size
 
 
 class Recorder(Observer):
@@ -51,7 +64,7 @@ class Recorder(Observer):
                  loop: asyncio.AbstractEventLoop, access: AccessLog | None, clients: set, idle: Sized,
                  tunnels: TunnelRegistry | None = None) -> None:
         self._cells = cells  # the shared slot; written only by sync()
-        self._counts = [0] * len(cells)
+        self._counts = _zero_counts(len(cells))
         # Only the cells this layout reaches are copied on sync (every block is < DISCARD cells).
         self._used = min(len(cells), max(_bases(layout)) + m.DISCARD)
         self._loop = loop
@@ -84,28 +97,33 @@ class Recorder(Observer):
             self.access.start()
 
     def exchange_done(self, exchange: Exchange) -> None:
-        cells = self._counts
+        # `self._counts` on every line, not a local: the attribute is what recorder.pxd types.
         ended = self._loop.time()
         route = exchange.route
         base = self._no_route if route is None else self._routes.get(route.name, m.CAPACITY)
-        cells[base + _CLASS_OF[exchange.status // 100 % 10]] += 1
-        cells[base + _R_IN] += exchange.head_bytes + exchange.body_received
-        cells[base + _R_OUT] += exchange.bytes_out
+        status_class = _CLASS_OF[exchange.status // 100 % 10]
+        self._counts[base + status_class] += 1
+        self._counts[base + _R_IN] += exchange.head_bytes + exchange.body_received
+        self._counts[base + _R_OUT] += exchange.bytes_out
         duration = ended - exchange.started
-        cells[base + _R_DUR + bisect_left(_BOUNDS, duration)] += 1
-        cells[base + _R_DUR_SUM] += int(duration * _SCALE)
+        bucket = bisect_left(_BOUNDS, duration)
+        self._counts[base + _R_DUR + bucket] += 1
+        self._counts[base + _R_DUR_SUM] += int(duration * _SCALE)
         # A server of a pool made for an upstream_peer phase's Peer has no cells (the metrics
         # layout is fixed by the configuration): its requests count on the route only.
-        base = self._servers.get(exchange.server)
-        if base is not None:
+        server_base = self._servers.get(exchange.server)
+        if server_base is not None:
+            base = server_base
             spent = exchange.upstream_time
-            cells[base + bisect_left(_BOUNDS, spent)] += 1
-            cells[base + _S_SUM] += int(spent * _SCALE)
+            bucket = bisect_left(_BOUNDS, spent)
+            self._counts[base + bucket] += 1
+            self._counts[base + _S_SUM] += int(spent * _SCALE)
         waited = exchange.queue_wait
         if waited and exchange.backend in self._backends:
             base = self._backends[exchange.backend]
-            cells[base + _B_WAIT + bisect_left(_BOUNDS, waited)] += 1
-            cells[base + _B_WAIT_SUM] += int(waited * _SCALE)
+            bucket = bisect_left(_BOUNDS, waited)
+            self._counts[base + _B_WAIT + bucket] += 1
+            self._counts[base + _B_WAIT_SUM] += int(waited * _SCALE)
         access = self.access
         if access is not None:
             records = access.records
