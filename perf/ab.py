@@ -17,7 +17,6 @@ has half the CPU and its caches); compare ratios, not figures, with `perf/run`.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 import statistics
@@ -27,7 +26,16 @@ from pathlib import Path
 
 from perf import load, proxies
 from perf.harness import BY_NAME, PERF, Scenario, export_ref
-from perf.tools import CpuPlan, Service, cpu_seconds_between, cpu_ticks, ensure_tools, log, plan_cpus
+from perf.tools import (
+    CpuPlan,
+    Service,
+    cpu_seconds_between,
+    cpu_ticks,
+    ensure_tools,
+    hold_bench_lock,
+    log,
+    plan_cpus,
+)
 
 KINDS = ("wrk", "tls")  # the load generators a round can run twice at once
 
@@ -55,12 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     sc = BY_NAME[a.scenario]
-    a.work.mkdir(parents=True, exist_ok=True)
-    with open(a.work / ".lock", "w") as lock:  # one benchmark at a time, as perf/run
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise SystemExit(f"ab: another benchmark holds {a.work / '.lock'}") from None
+    with hold_bench_lock(a.work, "ab"):  # one benchmark at a time, as perf/run
         return _run(a, sc)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import math
 import os
 import shutil
@@ -22,6 +21,7 @@ from .tools import (
     cpu_seconds_between,
     cpu_ticks,
     ensure_tools,
+    hold_bench_lock,
     log,
     machine_info,
     plan_cpus,
@@ -216,13 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.a = args
-        args.work.mkdir(parents=True, exist_ok=True)
-        # One benchmark at a time per machine: two would skew each other and share perf/work/run.
-        self._lock = open(args.work / ".lock", "w")  # noqa: SIM115 - held for the whole run
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise SystemExit(f"bench: another benchmark holds {args.work / '.lock'}") from None
+        self._lock = hold_bench_lock(args.work, "bench")
         self.work = args.work / "run"
         if self.work.exists():
             shutil.rmtree(self.work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import platform
 import random
@@ -14,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -22,6 +24,20 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client",
             "nghttp": "nghttp2-client", "openssl": "openssl", "taskset": "util-linux", "perf": "linux-perf"}
 _SBIN = ("/usr/sbin", "/sbin")
+
+
+def hold_bench_lock(work: Path, who: str) -> TextIO:
+    """Take the scratch directory's benchmark lock (one benchmark at a time per machine: two
+    would skew each other and share `work`), or exit naming the holder's file. Held while the
+    returned file stays open."""
+    work.mkdir(parents=True, exist_ok=True)
+    lock = open(work / ".lock", "w")  # noqa: SIM115 - the caller holds it for its whole run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise SystemExit(f"{who}: another benchmark holds {work / '.lock'}") from None
+    return lock
 
 
 def log(msg: str) -> None:
