@@ -15,13 +15,13 @@ import asyncio
 import logging
 from enum import IntEnum
 from functools import partial
-from socket import IPPROTO_TCP, TCP_CORK
 from typing import TYPE_CHECKING
 
 import httptools
 
 from appliance.deadline import Deadline
 from appliance.http import errors
+from appliance.http.cork import set_cork
 from appliance.http.downstream_base import DownstreamBase
 from appliance.http.exchange import (
     BODY_LENGTH,
@@ -821,7 +821,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             # The backend read ended before the response did: what it brought goes out now,
             # not with the FIN (cork holds a part-full segment for up to 200 ms).
             self.corked = False
-            self.transport.get_extra_info("socket").setsockopt(IPPROTO_TCP, TCP_CORK, 0)
+            set_cork(self.transport.get_extra_info("socket").fileno(), False)
 
     def _cork_last_response(self) -> None:
         """The response about to be written is the connection's last (it closes after it):
@@ -833,7 +833,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         close sends its close_notify record first."""
         if self.tls is None and not self.corked:
             self.corked = True
-            self.transport.get_extra_info("socket").setsockopt(IPPROTO_TCP, TCP_CORK, 1)
+            set_cork(self.transport.get_extra_info("socket").fileno(), True)
 
     def response_keep_alive(self, exchange: Exchange) -> bool:
         """Decide, at response-head time, whether the connection survives this exchange."""
