@@ -210,10 +210,15 @@ def test_proxy_errors_go_out_on_their_stream_only(proxy):
 def test_reload_sends_goaway_and_open_streams_complete(proxy, restart):
     """nghttp (nghttp2's client; python-h2 takes any GOAWAY as the end) holds a slow stream open
     across a reload (HUP) or an in-place upgrade (USR2, the re-exec then a new generation): it
-    sees the shutdown notice and GOAWAY, and still gets its response."""
+    sees the shutdown notice and GOAWAY, and still gets its response.
+
+    The stream must outlast both: the notice goes out when the old generation starts to drain
+    (after an upgrade's re-exec, about 1 s after the request here), GOAWAY a drain grace
+    (worker.DRAIN_IDLE_GRACE, 1 s) after that. Hence a 4 s response: at 2 s, an upgrade's
+    GOAWAY came after the response about half the time."""
     host, port = proxy.address
     generation = proxy.status()["generation"]
-    client = subprocess.Popen(["nghttp", "-nv", f"http://{host}:{port}/delay/2"], stdout=subprocess.PIPE,
+    client = subprocess.Popen(["nghttp", "-nv", f"http://{host}:{port}/delay/4"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: any(w["generation"] == generation for w in proxy.current_workers()), 5, "running")
