@@ -12,8 +12,8 @@ BUILD_LIST := appliance/_build_modules.txt
 BUILD_INFO := appliance/_build_info.json
 COMPILED_MODULES := $(shell sed -e 's/\#.*//' $(BUILD_LIST) 2>/dev/null)
 COMPILED_SOURCES := $(COMPILED_MODULES) $(wildcard $(COMPILED_MODULES:.py=.pxd))
-# The C bindings setup.py also compiles, in both builds (the HTTP/2 session, libnghttp2).
-BINDING_SOURCES := $(wildcard appliance/h2/*.pyx appliance/h2/*.pxd)
+# The C bindings setup.py also compiles, in both builds (the HTTP/2 session, libnghttp2; TCP_CORK).
+BINDING_SOURCES := $(wildcard appliance/h2/*.pyx appliance/h2/*.pxd appliance/http/*.pyx)
 # What building the compiled modules needs besides the venv: a C compiler, Python's headers and
 # libnghttp2's (the HTTP/2 binding is compiled in both builds).
 HAS_COMPILER := command -v cc >/dev/null && test -e /usr/include/nghttp2/nghttp2.h && $(PYTHON) -c \

@@ -3,8 +3,9 @@ into extension modules beside their .py files, which stay the pure-Python build.
 
     python setup.py build_ext --inplace      what make, debian/rules and perf/run --rproxyd-ref run
 
-It also compiles the C bindings (BINDINGS: appliance/h2/session.pyx, libnghttp2), which are no
-choice between builds: they are built and loaded in the pure-Python build too.
+It also compiles the C bindings (BINDINGS: appliance/h2/session.pyx for libnghttp2,
+appliance/http/cork.pyx for TCP_CORK), which are no choice between builds: they are built and
+loaded in the pure-Python build too.
 
 The Cython version is pinned in pyproject.toml ([build-system] requires); the compiler
 directives are here and nowhere else. After a build, appliance/_build_info.json records what
@@ -95,6 +96,8 @@ SOURCE_DIGESTS = {ext.name: build.source_digest(build.module_source(ext.name)) f
 BINDINGS = [
     # HTTP/2 (issue 17): Debian's libnghttp2-14, headers from libnghttp2-dev.
     Extension("appliance.h2.session", ["appliance/h2/session.pyx"], libraries=["nghttp2"]),
+    # TCP_CORK by file descriptor, without uvloop's per-call Python socket object.
+    Extension("appliance.http.cork", ["appliance/http/cork.pyx"]),
 ]
 
 setup(

@@ -55,9 +55,10 @@ def test_each_build_says_so_and_proxies(tmp_path: Path, which: str) -> None:
             loaded = extensions_mapped(worker["pid"])
         finally:
             assert proxy.stop() == 0
-    # The HTTP/2 binding (appliance/h2/session.pyx) is a C binding both builds load, for h2 clients.
+    # The C bindings both builds load: HTTP/2 (appliance/h2/session.pyx) and TCP_CORK
+    # (appliance/http/cork.pyx).
     request_path = {name.rsplit(".", 1)[1] for name in BUILT} if which == "compiled" else set()
-    assert loaded == request_path | {"session"}
+    assert loaded == request_path | {"session", "cork"}
 
 
 def _describe(tree: Path) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 
 import httpx
 import pytest
@@ -164,6 +165,27 @@ def test_http10_keep_alive_when_asked(proxy):
         second = read_all(sock, 5)
     assert b"Connection: keep-alive" in first and first.endswith(b"\r\n\r\nxx")
     assert second.endswith(b"\r\n\r\nxxx") and b"Connection: close" in second
+
+
+def test_pipelined_http10_after_http11_in_one_read_is_answered_as_http10(proxy):
+    # The first request line of a read says HTTP/1.1; the second request, in the same read,
+    # is HTTP/1.0 with no Host: it is answered as 1.0 (no Host needed, the connection closes).
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /bytes/2 HTTP/1.1\r\nHost: c\r\n\r\nGET /bytes/3 HTTP/1.0\r\n\r\n")
+        raw = read_all(sock, 5)
+    assert status_codes(raw) == [200, 200], raw
+    first, _, second = raw.partition(b"\r\n\r\nxx")
+    assert b"Connection: close" not in first and b"Connection: close" in second
+    assert second.endswith(b"\r\n\r\nxxx")
+
+
+def test_a_request_line_split_across_reads_keeps_its_version(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /bytes/3 HTTP/1.")
+        time.sleep(0.2)
+        sock.sendall(b"0\r\n\r\n")
+        raw = read_all(sock, 5)
+    assert status_codes(raw) == [200] and b"Connection: close" in raw and raw.endswith(b"xxx")
 
 
 def test_expect_100_continue(proxy):

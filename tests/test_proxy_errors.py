@@ -201,6 +201,21 @@ def test_unsolicited_response_never_reaches_the_client(make_proxy):
     backend.stop()
 
 
+def test_a_final_response_after_a_1xx_has_its_own_version(make_proxy):
+    # The status line the read begins with (HTTP/1.1 100) is not the final response's: that
+    # one is HTTP/1.0 without keep-alive, so the backend connection is not reused, and the
+    # response's Via names the backend's 1.0.
+    backend = ScriptedBackend(_answers_with(b"HTTP/1.1 100 Continue\r\n\r\n"
+                                            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    proxy = make_proxy(backends={"b": [backend.address]})
+    with httpx.Client() as client:
+        responses = [client.get(proxy.url + "/") for _ in range(2)]
+    backend.stop()
+    assert [r.status_code for r in responses] == [200, 200]
+    assert all(r.headers["via"].startswith("1.0 ") for r in responses), responses[0].headers
+    assert backend.connections == 2
+
+
 def test_headers_named_by_connection_are_removed_from_responses(make_proxy):
     backend = ScriptedBackend(_answers_with(
         b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: x-before, X-After\r\nX-After: 2\r\n"

@@ -7,6 +7,7 @@ The backend side may reach a downstream only through the Downstream interface
 from __future__ import annotations
 
 import ast
+import enum
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,22 @@ def test_a_move_the_table_does_not_list_raises_and_changes_nothing():
     with pytest.raises(IllegalTransition, match="exchange cannot go from waiting_turn to head"):
         exchange.transition(ExchangeState.HEAD)
     assert exchange.state is ExchangeState.WAITING_TURN
+
+
+def test_intenum_states_beyond_a_mask_are_refused_and_enum_states_use_pairs():
+    class Wide(enum.IntEnum):
+        LOW = 1
+        HIGH = 63
+    with pytest.raises(ValueError, match=r"IntEnum states must be in 0\.\.62"):
+        Transitions("wide", {Wide.LOW: (Wide.LOW,)})  # HIGH is a member, though it never moves
+
+    class Named(enum.Enum):
+        A = "a"
+        B = "b"
+    table = Transitions("named", {Named.A: (Named.B,)})
+    assert table.check(Named.A, Named.B) is Named.B
+    with pytest.raises(IllegalTransition, match="named cannot go from b to a"):
+        table.check(Named.B, Named.A)
 
 
 def test_the_error_names_the_instance_when_given():

@@ -30,6 +30,7 @@ cdef class ClientConnection(DownstreamBase):
     cdef public list exchanges
     cdef public Py_ssize_t head_raw
     cdef public object held_head
+    cdef public bint line_11
     cdef public ClientListener listener
     cdef public object parser
     cdef public Exchange parsing

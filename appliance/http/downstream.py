@@ -15,13 +15,13 @@ import asyncio
 import logging
 from enum import IntEnum
 from functools import partial
-from socket import IPPROTO_TCP, TCP_CORK
 from typing import TYPE_CHECKING
 
 import httptools
 
 from appliance.deadline import Deadline
 from appliance.http import errors
+from appliance.http.cork import set_cork
 from appliance.http.downstream_base import DownstreamBase
 from appliance.http.exchange import (
     BODY_LENGTH,
@@ -85,6 +85,8 @@ log = logging.getLogger("rproxyd.client")
 
 # How long a closed client connection keeps reading (and dropping) input after our FIN.
 LINGER_SECONDS = 2.0
+REQUEST_LINE_11 = b" HTTP/1.1\r\n"  # how an HTTP/1.1 request line ends
+LINE_11_TAIL = len(REQUEST_LINE_11) - 1  # how far before the line's \n it starts
 
 
 class ClientState(IntEnum):  # IntEnum: hashed in C, for the transition checks
@@ -161,6 +163,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         "exchanges",
         "head_raw",
         "held_head",
+        "line_11",
         "listener",
         "parser",
         "parsing",
@@ -195,6 +198,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         # the last body bytes: what llhttp may be holding as an unfinished head, chunk line
         # or trailer section (bounded by max_header_bytes).
         self.head_raw = 0
+        self.line_11 = False  # set per parser (data_received), read once (on_headers_complete)
         self.response_framing = FRAME_RAW
         self.answer_keep_alive = False  # whether the connection survives the response going out
         # A response head waiting to go out with the first body bytes: one send, not two.
@@ -286,6 +290,12 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+            # A fresh parser's first request starts this read, so the read's first line is
+            # its request line. If that ends in REQUEST_LINE_11, llhttp either parses version
+            # 1.1 or refuses the line, and on_headers_complete need not ask it:
+            # get_http_version formats a new string (0.5 µs) for every request.
+            start = data.find(b"\n") - LINE_11_TAIL
+            self.line_11 = start > 0 and data.startswith(REQUEST_LINE_11, start)
         # The parser callbacks only record facts and validate; what follows from them (routing,
         # the backend) is decided here, once feed_data has returned.
         try:
@@ -473,7 +483,11 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         if exchange.head_bytes > limits.max_header_bytes:
             raise errors.HeadTooLarge("request head too large")
         self.head_raw = 0
-        version = self.parser.get_http_version()
+        if self.line_11:  # only the first request of its parser (see data_received)
+            self.line_11 = False
+            version = "1.1"
+        else:
+            version = self.parser.get_http_version()
         if version == "1.1":
             if exchange.host is None:
                 raise errors.ClientFault("HTTP/1.1 request without Host")
@@ -821,7 +835,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             # The backend read ended before the response did: what it brought goes out now,
             # not with the FIN (cork holds a part-full segment for up to 200 ms).
             self.corked = False
-            self.transport.get_extra_info("socket").setsockopt(IPPROTO_TCP, TCP_CORK, 0)
+            set_cork(self.transport.get_extra_info("socket").fileno(), False)
 
     def _cork_last_response(self) -> None:
         """The response about to be written is the connection's last (it closes after it):
@@ -833,7 +847,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         close sends its close_notify record first."""
         if self.tls is None and not self.corked:
             self.corked = True
-            self.transport.get_extra_info("socket").setsockopt(IPPROTO_TCP, TCP_CORK, 1)
+            set_cork(self.transport.get_extra_info("socket").fileno(), True)
 
     def response_keep_alive(self, exchange: Exchange) -> bool:
         """Decide, at response-head time, whether the connection survives this exchange."""

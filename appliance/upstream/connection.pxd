@@ -28,6 +28,7 @@ cdef class BackendConnection(SpliceHolder):
     cdef public object head_reads
     cdef public Py_ssize_t max_head_bytes
     cdef public bint informational
+    cdef public int line_11
     cdef public object loop
     cdef public object parser
     cdef public bint parser_clean
