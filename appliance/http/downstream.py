@@ -737,12 +737,12 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         own_via = self.ctx.via
         if own_via:
             if via:
-                head += (b"Via: ", via, b", ")
+                head.extend((b"Via: ", via, b", "))
             else:
                 head.append(b"Via: ")
-            head += (b"1.1" if version == "1.1" else version.encode(), b" ", own_via, b"\r\n")
+            head.extend((b"1.1" if version == "1.1" else version.encode(), b" ", own_via, b"\r\n"))
         elif via:
-            head += (b"Via: ", via, b"\r\n")
+            head.extend((b"Via: ", via, b"\r\n"))
         if body == BODY_LENGTH:
             self.response_framing = FRAME_RAW
         elif body == BODY_NONE:
