@@ -14,8 +14,10 @@ does unless:
 - nothing was built, an extension file is missing, or a module's sources changed since the
   build (its digest differs): a stale extension never runs code that is not in the tree.
 An extension that is there but fails to import (damaged, built for another libc) is replaced by
-its source, and `describe()` says so. Only the finder decides, so an extension left over from
-a module no longer listed is never loaded either.
+its source, and `describe()` says so; so is every extension whose initialisation then fails
+because it cimports from a module that came from source (downstream.pxd cimports
+serialize_fields from headers: a C function a pure module does not export). Only the finder
+decides, so an extension left over from a module no longer listed is never loaded either.
 """
 
 from __future__ import annotations
@@ -150,4 +152,17 @@ class _ExtensionOrSource(importlib.abc.Loader):
             return None
 
     def exec_module(self, module: ModuleType) -> None:
-        self._chosen.exec_module(module)
+        if self._chosen is self._source:
+            self._source.exec_module(module)
+            return
+        try:
+            self._extension.exec_module(module)  # the module's body: its imports and cimports
+        except Exception as exc:
+            # A module it cimports from came from source (an error of the module's own raises
+            # again from its source). The import system returns whatever sys.modules holds
+            # once exec_module returns: the module made from source, then.
+            _failed[module.__name__] = f"{type(exc).__name__}: {exc}"
+            spec = importlib.util.spec_from_file_location(module.__name__, self._source.path)
+            replacement = importlib.util.module_from_spec(spec)
+            sys.modules[module.__name__] = replacement
+            self._source.exec_module(replacement)

@@ -63,8 +63,12 @@ def test_each_build_says_so_and_proxies(tmp_path: Path, which: str) -> None:
 
 def _describe(tree: Path) -> str:
     """What --version says of the package copied to `tree`, and where headers.py came from."""
-    code = ("from appliance import build; import appliance.http.headers as h; "
-            "print(build.describe(load=True)); print(h.__file__)")
+    return _run_in(tree, "from appliance import build; import appliance.http.headers as h; "
+                         "print(build.describe(load=True)); print(h.__file__)")
+
+
+def _run_in(tree: Path, code: str) -> str:
+    """The output of `code` run by a Python that imports the package copied to `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1", build.PURE_ENV: "0"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=tree, timeout=30, check=True).stdout
@@ -84,6 +88,10 @@ def test_a_broken_stale_or_missing_extension_runs_the_source(tmp_path: Path) -> 
     assert out[0].startswith(f"{COMPILED.split(' (')[0]}, but from source after failing to import: "
                              "appliance.http.headers: ")
     assert out[1] == str(headers)
+    # The compiled modules that cimport from it run from source too, and the request path works.
+    assert "; appliance.http.downstream: " in out[0]
+    assert _run_in(tree, "import appliance.http.downstream as d; print(d.__file__)").strip() == str(
+        tree / "appliance/http/downstream.py")
 
     extension.write_bytes(intact)
     headers.write_text(headers.read_text() + "\n# changed\n")

@@ -105,6 +105,17 @@ def test_request_ids_are_unique_per_process_and_fixed_width() -> None:
     assert request_id.never() is None
 
 
+def test_request_id_counter_counts_in_hex_and_carries_into_the_next_digit() -> None:
+    prefix = bytes(range(1, 9))
+    ids = request_id.RequestIds(prefix, 0x09).next_id
+    assert [ids() for _ in range(3)] == [b"0102030405060708" + b"%016x" % n for n in (0x09, 0x0a, 0x0b)]
+    ids = request_id.RequestIds(prefix, 0x0fff).next_id
+    assert ids()[16:] == b"0000000000000fff" and ids()[16:] == b"0000000000001000"
+    # The counter's 64 bits wrap without touching the prefix.
+    ids = request_id.RequestIds(prefix, 2**64 - 1).next_id
+    assert ids() == b"0102030405060708ffffffffffffffff" and ids() == b"0102030405060708" + b"0" * 16
+
+
 def test_error_log_formats_carry_the_request_id() -> None:
     record = logging.makeLogRecord({"msg": "backend %s: %s", "args": ("x", "refused"), "levelname": "WARNING",
                                     "name": "rproxyd.client", "request_id": "abc"})

@@ -179,6 +179,19 @@ def test_pipelined_http10_after_http11_in_one_read_is_answered_as_http10(proxy):
     assert second.endswith(b"\r\n\r\nxxx")
 
 
+def test_an_idle_connections_next_request_gets_its_own_version_checks(proxy):
+    # The connection keeps its parser between requests: each request's version is still its
+    # own (a 1.0 one needs no Host, a 1.1 one does) whatever the one before it said.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /bytes/2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert recv_until(sock, b"\r\n\r\nxx").startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /bytes/3 HTTP/1.1\r\nHost: c\r\n\r\n")
+        assert recv_until(sock, b"\r\n\r\nxxx").startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /bytes/3 HTTP/1.1\r\n\r\n")
+        raw = read_all(sock, 5)
+    assert status_codes(raw) == [400], raw
+
+
 def test_a_request_line_split_across_reads_keeps_its_version(proxy):
     with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
         sock.sendall(b"GET /bytes/3 HTTP/1.")

@@ -6,6 +6,7 @@ cimport cython
 
 from appliance.deadline cimport Deadline
 from appliance.http.exchange cimport Exchange
+from appliance.http.headers cimport serialize_fields
 from appliance.statemachine cimport Transitions
 from appliance.http.downstream_base cimport DownstreamBase
 
@@ -55,6 +56,7 @@ cdef class ClientConnection(DownstreamBase):
     cpdef _request_body(self, Exchange exchange, body)
     cpdef _forward_length_body(self, data)
     cpdef _length_body_done(self, Exchange exchange)
+    @cython.locals(head=list)
     cpdef start_response(self, Exchange exchange, status, reason, headers, version, via, int body)
     cpdef flush(self)
     cpdef bint response_keep_alive(self, Exchange exchange) except -1

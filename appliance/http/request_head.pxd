@@ -4,6 +4,7 @@ cimport cython
 
 from appliance.http.downstream_base cimport DownstreamBase
 from appliance.http.exchange cimport Exchange
+from appliance.http.headers cimport serialize_fields
 
 cdef class RequestHead:
     cdef public bytes _via_line_10

@@ -53,23 +53,31 @@ class RequestHead:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         if exchange.upgrade is not None:  # the route's protocols only, never h2c (_offer_upgrade)
             lines.append(b"Upgrade: " + exchange.upgrade + b"\r\nConnection: upgrade\r\n")
+        # The proxy's own lines as pieces too: appending a piece makes no new bytes object.
+        lines.append(b"X-Forwarded-For: ")
         forwarded = exchange.forwarded_for if client.trusted else None
         if forwarded:
-            lines.append(b"X-Forwarded-For: " + forwarded + b", " + client.forwarded_tail)
-        else:
-            # "X-Forwarded-For: <peer>\r\nX-Forwarded-Proto: <proto>\r\n", built once per connection.
-            lines.append(b"X-Forwarded-For: " + client.forwarded_tail)
+            lines.append(forwarded)
+            lines.append(b", ")
+        # "<peer>\r\nX-Forwarded-Proto: <proto>\r\n", shared by the connections from one address.
+        lines.append(client.forwarded_tail)
         real_ip = exchange.real_ip  # set only from a trusted proxy
-        lines.append(b"X-Real-IP: " + (client.peer_ip if real_ip is None else real_ip) + b"\r\n")
+        lines.append(b"X-Real-IP: ")
+        lines.append(client.peer_ip if real_ip is None else real_ip)
         if exchange.host is not None:
-            lines.append(b"X-Forwarded-Host: " + exchange.host + b"\r\n")
+            lines.append(b"\r\nX-Forwarded-Host: ")
+            lines.append(exchange.host)
+            lines.append(b"\r\n")
         else:
+            lines.append(b"\r\n")
             lines.append(exchange.server.host_line)
         rid = exchange.request_id
         if rid is None:
             rid = exchange.request_id = client.ctx.new_request_id()
         if rid is not None:
-            lines.append(b"X-Request-Id: " + rid + b"\r\n")
+            lines.append(b"X-Request-Id: ")
+            lines.append(rid)
+            lines.append(b"\r\n")
         via = self.via
         if exchange.via:
             lines.append(b"Via: %s, %s %s\r\n\r\n" % (exchange.via, _via_version(exchange.version), via)
