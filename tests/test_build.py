@@ -105,6 +105,20 @@ def test_a_broken_stale_or_missing_extension_runs_the_source(tmp_path: Path) -> 
     assert _describe(tree).startswith("pure Python (not built; run make)")
 
 
+def test_a_broken_extension_whose_types_others_cimport_takes_them_to_source(tmp_path: Path) -> None:
+    # Exchange is cimported as a type by the client and backend sides: with exchange.py from
+    # source, each of them runs from source too, never compiled against a class from source.
+    tree = tmp_path / "tree"
+    shutil.copytree(PACKAGE, tree / "appliance", ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    (tree / "appliance/http" / BUILT["appliance.http.exchange"]["extension"]).write_bytes(b"not an ELF file")
+    out = _run_in(tree, "from appliance import build; "
+                        "import appliance.http.downstream as d, appliance.upstream.connection as c; "
+                        "print(build.describe(load=True)); print(d.__file__); print(c.__file__)").split("\n")
+    source = tree / "appliance"
+    assert out[1:3] == [str(source / "http/downstream.py"), str(source / "upstream/connection.py")]
+    assert "appliance.http.exchange: " in out[0] and "appliance.upstream.pool: " in out[0]
+
+
 def test_version_piped_to_a_reader_of_one_line_exits_quietly() -> None:
     """`rproxyd --version | head -1`: the reader closes the pipe after the first line."""
     result = subprocess.run(f"{RPROXYD} --version | head -c 1 >/dev/null; exit ${{PIPESTATUS[0]}}",
