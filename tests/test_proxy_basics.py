@@ -180,8 +180,9 @@ def test_pipelined_http10_after_http11_in_one_read_is_answered_as_http10(proxy):
 
 
 def test_an_idle_connections_next_request_gets_its_own_version_checks(proxy):
-    # The connection keeps its parser between requests: each request's version is still its
-    # own (a 1.0 one needs no Host, a 1.1 one does) whatever the one before it said.
+    # The connection keeps its parser between requests from its second idle spell on (the
+    # third request here): each request's version is still its own (a 1.0 one needs no Host,
+    # a 1.1 one does), whatever the one before it said.
     with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
         sock.sendall(b"GET /bytes/2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         assert recv_until(sock, b"\r\n\r\nxx").startswith(b"HTTP/1.1 200")

@@ -182,11 +182,12 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         self.listener = listener
         self.state = IDLE
         self.transport: asyncio.Transport | None = None
-        # Made when request bytes first arrive and kept while the connection is whole: llhttp
-        # starts over by itself after each message, so a keep-alive request costs no new
-        # parser (making and freeing one is 2% of a keep-alive request). A parser (with the
-        # bound methods it keeps) is 900 bytes: a connection idle long enough to be compacted
-        # (_compact) lets it go with the rest of the ClientConnection.
+        # Made when request bytes arrive; from the connection's second request on, kept while
+        # the connection is whole (see _finish): llhttp starts over by itself after each
+        # message, so a busy keep-alive client's request costs no new parser (making and
+        # freeing one is 2% of a keep-alive request). A parser (with the bound methods it
+        # keeps) is 900 bytes: a connection idle long enough to be compacted (_compact) lets
+        # it go with the rest of the ClientConnection.
         self.parser: httptools.HttpRequestParser | None = None
         # A list, not a deque: an empty deque costs 760 bytes, a list 56, and with 10k idle
         # keep-alive connections that is most of the difference; the queue is short
@@ -224,7 +225,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         self.slot = UNFILED  # its wheel slot (the wheel's to set)
         # Set when a response leaves the connection idle: its read deadline is then the
         # keep-alive deadline, from which the compaction sweep (compact_idle) tells how long it
-        # has been idle; a new connection's header timeout is not.
+        # has been idle; a new connection's header timeout is not. Also how _finish tells a
+        # connection's first idle spell.
         self.compact_due = False
         # Made the first time the client stops reading our output (most connections never do).
         self.send_deadline: Deadline | None = None
@@ -988,15 +990,24 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             self.close()
         else:
             self._transition(IDLE)
+            first_idle = not self.compact_due
             self.compact_due = True
             self.ctx.wheel.set(self, self.ctx.keepalive_timeout)
             # Every request so far is parsed and answered: the queue starts afresh, and the
-            # parser, between two messages, takes the next request as it is.
+            # parser, between two messages, could take the next request as it is. It is kept
+            # from the second time the connection goes idle: a client that came back is a busy
+            # one, and a kept parser saves 4% of each of its requests. The first time, it goes,
+            # as nginx frees a request's buffers at every keep-alive: a client that sends one
+            # request and waits (a browser's spare connection) then holds none until it is
+            # compacted; 10k of them holding one raised the allocator's high-water mark from
+            # 0.45 to 0.55 KiB per idle connection (perf/README.md). After an upgrade request
+            # llhttp stopped at, it does not start over: the bytes it held back are the next
+            # request, for a fresh parser.
             self.exchanges = None
-            if self._read_pauses & PAUSE_UPGRADE:
-                # Except after an upgrade request llhttp stopped at (it does not start over):
-                # the bytes it held back are the next request, for a fresh parser.
+            after_upgrade = self._read_pauses & PAUSE_UPGRADE
+            if first_idle or after_upgrade:
                 self.parser = None
+            if after_upgrade:
                 self._read_held()
 
     # ----------------------------------------------------- errors & close
