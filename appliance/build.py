@@ -15,9 +15,10 @@ does unless:
   build (its digest differs): a stale extension never runs code that is not in the tree.
 An extension that is there but fails to import (damaged, built for another libc) is replaced by
 its source, and `describe()` says so; so is every extension whose initialisation then fails
-because it cimports from a module that came from source (downstream.pxd cimports
-serialize_fields from headers: a C function a pure module does not export). Only the finder
-decides, so an extension left over from a module no longer listed is never loaded either.
+because it cimports from a module that came from source, which provides neither the extension
+types (their vtables) nor the C functions (downstream.pxd cimports serialize_fields from
+headers) a compiled module links to. Only the finder decides, so an extension left over from
+a module no longer listed is never loaded either.
 """
 
 from __future__ import annotations

@@ -1000,7 +1000,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             # as nginx frees a request's buffers at every keep-alive: a client that sends one
             # request and waits (a browser's spare connection) then holds none until it is
             # compacted; 10k of them holding one raised the allocator's high-water mark from
-            # 0.45 to 0.55 KiB per idle connection (perf/README.md). After an upgrade request
+            # 0.45 to 0.53-0.57 KiB per idle connection (perf/README.md). After an upgrade request
             # llhttp stopped at, it does not start over: the bytes it held back are the next
             # request, for a fresh parser.
             self.exchanges = None

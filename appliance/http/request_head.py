@@ -59,7 +59,8 @@ class RequestHead:
         if forwarded:
             lines.append(forwarded)
             lines.append(b", ")
-        # "<peer>\r\nX-Forwarded-Proto: <proto>\r\n", shared by the connections from one address.
+        # "<peer>\r\nX-Forwarded-Proto: <proto>\r\n" (and a TLS connection's X-SSL-* lines), made
+        # once per connection, not per request.
         lines.append(client.forwarded_tail)
         real_ip = exchange.real_ip  # set only from a trusted proxy
         lines.append(b"X-Real-IP: ")
