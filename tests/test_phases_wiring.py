@@ -207,6 +207,7 @@ def test_a_raising_phase_gives_500_logs_the_traceback_counts_and_the_worker_serv
     proxy = Rproxyd(tmp_path, config_text(origin.port, tmp_path / "run", extra=f"""
 [admin]
 enabled = true
+bind = "127.0.0.1:0"
 
 [phases]
 module = "{module}"
