@@ -37,7 +37,7 @@ class _MessageView:
 
     __slots__ = ("_headers", "_raw_headers", "_writable")
 
-    _owned: frozenset[bytes]  # the header names the proxy owns on this kind of message
+    _owned = frozenset()  # the header names the proxy owns on this kind of message (bytes)
     _ssl_owned = False  # whether X-SSL-* (every spelling) is the proxy's too
 
     def __init__(self, headers: RawHeaders) -> None:
