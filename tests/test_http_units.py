@@ -57,6 +57,16 @@ def test_a_path_with_nothing_to_normalize_is_returned_as_is():
 ])
 def test_valid_host(host, valid):
     assert valid_host(host) is valid
+    assert valid_host(host) is valid  # the second time from the remembered Hosts, if valid
+
+
+def test_valid_hosts_are_remembered_boundedly_and_invalid_ones_never():
+    from appliance.http import target
+    for n in range(target._VALID_HOSTS_MAX + 10):
+        assert valid_host(b"h%d.example" % n)
+        assert not valid_host(b"h%d example" % n)
+    assert 0 < len(target._VALID_HOSTS) <= target._VALID_HOSTS_MAX
+    assert not any(b" " in host for host in target._VALID_HOSTS)
 
 
 @pytest.mark.parametrize(("name", "action"), [

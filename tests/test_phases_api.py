@@ -22,6 +22,7 @@ from appliance.phases import PHASES, Headers, Peer, Phases, Request, Response, R
 from appliance.phases.dispatch import (
     NO_PHASES,
     PeerChoice,
+    PhaseDispatch,
     PhaseReturnError,
     body_bytes,
     compile_dispatch,
@@ -515,13 +516,14 @@ def test_dispatch_holds_bound_phases_and_none_for_the_rest():
     assert dispatch.upstream_request_filter is None and dispatch.response_filter is None
     assert dispatch.response_body_filter is None
     assert dispatch.fail_to_proxy is None and dispatch.logging.__self__ is instance
+    assert dispatch.response_side  # logging sees the response head: start_response makes its view
 
     class Nothing(Phases):
         def new_ctx(self):
             return object()
 
     assert compile_dispatch(Nothing()) is NO_PHASES
-    assert all(field in (None, False, "") for field in NO_PHASES)
+    assert all(getattr(NO_PHASES, field) in (None, False, "") for field in PhaseDispatch.__slots__)
 
 
 def test_pingoras_load_balancer_example_in_ten_lines():

@@ -62,7 +62,6 @@ from appliance.http.tunnel import Tunnel
 from appliance.observe import metrics
 from appliance.observe.errorlog import about
 from appliance.phases import Response, calls
-from appliance.phases.dispatch import NO_PHASES
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 from appliance.tls.session import TlsConnection
@@ -725,7 +724,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
                        version: str, via: bytes | None, body: int) -> None:
         """Frame the response for this client and hold its head: the first body bytes or flush() send it."""
         self.body_filter = None
-        if exchange.phases is not NO_PHASES:
+        if exchange.phases.response_side:
             framed = self._response_phases(exchange, status, reason, headers, body)
             if framed is None:
                 return  # response_filter failed: its error replaced the response

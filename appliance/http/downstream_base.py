@@ -37,7 +37,7 @@ from appliance.http.target import PathAboveRoot, normalize_path
 from appliance.observe.errorlog import about
 from appliance.observe.observer import CLIENT_CLOSED
 from appliance.phases import Peer, Response, ResponseHead, calls, eager
-from appliance.phases.dispatch import NO_PHASES, body_bytes, response_or_none
+from appliance.phases.dispatch import body_bytes, response_or_none
 from appliance.upstream.splice import PipePool, SpliceHolder
 
 if TYPE_CHECKING:
@@ -114,8 +114,7 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
                 return
         vhost = router.vhost(host)
         exchange.target = url  # what phases see as req.path and req.query until the route's rewrite
-        if (vhost is not None and vhost.phases is not NO_PHASES and vhost.phases.new_ctx is not None
-                and not exchange.redirects):
+        if vhost is not None and vhost.phases.new_ctx is not None and not exchange.redirects:
             exchange.phases = vhost.phases
             if not self._request_phases(exchange, vhost, path):
                 return
@@ -216,8 +215,7 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
         exchange.target = route.target(exchange.target)
         if exchange.upgrade is not None and not self._offer_upgrade(exchange, route):
             return
-        # NO_PHASES first: a route without phases skips the named-tuple lookup.
-        if exchange.phases is not NO_PHASES and exchange.phases.upstream_peer is not None:
+        if exchange.phases.upstream_peer is not None:
             self.choose_peer(exchange)
             return
         route.backend.acquire(exchange)
@@ -333,7 +331,8 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
     def _response_phases(self, exchange: Exchange, status: int, reason: bytes, headers: Fields,
                          body: int) -> tuple[int, bytes, Fields, int] | None:
         """response_filter and response_body_filter on a response head about to be framed,
-        for a route with operator phases (start_response skips this call for NO_PHASES).
+        for a route whose phases include one of them or logging (start_response tests
+        `response_side` first).
 
         Returns what to frame (status, reason, headers, body mode), or None: response_filter
         failed and `_replace_response` answered in the server's response's place.
@@ -395,7 +394,7 @@ class DownstreamBase(SpliceHolder):  # uvloop calls protocol methods by name: no
         # Once per exchange, however it ended: the logging phase, the access log and metrics.
         exchange.bytes_out = self.sent
         self.sent = 0
-        if exchange.phases is not NO_PHASES and exchange.phases.logging is not None:
+        if exchange.phases.logging is not None:
             calls.logging_phase(exchange)
         if exchange.req is not None:
             # The request view's lazy request id refers back to the exchange: without the views

@@ -1,6 +1,7 @@
 # Cython declarations for exchange.py (compiled build): the exchange as an extension type,
 # its fields C struct members, read and written by the two sides without a dict or slot lookup.
 
+from appliance.phases.dispatch cimport PhaseDispatch
 from appliance.statemachine cimport Transitions
 
 # The move table, typed: transition() calls its check directly.
@@ -33,7 +34,7 @@ cdef class Exchange:
     cdef public object method
     cdef public double pending_since
     cdef public object phase_ctx
-    cdef public object phases
+    cdef public PhaseDispatch phases
     cdef public double queue_wait
     cdef public object real_ip
     cdef public Py_ssize_t redirects

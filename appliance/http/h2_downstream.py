@@ -55,7 +55,6 @@ from appliance.http.headers import (
 from appliance.http.target import HASH, valid_host
 from appliance.observe import metrics
 from appliance.phases import Response
-from appliance.phases.dispatch import NO_PHASES
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 
@@ -635,7 +634,7 @@ class H2Stream(DownstreamBase):
                        version: str, via: bytes | None, body: int) -> None:
         """Submit the response head (status only, no reason; hop-by-hop headers dropped)."""
         self.body_filter = None
-        if exchange.phases is not NO_PHASES:
+        if exchange.phases.response_side:
             framed = self._response_phases(exchange, status, reason, headers, body)
             if framed is None:
                 return  # response_filter failed: the stream ends with its error

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from appliance.http.headers import serialize_fields
 from appliance.phases import calls
-from appliance.phases.dispatch import NO_PHASES
 
 if TYPE_CHECKING:
     from appliance.http.exchange import Exchange
@@ -40,7 +39,7 @@ class RequestHead:
         policy = exchange.route.request_policy
         headers = exchange.headers if policy is None else policy.apply(exchange.headers)
         method, target = exchange.method, exchange.target
-        if exchange.phases is not NO_PHASES and exchange.phases.upstream_request_filter is not None:
+        if exchange.phases.upstream_request_filter is not None:
             # The operator's, on what the built-in left; the proxy's own headers come after it.
             edited = calls.upstream_request(exchange, headers)
             if edited is None:

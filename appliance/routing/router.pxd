@@ -3,6 +3,8 @@
 
 cimport cython
 
+from appliance.phases.dispatch cimport PhaseDispatch
+
 cdef class _Matcher:
     cdef public Py_ssize_t index
     cdef public object kind
@@ -17,7 +19,7 @@ cdef class Vhost:
     cdef public dict exact
     cdef public object name
     cdef public list others
-    cdef public object phases
+    cdef public PhaseDispatch phases
 
     @cython.locals(matcher=_Matcher)
     cpdef match(self, method, path)
