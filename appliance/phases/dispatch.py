@@ -54,8 +54,9 @@ class PhaseDispatch:
                               or response_body_filter is not None)
 
     def __repr__(self) -> str:
-        defined = [name for name in self.__slots__ if name not in ("name", "response_side")
-                   and getattr(self, name) not in (None, False)]
+        defined = [name for name in self.__slots__
+                   if name not in ("name", "response_side") and getattr(self, name) is not None
+                   and getattr(self, name) is not False]  # the *_async flags are bools
         return f"<PhaseDispatch {self.name or '-'}: {', '.join(defined) or 'none'}>"
 
 
