@@ -355,3 +355,48 @@ def test_client_stalling_mid_upload_splice_gets_408_and_the_backend_connection_g
         # That backend connection is closed.
         wait_for(lambda: _fds(worker, "socket") <= sockets_before - 1, 5, "the worker's descriptors")
         assert "request body timed out" in proxy.log()
+
+
+def _post_queued(sock: socket.socket, worker: int, body: bytes) -> bytes:
+    """POST `body` on `sock` while the worker is stopped, so its first read finds the head and
+    as much body as the socket holds (as behind an uploader faster than the worker); the answer."""
+    request = b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        sock.setblocking(False)
+        try:
+            sent = sock.send(request)
+        except BlockingIOError:
+            sent = 0
+    finally:
+        sock.setblocking(True)
+        os.kill(worker, signal.SIGCONT)
+    sock.sendall(request[sent:])
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < 64:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    return answer.partition(b"\r\n\r\n")[2]
+
+
+def test_after_a_spliced_upload_the_next_request_head_read_takes_at_most_16_kib(make_proxy):
+    """As for responses: once a connection's request body was spliced, its next head is read
+    16 KiB at a time, so an upload that arrives with its head is spliced after at most 16 KiB
+    went through the worker, not a 256 KiB read of uvloop's; a request whose body ends within
+    such a read puts the connection back on plain reads."""
+    with running(backend := ScriptedBackend(_count_body)):
+        proxy = make_proxy(backends={"app": [backend.address]})
+        worker = _worker(proxy)
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)
+            reads = []
+            for body in (UPLOAD, UPLOAD, UPLOAD, b"short", UPLOAD):
+                before = _bytes_read(worker)
+                assert _post_queued(sock, worker, body) == hashlib.sha256(body).hexdigest().encode()
+                reads.append(_bytes_read(worker) - before)
+        assert backend.connections == 1
+    # Each read counts the client's bytes that went through read(2) and the backend's answer.
+    assert reads[0] > 64 * 1024, reads  # uncapped: the first read took what the socket held
+    assert max(reads[1:3]) <= 16 * 1024 + 1024, reads
+    assert reads[4] > 64 * 1024, reads  # the short body ended within a capped read: plain again

@@ -35,6 +35,8 @@ cdef class ClientConnection(DownstreamBase):
     cdef public ClientListener listener
     cdef public object parser
     cdef public Exchange parsing
+    cdef public bint reads_capped
+    cdef public Py_ssize_t requests_served
     cdef public int response_framing
     cdef public Deadline send_deadline
     cdef public Py_ssize_t slot
@@ -67,6 +69,7 @@ cdef class ClientConnection(DownstreamBase):
     cpdef _send_answer(self, Exchange exchange, response, bint keep_alive)
     cpdef bint _closed(self) except -1
     cpdef pause_reading(self, int reason)
+    cpdef uncap_reads(self)
     cpdef resume_reading(self, int reason)
     cpdef close(self, bint force=*)
     cpdef bint _compact(self) except -1

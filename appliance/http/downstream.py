@@ -65,6 +65,7 @@ from appliance.phases import Response, calls
 from appliance.statemachine import Transitions
 from appliance.timerwheel import UNFILED
 from appliance.tls.session import TlsConnection
+from appliance.upstream.head_reads import HeadReads
 from appliance.upstream.splice import SPLICE_DONE, SPLICE_SOURCE_CLOSED, BodySplice, PipePool
 
 if TYPE_CHECKING:
@@ -166,6 +167,8 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         "listener",
         "parser",
         "parsing",
+        "reads_capped",
+        "requests_served",
         "response_framing",
         "send_deadline",
         "slot",
@@ -231,6 +234,12 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         self.send_deadline: Deadline | None = None
         # What the client sent after an upgrade request's head, held while it waits (PAUSE_UPGRADE).
         self.upgrade_held: bytes | None = None
+        # Requests read to their end. After a spliced request body the transport reads through
+        # a HeadReads (appliance/upstream/head_reads.py), 16 KiB at a time, until a request
+        # ends within such a read: an uploading client's next head then brings at most 16 KiB
+        # of body into the worker, not 256 KiB, before the splice takes the rest.
+        self.requests_served = 0
+        self.reads_capped = False
 
     # ----------------------------------------------------------------- state
     def _transition(self, new: ClientState) -> None:
@@ -535,6 +544,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
     def on_message_complete(self) -> None:
         exchange = self.parsing
         self.parsing = None
+        self.requests_served += 1
         exchange.request_done = True
         if self.state is not CLOSED:
             self.when = None  # no read deadline
@@ -693,6 +703,9 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         if exchange.upstream is not None:
             exchange.upstream.request_splice_waiting(False)
         if outcome == SPLICE_DONE:
+            if not self.reads_capped and self.transport is not None:
+                self.reads_capped = True
+                self.transport.set_protocol(HeadReads(self))  # paused: uvloop picks the read path at resume
             self.resume_reading(PAUSE_SPLICE)
             self._length_body_done(exchange)
         elif outcome == SPLICE_SOURCE_CLOSED:
@@ -1113,6 +1126,16 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         if not self._read_pauses and self.transport is not None:
             self.transport.pause_reading()
         self._read_pauses |= reason
+
+    def uncap_reads(self) -> None:
+        """A request ended within a capped read, so without a splice (HeadReads saw it): back
+        to uvloop's plain 256 KiB reads, unless the transport has changed hands meanwhile (an
+        h2c upgrade)."""
+        self.reads_capped = False
+        transport = self.transport
+        protocol = transport.get_protocol()
+        if type(protocol) is HeadReads and protocol.connection is self and not transport.is_closing():
+            transport.set_protocol(self)  # a reading uvloop transport restarts its reads on the new path
 
     def resume_reading(self, reason: int) -> None:
         if not self._read_pauses & reason:

@@ -1,17 +1,18 @@
-"""Capped head reads for a backend connection whose responses are spliced.
+"""Capped head reads for a connection whose bodies are spliced.
 
-uvloop reads a plain protocol's socket 256 KiB at a time. For a response whose body
-goes through splice(2) that is wasteful: the read that brings the head in also brings a
-quarter MiB of body, which is copied into a bytes object and written to the client
-before the splice can begin. HeadReads stands in as the transport's protocol (uvloop's
-buffered-protocol path) and reads at most HEAD_READ_BYTES at a time (HAProxy reads a
-head into its 16 KiB buffer, nginx into `proxy_buffer_size`), so after the head at most
-that much body goes through user space.
+uvloop reads a plain protocol's socket 256 KiB at a time. For a body that goes through
+splice(2) that is wasteful: the read that brings the head in also brings a quarter MiB
+of body, which is copied into a bytes object and written on before the splice can
+begin. HeadReads stands in as the transport's protocol (uvloop's buffered-protocol path)
+and reads at most HEAD_READ_BYTES at a time (HAProxy reads a head into its 16 KiB
+buffer, nginx into `proxy_buffer_size` and `client_header_buffer_size`), so after the
+head at most that much body goes through user space.
 
-It is used only while a connection's responses are spliced (the connection switches to
-it when a splice ends, and back when a response completes within a capped read, so
-without a splice): a connection that never splices keeps uvloop's plain path, one Python
-call per read, and no test on it.
+Both sides use it: a backend connection whose responses are spliced, and a client
+connection whose request bodies are (an uploading client). It is used only while a
+connection's bodies are spliced (the connection switches to it when a splice ends, and
+back when a message completes within a capped read, so without a splice): a connection
+that never splices keeps uvloop's plain path, one Python call per read, and no test on it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _HEAD_READ = memoryview(bytearray(HEAD_READ_BYTES))
 
 
 class StreamProtocol(Protocol):
-    """What HeadReads passes events to (a BackendConnection: a plain protocol of uvloop's)."""
+    """What HeadReads passes events to (a BackendConnection or a ClientConnection: plain
+    protocols of uvloop's); `requests_served` counts the messages read to their end."""
 
     requests_served: int
 
@@ -52,7 +54,7 @@ class HeadReads:
         served = connection.requests_served
         # The buffer is the worker's: what the connection keeps must be a copy.
         connection.data_received(bytes(_HEAD_READ[:nbytes]))
-        # A response completed in this read, so without a splice (a splice ends in its own
+        # A message completed in this read, so without a splice (a splice ends in its own
         # callback): the next is likely small too. Checked here, not on the connection's
         # path, so connections that never splice pay nothing for capped reads.
         if connection.requests_served != served:
