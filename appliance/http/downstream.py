@@ -703,7 +703,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         if exchange.upstream is not None:
             exchange.upstream.request_splice_waiting(False)
         if outcome == SPLICE_DONE:
-            if not self.reads_capped and self.transport is not None:
+            if not self.reads_capped:
                 self.reads_capped = True
                 self.transport.set_protocol(HeadReads(self))  # paused: uvloop picks the read path at resume
             self.resume_reading(PAUSE_SPLICE)
@@ -1129,13 +1129,10 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
 
     def uncap_reads(self) -> None:
         """A request ended within a capped read, so without a splice (HeadReads saw it): back
-        to uvloop's plain 256 KiB reads, unless the transport has changed hands meanwhile (an
-        h2c upgrade)."""
+        to uvloop's plain 256 KiB reads. (The transport is still ours: only a read in which
+        no request ends can hand it to HTTP/2, and a 101 comes in a backend read.)"""
         self.reads_capped = False
-        transport = self.transport
-        protocol = transport.get_protocol()
-        if type(protocol) is HeadReads and protocol.connection is self and not transport.is_closing():
-            transport.set_protocol(self)  # a reading uvloop transport restarts its reads on the new path
+        self.transport.set_protocol(self)  # a reading uvloop transport restarts its reads on the new path
 
     def resume_reading(self, reason: int) -> None:
         if not self._read_pauses & reason:
