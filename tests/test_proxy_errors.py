@@ -381,6 +381,55 @@ def test_header_timeout_gets_408(proxy):
     assert status == 408 and closed
 
 
+@pytest.mark.parametrize("before", [b"", b"GET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n"],
+                         ids=["first", "pipelined"])
+def test_head_left_unfinished_gets_408_after_header_timeout(proxy, before):
+    # A pipelined head behind a whole request, sent in the same write, has its header timeout
+    # too: the whole request is answered, then the unfinished one gets 408.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(before + b"GET /bytes/2 HTTP/1.1\r\nHo")
+        started = time.monotonic()
+        raw, closed = read_until_close(sock, 5)
+    assert status_codes(raw) == ([200, 408] if before else [408])
+    assert closed and 0.8 < time.monotonic() - started < 3  # header_timeout is 1 s
+
+
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["first-request", "after-a-response"])
+def test_head_trickled_in_still_gets_408_at_header_timeout(proxy, keep_alive):
+    # Slowloris: a byte every 0.2 s never lets the head finish, and must not push its deadline on.
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        if keep_alive:
+            sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            recv_until(sock, b"\r\n\r\nx")
+        started = time.monotonic()
+        sent = b""
+        with contextlib.suppress(OSError):
+            for byte in b"GET /bytes/2 HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 40:
+                sock.sendall(bytes([byte]))
+                sent += bytes([byte])
+                time.sleep(0.2)
+                if time.monotonic() - started > 4:
+                    break
+        raw, closed = read_until_close(sock, 5)
+    assert status_codes(raw) == [408] and closed
+    assert len(sent) < 20  # cut off near header_timeout (1 s), not after the 4 s of trickling
+
+
+def test_head_held_unread_by_a_full_pipeline_is_not_timed_out(make_proxy, origin):
+    # With the pipeline full the proxy stops reading: the rest of the last head waits unread in
+    # the socket past header_timeout. That is not the client's delay, so no 408.
+    proxy = make_proxy(backends={"demo": [origin.address]},
+                       limits=SMALL_LIMITS + "max_pipelined = 2\n")
+    with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
+        sock.sendall(b"GET /delay/2 HTTP/1.1\r\nHost: a\r\n\r\n"
+                     b"GET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n"
+                     b"GET /bytes/2 HTTP/1.1\r\nHo")
+        time.sleep(0.3)
+        sock.sendall(b"st: a\r\nConnection: close\r\n\r\n")
+        raw, closed = read_until_close(sock, 6)
+    assert status_codes(raw) == [200, 200, 200] and closed
+
+
 def test_idle_keepalive_connection_closed_quietly(proxy):
     with socket.create_connection(("127.0.0.1", proxy.port), 5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

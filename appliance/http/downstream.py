@@ -354,6 +354,11 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             # llhttp keeps an unfinished head in memory without bound: cap it here.
             if self.head_raw > self.ctx.limits.max_header_bytes:
                 self._reject(errors.HeadTooLarge("request head too large"))
+            elif self.when is None:
+                # The head began in this read (on_message_begin, or the request before it ended,
+                # cleared the deadline): it must be whole within the header timeout, however
+                # slowly the rest arrives. A pipelined head after a finished request gets it too.
+                self.ctx.wheel.set(self, self.ctx.header_timeout)
             return
         if (exchange.chunked and not exchange.request_done
                 and self.head_raw > self.ctx.limits.max_header_bytes):
@@ -430,7 +435,10 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             self.exchanges.append(exchange)
         if self.state is IDLE:
             self._transition(BUSY)
-            self.ctx.wheel.set(self, self.ctx.header_timeout)
+            # The keep-alive deadline no longer applies. The header timeout is set only if the
+            # head is still unfinished when this read is parsed (data_received), as nginx arms
+            # client_header_timeout only for a head that needs another read.
+            self.when = None
         if len(self.exchanges) > self.ctx.max_pipelined:
             self.pause_reading(PAUSE_PIPELINE_FULL)
 
@@ -1072,6 +1080,11 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
         if exchange is None:
             self.close()  # idle keep-alive or silent new connection: close quietly, like nginx
         elif exchange.state is HEAD:
+            if self._read_pauses:
+                # We stopped reading (a full pipeline, a held upgrade): the rest of the head may
+                # be waiting unread, and the delay is ours. The client is given the timeout again.
+                self.ctx.wheel.set(self, self.ctx.header_timeout)
+                return
             self._note_timeout(metrics.T_HEADER, "408 request head timed out", exchange)
             self._refuse(errors.ClientTimeout("request head timed out"))
         else:

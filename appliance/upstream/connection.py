@@ -229,8 +229,8 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             log.warning("backend %s sent %d unsolicited bytes", self.server.address, len(data))
             self.close()
             return
-        self.read_deadline.set(self.read_timeout)
         if self.bypass_remaining:
+            self.read_deadline.set(self.read_timeout)
             self._forward_length_body(data)
             return
         self.head_bytes += len(data)
@@ -610,6 +610,12 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
         if self.complete:
             self._complete_response()
             return
+        # More of the response is to come. Pushed forward here, not before the read was parsed:
+        # most responses complete in the read that starts them, and then there is nothing to
+        # push (the deadline set when the request was sent is cleared). A client that is not
+        # keeping up paused our reads and, with them, the deadline.
+        if not self.reading_paused:
+            self.read_deadline.set(self.read_timeout)
         if self.head_done:
             client = self.exchange.client
             client.flush()
