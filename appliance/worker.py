@@ -292,8 +292,9 @@ def _h2_settings(config: Config, listener: ListenerConfig, site: TlsListener | N
 
 def _client_factory(listener: ClientListener, peer: tuple[str, int] | None) -> Callable[[], ClientConnection]:
     """The protocol factory of a listener's connections; `peer`: the client a PROXY header sent
-    (None: the socket's own peer)."""
-    return lambda: ClientConnection(listener, peer)
+    (None: the socket's own peer). A partial, not a lambda: uvloop calls it for every accepted
+    connection, and a partial reaches the compiled constructor without an interpreted frame."""
+    return partial(ClientConnection, listener, peer)
 
 
 def run_single(config: Config) -> int:

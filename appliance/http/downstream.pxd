@@ -21,6 +21,8 @@ cdef class ClientListener:
 # The move table, typed: _transition() calls its check directly.
 cdef Transitions _CLIENT_MOVES
 
+cdef _note_connection_header(Exchange exchange, bytes value)
+
 cdef class ClientConnection(DownstreamBase):
     cdef public Py_ssize_t _read_pauses
     cdef public bint answer_keep_alive

@@ -115,6 +115,24 @@ FRAME_RAW = 1  # body bytes as they come (Content-Length, or close-delimited to 
 FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 
 
+def _note_connection_header(exchange: Exchange, value: bytes) -> None:
+    """Record what a request's Connection header says (ClientConnection.on_header)."""
+    # The usual values first, as they are usually spelled: no token list to make.
+    if value == b"close":
+        exchange.conn_close = True
+        return
+    if value == b"keep-alive":
+        exchange.conn_keep_alive = True
+        return
+    tokens = connection_tokens(value)
+    exchange.conn_close = exchange.conn_close or b"close" in tokens
+    exchange.conn_keep_alive = exchange.conn_keep_alive or b"keep-alive" in tokens
+    named = {t for t in tokens if t not in (b"close", b"keep-alive")}
+    if named:
+        # Headers named by Connection are hop-by-hop too; removed once the head is complete.
+        exchange.hop_names = named if exchange.hop_names is None else exchange.hop_names | named
+
+
 class ClientListener:
     """What every client connection of one listener shares, made once per listener and worker."""
 
@@ -476,7 +494,7 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             # llhttp refuses any final coding but chunked, and Content-Length with it.
             exchange.chunked = True
         elif action == REQ_CONNECTION:
-            self._note_connection_header(exchange, value)
+            _note_connection_header(exchange, value)
         elif action == REQ_EXPECT:
             if value.lower() == b"100-continue":
                 exchange.expect_continue = True
@@ -563,16 +581,6 @@ class ClientConnection(DownstreamBase):  # uvloop calls protocol methods by name
             upstream.send_request_bytes(last_chunk(exchange.trailers))
 
     # ------------------------------------------------------- request side
-    @staticmethod
-    def _note_connection_header(exchange: Exchange, value: bytes) -> None:
-        tokens = connection_tokens(value)
-        exchange.conn_close = exchange.conn_close or b"close" in tokens
-        exchange.conn_keep_alive = exchange.conn_keep_alive or b"keep-alive" in tokens
-        named = {t for t in tokens if t not in (b"close", b"keep-alive")}
-        if named:
-            # Headers named by Connection are hop-by-hop too; removed once the head is complete.
-            exchange.hop_names = named if exchange.hop_names is None else exchange.hop_names | named
-
     def _absolute_form(self, exchange: Exchange) -> None:
         url = exchange.url
         if url == b"*" and exchange.method == b"OPTIONS":
