@@ -1,5 +1,5 @@
-# Cython declarations for timerwheel.py (compiled build): a request moves its client's deadline
-# earlier (keep-alive to header timeout) and so refiles it in the wheel once per request.
+# Cython declarations for timerwheel.py (compiled build): every request sets its backend
+# connection's read deadline and its client's keep-alive deadline through the wheel.
 
 cdef class TimerWheel:
     cdef object __weakref__
