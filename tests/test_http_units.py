@@ -105,3 +105,15 @@ def test_the_remembered_names_stay_bounded():
         assert len(hdr.REQUEST_NAME_ACTIONS) <= hdr.NAME_TABLE_SIZE
         assert len(hdr.RESPONSE_NAME_ACTIONS) <= hdr.NAME_TABLE_SIZE
     assert hdr.request_action(b"Host") == hdr.REQ_HOST  # still answered after a clear
+
+
+@pytest.mark.parametrize(("value", "options"), [
+    (b"close", (True, False, None)),
+    (b"keep-alive", (False, True, None)),
+    (b"Close", (True, False, None)),
+    (b"Keep-Alive, X-Secret", (False, True, {b"x-secret"})),
+    (b"close,keep-alive", (True, True, None)),
+    (b" , ", (False, False, None)),
+], ids=["close", "keep-alive", "other-case", "with-a-name", "both", "empty-list"])
+def test_connection_options(value, options):
+    assert hdr.connection_options(value) == options

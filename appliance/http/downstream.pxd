@@ -6,7 +6,7 @@ cimport cython
 
 from appliance.deadline cimport Deadline
 from appliance.http.exchange cimport Exchange
-from appliance.http.headers cimport serialize_fields
+from appliance.http.headers cimport connection_options, serialize_fields
 from appliance.statemachine cimport Transitions
 from appliance.http.downstream_base cimport DownstreamBase
 

@@ -50,7 +50,7 @@ from appliance.http.headers import (
     STATUS_LINE_STARTS,
     allowed_request_trailer,
     chunk_header,
-    connection_tokens,
+    connection_options,
     last_chunk,
     remove_named,
     request_action,
@@ -117,18 +117,10 @@ FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 
 def _note_connection_header(exchange: Exchange, value: bytes) -> None:
     """Record what a request's Connection header says (ClientConnection.on_header)."""
-    # The usual values first, as they are usually spelled: no token list to make.
-    if value == b"close":
-        exchange.conn_close = True
-        return
-    if value == b"keep-alive":
-        exchange.conn_keep_alive = True
-        return
-    tokens = connection_tokens(value)
-    exchange.conn_close = exchange.conn_close or b"close" in tokens
-    exchange.conn_keep_alive = exchange.conn_keep_alive or b"keep-alive" in tokens
-    named = {t for t in tokens if t not in (b"close", b"keep-alive")}
-    if named:
+    close, keep_alive, named = connection_options(value)
+    exchange.conn_close = exchange.conn_close or close
+    exchange.conn_keep_alive = exchange.conn_keep_alive or keep_alive
+    if named is not None:
         # Headers named by Connection are hop-by-hop too; removed once the head is complete.
         exchange.hop_names = named if exchange.hop_names is None else exchange.hop_names | named
 

@@ -148,6 +148,24 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [token.strip().lower() for token in value.split(b",") if token.strip()]
 
 
+# What connection_options answers for the usual values, made once.
+_JUST_CLOSE = (True, False, None)
+_JUST_KEEP_ALIVE = (False, True, None)
+
+
+def connection_options(value: bytes) -> tuple[bool, bool, set[bytes] | None]:
+    """What one Connection header says: close, keep-alive, and the other names it lists (header
+    names that are hop-by-hop too), or None. The usual values, as they are usually spelled, are
+    answered without a token list (a request or response of most clients and origins has one)."""
+    if value == b"close":
+        return _JUST_CLOSE
+    if value == b"keep-alive":
+        return _JUST_KEEP_ALIVE
+    tokens = connection_tokens(value)
+    named = {t for t in tokens if t not in (b"close", b"keep-alive")}
+    return b"close" in tokens, b"keep-alive" in tokens, named or None
+
+
 def upgrade_protocols(value: bytes) -> list[bytes]:
     """The protocol names (before any "/version") an Upgrade header lists, lowercased."""
     return [token.partition(b"/")[0] for token in connection_tokens(value)]

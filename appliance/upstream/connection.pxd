@@ -7,6 +7,7 @@ cimport cython
 from appliance.deadline cimport Deadline
 from appliance.http.downstream_base cimport DownstreamBase
 from appliance.http.exchange cimport Exchange
+from appliance.http.headers cimport connection_options
 from appliance.statemachine cimport Transitions
 from appliance.upstream.splice cimport SpliceHolder
 

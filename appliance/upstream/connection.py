@@ -41,7 +41,7 @@ from appliance.http.headers import (
     RESPONSE_NAME_ACTIONS,
     allowed_trailer,
     chunk_header,
-    connection_tokens,
+    connection_options,
     last_chunk,
     remove_named,
     response_action,
@@ -438,18 +438,10 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
             self.resp_content_length = int(value)
             self.resp_headers.append((name, value))
         elif action == RESP_CONNECTION:
-            # The usual value first: no token list to make.
-            if value == b"keep-alive":
-                self.resp_keep_alive = True
-                return
-            if value == b"close":
-                self.resp_close = True
-                return
-            tokens = connection_tokens(value)
-            self.resp_close = self.resp_close or b"close" in tokens
-            self.resp_keep_alive = self.resp_keep_alive or b"keep-alive" in tokens
-            named = {t for t in tokens if t not in (b"close", b"keep-alive")}
-            if named:
+            close, keep_alive, named = connection_options(value)
+            self.resp_close = self.resp_close or close
+            self.resp_keep_alive = self.resp_keep_alive or keep_alive
+            if named is not None:
                 # Headers named by Connection are hop-by-hop too, wherever they stand in the
                 # head; removed once it is complete.
                 self.resp_hop_names = named if self.resp_hop_names is None else self.resp_hop_names | named
