@@ -117,3 +117,11 @@ def test_the_remembered_names_stay_bounded():
 ], ids=["close", "keep-alive", "other-case", "with-a-name", "both", "empty-list"])
 def test_connection_options(value, options):
     assert hdr.connection_options(value) == options
+
+
+def test_every_response_action_name_has_its_length_flagged():
+    # connection.on_header forwards a name of an unflagged length without looking it up: a
+    # name in RESPONSE_ACTIONS whose length were not flagged would pass as if it had no action.
+    flagged = {size for size, flag in enumerate(hdr.RESPONSE_ACTION_LENGTHS) if flag}
+    assert flagged == {len(name) for name in hdr.RESPONSE_ACTIONS}
+    assert not hdr.RESPONSE_ACTION_LENGTHS[len(b"content-type")]  # the common headers skip the table

@@ -101,6 +101,14 @@ RESPONSE_ACTIONS: dict[bytes, int] = {
     b"via": RESP_VIA,
 }
 
+# Indexed by a name's length (names of 256 bytes or more excepted): 1 where some name in
+# RESPONSE_ACTIONS has that length. Most response headers an origin sends (Date, Server,
+# Content-Type, ETag, Last-Modified...) have a length no such name has: they are forwarded
+# without a table lookup, which would hash the fresh bytes object the parser made.
+RESPONSE_ACTION_LENGTHS = bytes(
+    1 if size in {len(name) for name in RESPONSE_ACTIONS} else 0 for size in range(256)
+)
+
 # Header names as they arrived (any case) with their action: a name seen before, as nearly
 # every name on a keep-alive connection is, costs one dict lookup and no lower(). The
 # parsers call request_action / response_action for a name not in the table yet. Names

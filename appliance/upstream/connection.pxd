@@ -14,6 +14,10 @@ from appliance.upstream.splice cimport SpliceHolder
 # The move table, typed: the state changes call its check directly.
 cdef Transitions _MOVES
 
+# Which header name lengths have a response action (headers.RESPONSE_ACTION_LENGTHS), typed:
+# on_header reads it as a C array.
+cdef bytes _ACTION_LENGTHS
+
 cdef class BackendConnection(SpliceHolder):
     cdef public int body_mode
     cdef public Py_ssize_t body_seen
@@ -69,7 +73,7 @@ cdef class BackendConnection(SpliceHolder):
     cpdef abandon(self)
     cpdef close(self)
     cpdef on_status(self, reason)
-    @cython.locals(names=dict)
+    @cython.locals(names=dict, size=Py_ssize_t)
     cpdef on_header(self, bytes name, bytes value)
     cpdef on_headers_complete(self)
     @cython.locals(client=DownstreamBase)

@@ -38,6 +38,7 @@ from appliance.http.headers import (
     RESP_TRANSFER_ENCODING,
     RESP_UPGRADE,
     RESP_VIA,
+    RESPONSE_ACTION_LENGTHS,
     RESPONSE_NAME_ACTIONS,
     allowed_trailer,
     chunk_header,
@@ -70,6 +71,9 @@ class ConnState(IntEnum):  # IntEnum: hashed in C, for the transition checks
 # The states as module constants: a module global is one cached lookup, while every
 # `ConnState.X` goes through EnumType's __getattr__ hook (interpreted or compiled).
 CONNECTING, IDLE, ACTIVE, DOWN, TUNNELLED = ConnState
+
+# A module global, so that connection.pxd can type it: on_header indexes it in C.
+_ACTION_LENGTHS = RESPONSE_ACTION_LENGTHS
 
 _MOVES = Transitions("backend connection", {
     CONNECTING: (IDLE, DOWN),
@@ -427,6 +431,10 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
                 if self.trailers is None:
                     self.trailers = []
                 self.trailers.append((name, value))
+            return
+        size = len(name)
+        if size < 256 and not _ACTION_LENGTHS[size]:
+            self.resp_headers.append((name, value))  # no name of this length has an action
             return
         names = RESPONSE_NAME_ACTIONS
         action = names.get(name)
