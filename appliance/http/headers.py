@@ -105,9 +105,8 @@ RESPONSE_ACTIONS: dict[bytes, int] = {
 # RESPONSE_ACTIONS has that length. Most response headers an origin sends (Date, Server,
 # Content-Type, ETag, Last-Modified...) have a length no such name has: they are forwarded
 # without a table lookup, which would hash the fresh bytes object the parser made.
-RESPONSE_ACTION_LENGTHS = bytes(
-    1 if size in {len(name) for name in RESPONSE_ACTIONS} else 0 for size in range(256)
-)
+_ACTION_NAME_SIZES = {len(name) for name in RESPONSE_ACTIONS}
+RESPONSE_ACTION_LENGTHS = bytes(size in _ACTION_NAME_SIZES for size in range(256))
 
 # Header names as they arrived (any case) with their action: a name seen before, as nearly
 # every name on a keep-alive connection is, costs one dict lookup and no lower(). The
