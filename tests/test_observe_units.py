@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from appliance.config import load
 from appliance.config.loader import ConfigError
-from appliance.observe import errorlog, prometheus, request_id
+from appliance.observe import errorlog, prometheus, recorder, request_id
 from appliance.observe import metrics as m
 from appliance.observe.admin import unmapped
 from appliance.shm import SharedRegion
@@ -136,3 +137,8 @@ def test_admin_sees_ipv4_clients_of_a_dual_stack_socket_by_their_ipv4_address() 
     assert unmapped("::ffff:10.1.2.3") == "10.1.2.3"
     for other in ("::1", "2001:db8::1", "192.0.2.7", ""):
         assert unmapped(other) == other
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.0005, 0.001, 0.0011, 0.03, 1.0, 29.9, 30.0, 31.0, 1e9])
+def test_histogram_bucket_is_bisect_left_over_the_bounds(seconds):
+    assert recorder._bucket(seconds) == bisect.bisect_left(m.BOUNDS, seconds)

@@ -9,6 +9,12 @@ from appliance.observe.observer cimport Observer
 # Offsets inside a route's, server's or backend's block of cells, as C integers.
 cdef Py_ssize_t _R_IN, _R_OUT, _R_DUR, _R_DUR_SUM, _S_SUM, _B_WAIT, _B_WAIT_SUM, _SCALE
 
+# The histogram bounds, and their bucket lookup as a C function.
+cdef double[::1] _BOUNDS
+
+@cython.locals(count=Py_ssize_t, i=Py_ssize_t)
+cpdef Py_ssize_t _bucket(double seconds)
+
 cdef class Recorder(Observer):
     cdef public dict _backends
     cdef public object _cells
