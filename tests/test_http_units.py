@@ -120,7 +120,7 @@ def test_connection_options(value, options):
 
 
 def test_every_response_action_name_has_its_length_flagged():
-    # connection.on_header forwards a name of an unflagged length without looking it up: a
+    # response_name_action forwards a name of an unflagged length without looking it up: a
     # name in RESPONSE_ACTIONS whose length were not flagged would pass as if it had no action.
     flagged = {size for size, flag in enumerate(hdr.RESPONSE_ACTION_LENGTHS) if flag}
     assert flagged == {len(name) for name in hdr.RESPONSE_ACTIONS}

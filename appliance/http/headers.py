@@ -135,6 +135,19 @@ def response_action(name: bytes) -> int:
     return action
 
 
+def response_name_action(name: bytes) -> int:
+    """The action for a response header name as it arrived: RESP_FORWARD at once for a length
+    no name in RESPONSE_ACTIONS has (RESPONSE_ACTION_LENGTHS), else the remembered one
+    (RESPONSE_NAME_ACTIONS), response_action's for a name not seen yet."""
+    lengths = RESPONSE_ACTION_LENGTHS
+    size = len(name)
+    if size < 256 and not lengths[size]:
+        return RESP_FORWARD
+    known = RESPONSE_NAME_ACTIONS
+    action = known.get(name)
+    return response_action(name) if action is None else action
+
+
 def _remember(table: dict[bytes, int], name: bytes, action: int) -> None:
     if len(table) >= NAME_TABLE_SIZE:
         table.clear()

@@ -7,16 +7,12 @@ cimport cython
 from appliance.deadline cimport Deadline
 from appliance.http.downstream_base cimport DownstreamBase
 from appliance.http.exchange cimport Exchange
-from appliance.http.headers cimport connection_options
+from appliance.http.headers cimport connection_options, response_name_action
 from appliance.statemachine cimport Transitions
 from appliance.upstream.splice cimport SpliceHolder
 
 # The move table, typed: the state changes call its check directly.
 cdef Transitions _MOVES
-
-# Which header name lengths have a response action (headers.RESPONSE_ACTION_LENGTHS), typed:
-# on_header reads it as a C array.
-cdef bytes _ACTION_LENGTHS
 
 cdef class BackendConnection(SpliceHolder):
     cdef public int body_mode
@@ -73,7 +69,6 @@ cdef class BackendConnection(SpliceHolder):
     cpdef abandon(self)
     cpdef close(self)
     cpdef on_status(self, reason)
-    @cython.locals(names=dict, size=Py_ssize_t)
     cpdef on_header(self, bytes name, bytes value)
     cpdef on_headers_complete(self)
     @cython.locals(client=DownstreamBase)

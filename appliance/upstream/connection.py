@@ -38,14 +38,12 @@ from appliance.http.headers import (
     RESP_TRANSFER_ENCODING,
     RESP_UPGRADE,
     RESP_VIA,
-    RESPONSE_ACTION_LENGTHS,
-    RESPONSE_NAME_ACTIONS,
     allowed_trailer,
     chunk_header,
     connection_options,
     last_chunk,
     remove_named,
-    response_action,
+    response_name_action,
     upgrade_protocols,
 )
 from appliance.observe.errorlog import about
@@ -71,9 +69,6 @@ class ConnState(IntEnum):  # IntEnum: hashed in C, for the transition checks
 # The states as module constants: a module global is one cached lookup, while every
 # `ConnState.X` goes through EnumType's __getattr__ hook (interpreted or compiled).
 CONNECTING, IDLE, ACTIVE, DOWN, TUNNELLED = ConnState
-
-# A module global, so that connection.pxd can type it: on_header indexes it in C.
-_ACTION_LENGTHS = RESPONSE_ACTION_LENGTHS
 
 _MOVES = Transitions("backend connection", {
     CONNECTING: (IDLE, DOWN),
@@ -432,14 +427,7 @@ class BackendConnection(SpliceHolder):  # uvloop calls protocol methods by name:
                     self.trailers = []
                 self.trailers.append((name, value))
             return
-        size = len(name)
-        if size < 256 and not _ACTION_LENGTHS[size]:
-            self.resp_headers.append((name, value))  # no name of this length has an action
-            return
-        names = RESPONSE_NAME_ACTIONS
-        action = names.get(name)
-        if action is None:
-            action = response_action(name)
+        action = response_name_action(name)
         if action == RESP_FORWARD:
             self.resp_headers.append((name, value))
         elif action == RESP_CONTENT_LENGTH:
